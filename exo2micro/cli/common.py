@@ -1,0 +1,107 @@
+"""Shared plumbing of the command-line tools: exit codes, ``--param``, ``--threads``.
+
+Every tool's click command is wrapped by :func:`run_tool`, which turns the library's exceptions
+into the documented exit codes (:mod:`exo2micro.errors`) with one clear first line on stderr.
+No tool ever reads stdin or prompts.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from exo2micro.errors import EXIT_INTERNAL, EXIT_USAGE, exit_code_for
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def run_tool(func: F) -> F:
+    """Decorate a click callback so exceptions become documented exit codes (SPEC §8)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            code = exit_code_for(exc)
+            name = type(exc).__name__
+            first = f"error: {exc}" if code != EXIT_INTERNAL else f"internal error: {name}: {exc}"
+            click.echo(first, err=True)
+            if code == EXIT_INTERNAL:
+                traceback.print_exc(file=sys.stderr)
+            sys.exit(code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_param_options(values: tuple[str, ...]) -> dict[str, str]:
+    """Turn repeated ``--param name=value`` options into a dict of raw strings.
+
+    Values are validated later against the registry (:func:`exo2micro.params.resolve`).
+    """
+    out: dict[str, str] = {}
+    for item in values:
+        if "=" not in item:
+            raise click.UsageError(f"--param expects name=value, got {item!r}")
+        name, value = item.split("=", 1)
+        out[name.strip()] = value.strip()
+    return out
+
+
+def param_option(func: F) -> F:
+    """The ``--param name=value`` option (repeatable) shared by every stage tool."""
+    return click.option(
+        "--param", "-p", "param_values", multiple=True, metavar="NAME=VALUE",
+        help="Pipeline parameter (repeatable); see `exo2micro params` for names and ranges.",
+    )(func)
+
+
+def threads_option(func: F) -> F:
+    """The ``--threads N`` option: native thread pools (OpenCV) are sized to N."""
+    return click.option(
+        "--threads", type=click.IntRange(min=1), default=None,
+        help="Threads for native code (default: the CPU budget; Nextflow passes task.cpus).",
+    )(func)
+
+
+class UsageExit(click.UsageError):
+    """A usage error with exit code 2 (click's default for usage errors)."""
+
+    exit_code = EXIT_USAGE
+
+
+def stage_options(func: F) -> F:
+    """Options shared by the four stage tools (SPEC §2): pair folder, sample/dye, parameters,
+    threads, checkpoint format, force."""
+    options = [
+        click.option("--sample", required=True, help="Sample id (folder name in the raw layout)."),
+        click.option("--dye", required=True, help="Dye name (text after the last '_')."),
+        click.option("--pair-dir", type=click.Path(file_okay=False), default=".",
+                     show_default=True, help="The pair's output folder (inputs are read from it)."),
+        click.option("--checkpoint-format", type=click.Choice(["tiff", "fits", "both"]),
+                     default="tiff", show_default=True,
+                     help="Image format(s) of checkpoints and difference images."),
+        click.option("--force", is_flag=True, help="Re-run even if current outputs exist."),
+        param_option,
+        threads_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr, one line per message, for the command-line tools."""
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)

@@ -1,0 +1,50 @@
+"""The ``exo2micro`` command: a group whose subcommands are the tools in :mod:`exo2micro.cli`.
+
+Subcommands are imported lazily, so ``exo2micro --help`` is fast and a tool's heavy imports
+(OpenCV, matplotlib) are paid only by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+#: subcommand name -> "module:attribute" of its click command
+COMMANDS: dict[str, str] = {
+    "run": "exo2micro.cli.run:run",
+    "discover": "exo2micro.cli.discover:discover",
+    "synth": "exo2micro.cli.synth:synth",
+    "load": "exo2micro.cli.load:load",
+    "align-boundary": "exo2micro.cli.align_boundary:align_boundary",
+    "align-interior": "exo2micro.cli.align_interior:align_interior",
+    "subtract": "exo2micro.cli.subtract:subtract",
+    "summary": "exo2micro.cli.summary:summary",
+    "params": "exo2micro.cli.params:params",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when it is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if _available(name))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None or not _available(cmd_name):
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+def _available(name: str) -> bool:
+    module_name = COMMANDS[name].split(":")[0]
+    return importlib.util.find_spec(module_name) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="exo2micro")
+def cli() -> None:
+    """exo2micro: align pre/post-stain images, subtract autofluorescence, keep the microbes."""
