@@ -1,0 +1,86 @@
+"""The tissue footprint: which pixels of a (downsampled) image belong to the sample.
+
+Zero means "no data" only outside the tissue (SPEC §3.4): the mask is found on a smoothed,
+log-scaled image with Otsu's threshold, then holes are filled, so genuinely dark pixels inside
+the tissue (cracks, opaque grains) stay tissue. Small specks are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+#: Components smaller than this fraction of the largest one are dropped as specks.
+MIN_COMPONENT_FRACTION = 0.02
+
+
+def tissue_mask(image: np.ndarray, smooth_px: float = 2.0) -> np.ndarray:
+    """Boolean tissue mask of a 2-D float image (typically a pyramid level)."""
+    img = np.nan_to_num(image.astype(np.float32), nan=0.0)
+    if smooth_px > 0:
+        img = cv2.GaussianBlur(img, (0, 0), smooth_px)
+    logv = np.log1p(np.maximum(img, 0.0))
+    hi = float(logv.max())
+    if hi <= 0:
+        return np.zeros(img.shape, bool)
+    u8 = np.clip(logv / hi * 255.0, 0, 255).astype(np.uint8)
+    _, mask = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return np.zeros(img.shape, bool)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.zeros(n, bool)
+    keep[1:] = areas >= MIN_COMPONENT_FRACTION * areas.max()
+    mask = keep[labels].astype(np.uint8)
+    return fill_holes(mask).astype(bool)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions not connected to the image border (uint8 0/1 in and out)."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    flood = padded.copy()
+    ff = np.zeros((flood.shape[0] + 2, flood.shape[1] + 2), np.uint8)
+    cv2.floodFill(flood, ff, (0, 0), 1)
+    holes = (flood == 0)[1:-1, 1:-1]
+    return (mask.astype(bool) | holes).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class FootprintStats:
+    """Summary of a tissue mask at pyramid factor ``factor`` (coordinates in full-res px)."""
+
+    fraction: float
+    area_px: float
+    centroid_xy: tuple[float, float]
+    bbox_xywh: tuple[float, float, float, float]
+    tissue_p1: float
+    tissue_p50: float
+    tissue_p99: float
+    background_p50: float
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def footprint_stats(image: np.ndarray, mask: np.ndarray, factor: int) -> FootprintStats:
+    """Statistics of ``mask`` over ``image`` (a pyramid level of box size ``factor``)."""
+    ys, xs = np.nonzero(mask)
+    off = (factor - 1) / 2.0
+    if ys.size == 0:
+        return FootprintStats(0.0, 0.0, (float("nan"),) * 2, (0.0,) * 4, *(float("nan"),) * 4)
+    tissue = image[mask]
+    bg = image[~mask]
+    p1, p50, p99 = (float(v) for v in np.percentile(tissue, [1, 50, 99]))
+    return FootprintStats(
+        fraction=float(ys.size / mask.size),
+        area_px=float(ys.size * factor * factor),
+        centroid_xy=(float(xs.mean() * factor + off), float(ys.mean() * factor + off)),
+        bbox_xywh=(float(xs.min() * factor), float(ys.min() * factor),
+                   float((xs.max() - xs.min() + 1) * factor),
+                   float((ys.max() - ys.min() + 1) * factor)),
+        tissue_p1=p1, tissue_p50=p50, tissue_p99=p99,
+        background_p50=float(np.median(bg)) if bg.size else float("nan"))

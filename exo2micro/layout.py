@@ -1,0 +1,90 @@
+"""Every output path of one (sample, dye) pair, in one place.
+
+Both orchestrators and every stage tool use :class:`PairLayout`, so a file's name is decided
+once. Names follow the public exo2micro's style (``01_…``, ``02_icp_aligned_pre…``,
+``03_interior_aligned_pre…``, ``04_difference_difference…``) plus the cascading parameter
+suffix of :func:`exo2micro.params.suffix`, so results of different settings coexist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exo2micro.params import STAGE_NAMES, suffix
+
+CHECKPOINT_FORMATS = ("tiff", "fits", "both")
+SCALE_KINDS = ("moffat", "percentile", "manual")
+
+
+@dataclass(frozen=True)
+class PairLayout:
+    """Paths of one pair folder ``root`` for the parameter values ``params``."""
+
+    root: Path
+    params: Mapping[str, Any]
+
+    def sfx(self, stage: int) -> str:
+        return suffix(self.params, stage)
+
+    # stage records -------------------------------------------------------------------
+    def record(self, stage: int) -> Path:
+        return self.root / "stages" / f"0{stage}_{STAGE_NAMES[stage]}{self.sfx(stage)}.json"
+
+    # stage 1 ---------------------------------------------------------------------------
+    def signal(self, which: str) -> Path:
+        """Single-channel full-resolution image of ``which`` ('pre' or 'post')."""
+        return self.root / "tiff" / f"01_{which}_signal{self.sfx(1)}.tif"
+
+    def pyramid(self, which: str) -> Path:
+        return self.root / "cache" / f"01_{which}_pyramid{self.sfx(1)}.tif"
+
+    # stage 2 ---------------------------------------------------------------------------
+    def boundary_transform(self) -> Path:
+        return self.root / "transforms" / f"02_boundary{self.sfx(2)}.json"
+
+    def icp_aligned_pre(self, fmt: str) -> Path:
+        return self._image(fmt, f"02_icp_aligned_pre{self.sfx(2)}")
+
+    # stage 3 ---------------------------------------------------------------------------
+    def interior_transform(self) -> Path:
+        return self.root / "transforms" / f"03_interior{self.sfx(3)}.json"
+
+    def aligned_pre(self, fmt: str) -> Path:
+        return self._image(fmt, f"03_interior_aligned_pre{self.sfx(3)}")
+
+    # stage 4 ---------------------------------------------------------------------------
+    def difference(self, fmt: str, kind: str = "moffat") -> Path:
+        tag = "" if kind == "moffat" else f"_{kind}"
+        return self._image(fmt, f"04_difference_difference{self.sfx(4)}{tag}")
+
+    def plot(self, name: str) -> Path:
+        """A PNG diagnostic; names carry the stage-4 suffix so settings coexist."""
+        return self.root / "pipeline_output" / f"{name}{self.sfx(4)}.png"
+
+    def stage_plot(self, name: str, stage: int) -> Path:
+        return self.root / "pipeline_output" / f"{name}{self.sfx(stage)}.png"
+
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    def _image(self, fmt: str, stem: str) -> Path:
+        if fmt == "tiff":
+            return self.root / "tiff" / f"{stem}.tif"
+        if fmt == "fits":
+            return self.root / "fits" / f"{stem}.fits"
+        raise ValueError(f"image format must be 'tiff' or 'fits', got {fmt!r}")
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the pair folder, as stored in records and result.json."""
+        return str(Path(path).relative_to(self.root))
+
+
+def formats(checkpoint_format: str) -> tuple[str, ...]:
+    """The image formats written for a ``checkpoint_format`` of 'tiff', 'fits' or 'both'."""
+    if checkpoint_format not in CHECKPOINT_FORMATS:
+        raise ValueError(f"checkpoint_format must be one of {', '.join(CHECKPOINT_FORMATS)}, "
+                         f"got {checkpoint_format!r}")
+    return ("tiff", "fits") if checkpoint_format == "both" else (checkpoint_format,)

@@ -1,0 +1,80 @@
+"""The alignment pyramid: small box-averaged copies of a full-resolution signal image.
+
+Level ``f`` is the full image averaged over ``f × f`` boxes: level pixel ``(i, j)`` covers
+full-resolution rows ``i·f … i·f+f−1`` and columns ``j·f … j·f+f−1``, so its centre is at
+full-resolution ``(x, y) = (j·f + (f−1)/2, i·f + (f−1)/2)`` (boxes at the right and bottom edge
+may be partial). Factors are powers of two; the first level is the finest whose longer side is
+at most :data:`FIRST_LEVEL_MAX_SIDE`, and levels halve down to :data:`LAST_LEVEL_MIN_SIDE`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from exo2micro.tiffio import read_pages, write_pages
+
+FIRST_LEVEL_MAX_SIDE = 4096
+LAST_LEVEL_MIN_SIDE = 64
+
+
+def first_factor(height: int, width: int) -> int:
+    """The box size of the finest pyramid level for an image of ``height × width`` px."""
+    f = 1
+    while max(height, width) / f > FIRST_LEVEL_MAX_SIDE:
+        f *= 2
+    return f
+
+
+def box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor × factor`` boxes (partial boxes at the edges averaged over what they
+    cover), as float32. ``image`` is 2-D with any real dtype."""
+    if factor == 1:
+        return image.astype(np.float32)
+    h, w = image.shape
+    rows = np.add.reduceat(image.astype(np.float64, copy=False), np.arange(0, h, factor), axis=0)
+    sums = np.add.reduceat(rows, np.arange(0, w, factor), axis=1)
+    ch = np.minimum(factor, h - np.arange(0, h, factor))
+    cw = np.minimum(factor, w - np.arange(0, w, factor))
+    return (sums / np.outer(ch, cw)).astype(np.float32)
+
+
+@dataclass
+class Pyramid:
+    """Levels of one image: ``levels[i]`` is the box average over ``factors[i]`` px."""
+
+    factors: list[int]
+    levels: list[np.ndarray]
+    full_shape: tuple[int, int]
+
+    @classmethod
+    def from_first_level(cls, first: np.ndarray, factor: int, full_shape: tuple[int, int]
+                         ) -> Pyramid:
+        factors, levels = [factor], [first]
+        while min(levels[-1].shape) // 2 >= LAST_LEVEL_MIN_SIDE:
+            levels.append(box_reduce(levels[-1], 2))
+            factors.append(factors[-1] * 2)
+        return cls(factors, levels, full_shape)
+
+    def level_for(self, max_side: int) -> tuple[np.ndarray, int]:
+        """The finest level whose longer side is at most ``max_side`` (or the coarsest)."""
+        for level, f in zip(self.levels, self.factors):
+            if max(level.shape) <= max_side:
+                return level, f
+        return self.levels[-1], self.factors[-1]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        meta = json.dumps({"factors": self.factors, "full_shape": list(self.full_shape)})
+        write_pages(path, self.levels, description=meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Pyramid:
+        import tifffile
+
+        levels = read_pages(path)
+        with tifffile.TiffFile(path) as tif:
+            meta = json.loads(tif.pages.first.description)
+        return cls(list(meta["factors"]), levels, tuple(meta["full_shape"]))

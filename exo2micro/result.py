@@ -1,0 +1,91 @@
+"""``result.json``: the one-file answer for a pair (SPEC §6), assembled from stage records.
+
+Written by stage 4 on success and by the orchestrators when a pair fails, so every pair that
+was attempted has one. Paths inside are relative to the pair folder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from exo2micro import params as P
+from exo2micro.atomic import write_json_atomic
+from exo2micro.errors import exit_code_for
+from exo2micro.layout import PairLayout
+from exo2micro.records import read_record
+from exo2micro.transform import TransformRecord
+
+
+def _alignment(layout: PairLayout) -> dict[str, Any]:
+    out: dict[str, Any] = {"post_to_pre": None, "estimated_accuracy_px": None,
+                           "stage2": {"status": "not run"}, "stage3": {"status": "not run"}}
+    for stage, path in ((2, layout.boundary_transform()), (3, layout.interior_transform())):
+        if not path.is_file():
+            continue
+        tr = TransformRecord.load(path)
+        out[f"stage{stage}"] = {"status": tr.status, "reason": tr.reason,
+                                "post_to_pre": tr.post_to_pre.tolist(),
+                                "transform": layout.relative(path),
+                                **{k: v for k, v in tr.metrics.items()
+                                   if k in ("estimated_accuracy_px", "rotation_deg", "scale",
+                                            "inlier_ratio", "n_patches", "residual_rms_px",
+                                            "overlap_iou")}}
+        out["post_to_pre"] = tr.post_to_pre.tolist()
+        if "estimated_accuracy_px" in tr.metrics:
+            out["estimated_accuracy_px"] = tr.metrics["estimated_accuracy_px"]
+    return out
+
+
+def build_result(layout: PairLayout, sample: str, dye: str, status: str,
+                 meta: Mapping[str, str] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble the result dict of a pair from whatever stage records exist."""
+    stages: dict[str, Any] = {}
+    outputs: list[str] = []
+    warnings: list[str] = []
+    for stage, name in P.STAGE_NAMES.items():
+        rec = read_record(layout.record(stage))
+        if rec is None:
+            continue
+        stages[name] = {"status": rec.get("status"), "timings_s": rec.get("timings_s", {}),
+                        "peak_rss_bytes": rec.get("peak_rss_bytes")}
+        outputs.extend(rec.get("outputs", []))
+        warnings.extend(f"stage {stage}: {w}" for w in rec.get("warnings", []))
+    sub = read_record(layout.record(4)) or {}
+    scales = sub.get("scales", {})
+    return {
+        "sample": sample,
+        "dye": dye,
+        "status": status,
+        "scale_estimate": scales.get("moffat"),
+        "scale_percentile_value": scales.get("percentile"),
+        "manual_scale": scales.get("manual"),
+        "alignment": _alignment(layout),
+        "params": P.non_default(layout.params),
+        "suffix": layout.sfx(4),
+        "fingerprint": P.fingerprint(layout.params, 4),
+        "stages": stages,
+        "outputs": outputs,
+        "warnings": warnings,
+        "meta": dict(meta or {}),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
+    }
+
+
+def write_result(layout: PairLayout, result: Mapping[str, Any]) -> None:
+    write_json_atomic(layout.result(), dict(result))
+
+
+def error_result(layout: PairLayout, sample: str, dye: str, exc: BaseException, *,
+                 stage: int | None = None, meta: Mapping[str, str] | None = None,
+                 attempts: int | None = None) -> dict[str, Any]:
+    """Write and return the result of a failed pair: ``status = "error: <reason>"``."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    result = build_result(layout, sample, dye, f"error: {reason}", meta, extra={
+        "error": {"class": type(exc).__name__, "stage": stage, "exit_code": exit_code_for(exc),
+                  "attempts": attempts}})
+    write_result(layout, result)
+    return result

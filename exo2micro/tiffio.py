@@ -1,0 +1,428 @@
+"""Lazy TIFF reading in windows and strips, signal-channel choice, and a streaming tiled writer.
+
+Reading
+-------
+:class:`TiffImage` opens the first image of a TIFF without decoding pixels, validates its header
+(size, sample format, segment table against the file size) and then reads any window
+``[y0:y1, x0:x1]`` by decoding only the strips or tiles that overlap it:
+
+* uncompressed contiguous files (most microscope exports) are memory-mapped: a window read
+  touches only its own bytes;
+* strip- or tile-organised files decode the overlapping segments; decoded segments are kept in a
+  small LRU cache (``cache_bytes``, default 256 MiB, at least one segment) so that reading a
+  file strip after strip (:meth:`TiffImage.iter_rows`) decodes every segment once;
+* a file stored as a single compressed strip must be decoded whole, once; that costs one full
+  decoded copy of the image in memory, which the memory model accounts for.
+
+Segment reads are serialised by a lock (the file handle is shared); decoding happens outside
+the lock, so several threads may read windows of the same image concurrently.
+
+Writing
+-------
+:func:`write_tiled` writes an image given as an iterator of full-width row blocks to a tiled
+(BigTIFF when needed) file atomically. Only one block is held at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from exo2micro.atomic import atomic_path
+from exo2micro.errors import InputDataError
+
+#: Largest accepted image side (px); larger headers are treated as corrupt.
+MAX_SIDE = 500_000
+#: Default tile size (px) of the tiled checkpoints we write.
+TILE = 512
+_SUPPORTED_KINDS = {"u", "i", "f"}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Header facts of one TIFF image (no pixels read)."""
+
+    path: str
+    height: int
+    width: int
+    samples: int
+    dtype: str
+    photometric: str
+    compression: str
+    tiled: bool
+    segment_shape: tuple[int, int]
+    n_segments: int
+    memmappable: bool
+    file_bytes: int
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the whole decoded image (all samples)."""
+        return self.height * self.width * self.samples * np.dtype(self.dtype).itemsize
+
+    @property
+    def largest_segment_bytes(self) -> int:
+        """Bytes of one decoded strip or tile (the unit that must be decoded at once)."""
+        h, w = self.segment_shape
+        return h * w * self.samples * np.dtype(self.dtype).itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TiffImage:
+    """Read-only, lazy access to the first image of a TIFF file.
+
+    Raises :class:`InputDataError` (exit 65) naming the file when it is empty, not a TIFF,
+    truncated, or has an absurd or unsupported header. Use as a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], cache_bytes: int = 256 << 20) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_bytes = cache_bytes
+        self._cached = 0
+        try:
+            size = self.path.stat().st_size
+        except OSError as exc:
+            raise InputDataError(f"{self.path}: cannot read file ({exc.strerror})") from None
+        if size == 0:
+            raise InputDataError(f"{self.path}: file is empty (0 bytes)")
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+        except Exception as exc:
+            with open(self.path, "rb") as fh:
+                head = fh.read(8)
+            raise InputDataError(f"{self.path}: not a readable TIFF file ({_short(exc)}; "
+                                 f"first bytes {head!r})") from None
+        try:
+            self._page = self._validate(size)
+        except InputDataError:
+            self._tif.close()
+            raise
+        page = self._page
+        self._memmap: np.ndarray | None = None
+        if self.info.memmappable:
+            self._memmap = np.memmap(self.path, dtype=self._file_dtype, mode="r",
+                                     offset=int(page.dataoffsets[0]),
+                                     shape=self._normal_shape)
+
+    # ----------------------------------------------------------------------------- header
+    def _validate(self, file_bytes: int) -> tifffile.TiffPage:
+        try:
+            if len(self._tif.pages) == 0:
+                raise InputDataError(f"{self.path}: TIFF contains no image")
+            page = self._tif.pages.first
+        except InputDataError:
+            raise
+        except Exception as exc:
+            raise InputDataError(f"{self.path}: corrupt TIFF header ({_short(exc)})") from None
+        h, w = int(page.imagelength), int(page.imagewidth)
+        samples = int(page.samplesperpixel)
+        if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+            raise InputDataError(f"{self.path}: implausible image size {w}×{h} px in header")
+        if not 1 <= samples <= 8:
+            raise InputDataError(f"{self.path}: implausible {samples} samples per pixel")
+        if page.dtype is None or page.dtype.kind not in _SUPPORTED_KINDS or page.imagedepth != 1:
+            raise InputDataError(f"{self.path}: unsupported pixel format "
+                                 f"({page.bitspersample}-bit, sample format {page.sampleformat},"
+                                 f" depth {page.imagedepth})")
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if len(offsets) == 0 or len(offsets) != len(counts):
+            raise InputDataError(f"{self.path}: TIFF has no pixel data")
+        end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+        if end > file_bytes:
+            raise InputDataError(f"{self.path}: file is truncated (pixel data needs {end} bytes, "
+                                 f"file has {file_bytes})")
+        planar_separate = page.planarconfig == 2 and samples > 1
+        self._separate = planar_separate
+        self._file_dtype = np.dtype(self._tif.byteorder + page.dtype.char)
+        self._normal_shape = (h, w, samples)
+        if page.is_tiled:
+            seg = (int(page.tilelength), int(page.tilewidth))
+        else:
+            seg = (min(int(page.rowsperstrip), h), w)
+        self._seg = seg
+        self._grid = (-(-h // seg[0]), -(-w // seg[1]))
+        memmappable = bool(page.is_memmappable) and not planar_separate and page.compression == 1
+        self.info = ImageInfo(
+            path=str(self.path), height=h, width=w, samples=samples,
+            dtype=str(page.dtype), photometric=page.photometric.name,
+            compression=page.compression.name, tiled=bool(page.is_tiled), segment_shape=seg,
+            n_segments=len(offsets), memmappable=memmappable, file_bytes=file_bytes)
+        self._extrasamples = tuple(int(e) for e in (page.extrasamples or ()))
+        return page
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.info.height, self.info.width
+
+    @property
+    def samples(self) -> int:
+        return self.info.samples
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.info.dtype)
+
+    def color_channels(self) -> tuple[int, ...]:
+        """Sample indices that can carry fluorescence: alpha / extra samples are excluded."""
+        n = self.samples - len(self._extrasamples)
+        if n <= 0:
+            n = self.samples
+        if self.info.photometric in {"MINISBLACK", "MINISWHITE"} and n > 1 and self._extrasamples:
+            n = 1
+        return tuple(range(n))
+
+    # ----------------------------------------------------------------------------- reading
+    def read_window(self, y0: int, y1: int, x0: int, x1: int,
+                    channels: Sequence[int] | None = None) -> np.ndarray:
+        """Return pixels ``[y0:y1, x0:x1]`` as an array ``(h, w, n_channels)`` in native dtype.
+
+        Bounds are clipped to the image; ``channels`` selects samples (default: all).
+        """
+        h, w = self.shape
+        y0, y1, x0, x1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+        chans = list(range(self.samples)) if channels is None else list(channels)
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), len(chans)), self.dtype)
+        if self._memmap is not None:
+            try:
+                return np.array(self._memmap[y0:y1, x0:x1][:, :, chans], dtype=self.dtype)
+            except OSError as exc:
+                raise InputDataError(f"{self.path}: read failed ({exc})") from None
+        out = np.empty((y1 - y0, x1 - x0, len(chans)), self.dtype)
+        sh, sw = self._seg
+        for ty in range(y0 // sh, (y1 - 1) // sh + 1):
+            for tx in range(x0 // sw, (x1 - 1) // sw + 1):
+                planes = chans if self._separate else [None]
+                for k, plane in enumerate(planes):
+                    seg = self._segment(ty, tx, 0 if plane is None else plane)
+                    sy0, sx0 = ty * sh, tx * sw
+                    ya, yb = max(y0, sy0), min(y1, sy0 + seg.shape[0])
+                    xa, xb = max(x0, sx0), min(x1, sx0 + seg.shape[1])
+                    part = seg[ya - sy0:yb - sy0, xa - sx0:xb - sx0]
+                    if plane is None:
+                        out[ya - y0:yb - y0, xa - x0:xb - x0] = part[:, :, chans]
+                    else:
+                        out[ya - y0:yb - y0, xa - x0:xb - x0, k] = part[:, :, 0]
+        return out
+
+    def _segment(self, ty: int, tx: int, plane: int) -> np.ndarray:
+        """Decoded segment (rows, cols, samples) at grid position (ty, tx) of sample ``plane``."""
+        index = plane * self._grid[0] * self._grid[1] + ty * self._grid[1] + tx
+        page = self._page
+        with self._lock:  # the cache and the file position are shared between threads
+            cached = self._cache.get(index)
+            if cached is not None:
+                self._cache.move_to_end(index)
+                return cached
+            fh = self._tif.filehandle
+            fh.seek(int(page.dataoffsets[index]))
+            data = fh.read(int(page.databytecounts[index]))
+        try:
+            arr, _, _ = page.decode(data or None, index)
+        except Exception as exc:
+            raise InputDataError(f"{self.path}: cannot decode segment {index} "
+                                 f"({_short(exc)})") from None
+        if arr is None:  # sparse file: missing segment reads as zeros
+            arr = np.zeros((1, *self._seg, 1 if self._separate else self.samples), self.dtype)
+        seg = np.asarray(arr).reshape(arr.shape[-3:])
+        with self._lock:
+            self._cache[index] = seg
+            self._cached += seg.nbytes
+            while self._cached > self._cache_bytes and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= old.nbytes
+        return seg
+
+    def iter_rows(self, block_rows: int, channels: Sequence[int] | None = None
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(y0, block)`` for consecutive full-width row blocks of ``block_rows`` rows."""
+        h, w = self.shape
+        for y0 in range(0, h, block_rows):
+            yield y0, self.read_window(y0, min(h, y0 + block_rows), 0, w, channels)
+
+    def sample_rows(self, n_blocks: int, block_rows: int, channels: Sequence[int] | None = None
+                    ) -> Iterator[np.ndarray]:
+        """Yield ``n_blocks`` evenly spaced full-width row blocks (for cheap statistics)."""
+        h, w = self.shape
+        if h <= n_blocks * block_rows:
+            starts: Iterable[int] = range(0, h, block_rows)
+        else:
+            starts = np.linspace(0, h - block_rows, n_blocks).astype(int)
+        for y0 in starts:
+            yield self.read_window(int(y0), int(y0) + block_rows, 0, w, channels)
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._memmap = None
+        self._tif.close()
+
+    def __enter__(self) -> TiffImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def read_info(path: str | os.PathLike[str]) -> ImageInfo:
+    """Header facts of a TIFF (validated), without reading pixels."""
+    with TiffImage(path) as img:
+        return img.info
+
+
+# ------------------------------------------------------------------------------ channels
+@dataclass(frozen=True)
+class ChannelChoice:
+    """Which samples of an image carry the fluorescence signal, and why."""
+
+    channels: tuple[int, ...]
+    signal: tuple[float, ...]
+    reason: str
+
+    @property
+    def summed(self) -> bool:
+        return len(self.channels) > 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"channels": list(self.channels), "signal_per_channel": list(self.signal),
+                "reason": self.reason}
+
+
+#: A channel counts as active when its signal is at least this fraction of the strongest one.
+ACTIVE_FRACTION = 0.3
+
+
+def channel_signal(img: TiffImage, n_blocks: int = 24, block_rows: int = 32) -> np.ndarray:
+    """Per-colour-channel fluorescence strength from evenly spaced row blocks.
+
+    Strength = mean − 1st percentile of the channel (its dark level), so a channel that is only
+    a constant offset scores 0 and crosstalk of a few percent scores a few percent.
+    """
+    chans = img.color_channels()
+    blocks = [b.reshape(-1, len(chans))[::7].astype(np.float64)
+              for b in img.sample_rows(n_blocks, block_rows, chans)]
+    values = np.concatenate(blocks, axis=0)
+    return np.maximum(values.mean(axis=0) - np.percentile(values, 1, axis=0), 0.0)
+
+
+def choose_channels(signals: Sequence[np.ndarray]) -> ChannelChoice:
+    """Choose the signal channel(s) from the per-channel strengths of one or more images.
+
+    The strengths of the images of a pair are normalised and added, so pre and post always use
+    the same channels. Channels with at least :data:`ACTIVE_FRACTION` of the strongest channel's
+    strength are active and summed.
+    """
+    total = np.zeros_like(np.asarray(signals[0], dtype=np.float64))
+    for s in signals:
+        s = np.asarray(s, dtype=np.float64)
+        total += s / s.max() if s.max() > 0 else s
+    if total.size == 1:
+        return ChannelChoice((0,), (float(total[0]),), "single-channel image")
+    if total.max() <= 0:
+        return ChannelChoice((0,), tuple(float(v) for v in total),
+                             "no channel carries signal; using channel 0")
+    active = tuple(int(i) for i in np.nonzero(total >= ACTIVE_FRACTION * total.max())[0])
+    names = "RGB" if total.size == 3 else None
+    label = ", ".join(names[i] if names else str(i) for i in active)
+    how = "summed" if len(active) > 1 else "strongest"
+    return ChannelChoice(active, tuple(float(v) for v in total),
+                         f"{how} channel(s) {label} (strength ≥ {ACTIVE_FRACTION:.0%} of max)")
+
+
+def signal_dtype(dtype: np.dtype, n_channels: int) -> np.dtype:
+    """dtype of the single-channel signal: native for one channel, widened for sums so that
+    adding channels never clips (uint8 → uint16, uint16 → uint32, floats → float32)."""
+    dtype = np.dtype(dtype)
+    if n_channels == 1:
+        return dtype
+    if dtype.kind == "f":
+        return np.dtype(np.float32) if dtype.itemsize <= 4 else np.dtype(np.float64)
+    return np.dtype(np.uint16) if dtype.itemsize == 1 else np.dtype(np.uint32)
+
+
+def to_signal(block: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
+    """Sum the channel axis of ``block`` (h, w, c) into one channel of ``out_dtype``."""
+    if block.shape[2] == 1:
+        return block[:, :, 0].astype(out_dtype, copy=False)
+    return block.sum(axis=2, dtype=out_dtype)
+
+
+# ------------------------------------------------------------------------------ writing
+def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.dtype,
+                blocks: Iterable[np.ndarray], *, tile: int = TILE,
+                compression: str | None = None, description: str | None = None,
+                extratags: Sequence[tuple[Any, ...]] = ()) -> None:
+    """Write a single-channel image atomically as a tiled TIFF, BigTIFF when it needs it.
+
+    ``blocks`` yields consecutive full-width row blocks of exactly ``tile`` rows (the last may
+    be shorter); only one block is held at a time. ``compression`` is any tifffile codec name
+    (``None``, ``'zlib'``, ``'zstd'``, ``'lzw'``).
+    """
+    h, w = shape
+    dtype = np.dtype(dtype)
+    big = h * w * dtype.itemsize > 2**31 - 2**25
+
+    def tiles() -> Iterator[np.ndarray]:
+        rows_done = 0
+        for block in blocks:
+            bh = block.shape[0]
+            if block.shape[1] != w or (bh != tile and rows_done + bh != h):
+                raise ValueError(f"write_tiled: block of shape {block.shape} at row {rows_done} "
+                                 f"does not fit {tile}-row blocks of a {w}-wide image")
+            padded = np.zeros((tile, -(-w // tile) * tile), dtype)
+            padded[:bh, :w] = block
+            for x0 in range(0, w, tile):
+                yield padded[:, x0:x0 + tile]
+            rows_done += bh
+        if rows_done != h:
+            raise ValueError(f"write_tiled: got {rows_done} rows, expected {h}")
+
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tw:
+        tw.write(tiles(), shape=(h, w), dtype=dtype, tile=(tile, tile),
+                 compression=compression, photometric="minisblack",
+                 description=description, metadata=None, extratags=extratags)
+
+
+def write_pages(path: str | os.PathLike[str], arrays: Sequence[np.ndarray],
+                description: str | None = None) -> None:
+    """Write small arrays (e.g. a pyramid) as consecutive pages of one TIFF, atomically."""
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tw:
+        for i, arr in enumerate(arrays):
+            tw.write(np.ascontiguousarray(arr), photometric="minisblack", metadata=None,
+                     description=description if i == 0 else None)
+
+
+def read_pages(path: str | os.PathLike[str]) -> list[np.ndarray]:
+    """Read every page of a small multi-page TIFF written by :func:`write_pages`."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return [p.asarray() for p in tif.pages]
+    except Exception as exc:
+        raise InputDataError(f"{path}: cannot read ({_short(exc)})") from None
+
+
+def check_readable(path: str | os.PathLike[str]) -> bool:
+    """Cheap integrity check used by resume: the TIFF header and segment table are valid and
+    the file is as long as they require. Never decodes pixels."""
+    try:
+        with TiffImage(path):
+            return True
+    except InputDataError:
+        return False
