@@ -1,0 +1,129 @@
+"""Stage 1 — load: read each raw TIFF once, keep the signal channel, build the pyramid.
+
+For each of pre and post this stage
+
+1. validates the TIFF header (corrupt, truncated, empty, absurd → :class:`InputDataError`);
+2. chooses the signal channel(s) *jointly* for the pair from evenly spaced row samples, so
+   pre and post always use the same channels (:func:`exo2micro.tiffio.choose_channels`);
+3. streams the raw image in 512-row blocks: each block is reduced to the single-channel signal
+   (native dtype; summed channels are widened, never clipped), written as tiles of
+   ``tiff/01_<which>_signal.tif`` and box-averaged into the first pyramid level;
+4. writes the pyramid and the metadata (shape, dtype, channel choice, value range, tissue
+   footprint statistics) into the stage record.
+
+Memory: one raw block (512 rows × width × samples), its signal, one padded tile row and the
+first pyramid level (≤ 4096 px on its longer side, float32 ≤ 64 MiB) per image, plus the
+decoded segment cache of the reader — for a raw file stored as a single compressed strip that
+is the whole decoded image. Pre and post are processed in two threads when ``threads ≥ 2``
+(decoding, reductions and compression release the GIL).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from exo2micro.errors import InputDataError
+from exo2micro.footprint import footprint_stats, tissue_mask
+from exo2micro.layout import PairLayout
+from exo2micro.pyramid import Pyramid, box_reduce, first_factor
+from exo2micro.records import StageRun
+from exo2micro.tiffio import (
+    TILE,
+    ChannelChoice,
+    TiffImage,
+    channel_signal,
+    choose_channels,
+    signal_dtype,
+    to_signal,
+    write_tiled,
+)
+
+WHICH = ("pre", "post")
+
+
+def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out: Path
+                   ) -> dict[str, Any]:
+    """Write the single-channel signal of ``img`` and its pyramid; return image metadata."""
+    h, w = img.shape
+    dtype = signal_dtype(img.dtype, len(choice.channels))
+    factor = first_factor(h, w)
+    first = np.empty((-(-h // factor), -(-w // factor)), np.float32)
+    lo, hi = np.inf, -np.inf
+    n_nonfinite = 0
+
+    def blocks():  # type: ignore[no-untyped-def]
+        nonlocal lo, hi, n_nonfinite
+        for y0, raw in img.iter_rows(TILE, choice.channels):
+            sig = to_signal(raw, dtype)
+            if dtype.kind == "f":
+                bad = ~np.isfinite(sig)
+                if bad.any():
+                    n_nonfinite += int(bad.sum())
+                    sig = np.where(bad, 0, sig).astype(dtype)
+            lo, hi = min(lo, float(sig.min())), max(hi, float(sig.max()))
+            first[y0 // factor:(y0 + sig.shape[0] + factor - 1) // factor] = box_reduce(sig, factor)
+            yield sig
+
+    write_tiled(out, (h, w), dtype, blocks())
+    if lo == hi:
+        out.unlink(missing_ok=True)
+        raise InputDataError(f"{img.path}: image is constant (every pixel = {lo:g}); "
+                             f"there is nothing to align")
+    pyramid = Pyramid.from_first_level(first, factor, (h, w))
+    pyramid.save(pyramid_out)
+    mask = tissue_mask(first)
+    stats = footprint_stats(first, mask, factor)
+    if stats.fraction == 0.0:
+        raise InputDataError(f"{img.path}: no tissue found (no region brighter than the "
+                             f"background)")
+    return {"raw": img.info.to_json(), "signal_dtype": str(dtype), "shape": [h, w],
+            "value_range": [lo, hi], "nonfinite_pixels_zeroed": n_nonfinite,
+            "pyramid_factors": pyramid.factors, "footprint": stats.to_json()}
+
+
+def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
+             threads: int = 1) -> dict[str, Any]:
+    """Run stage 1 for one pair and return its record (also written to ``layout.record(1)``).
+
+    Raises :class:`InputDataError` naming the file for any unusable raw image; nothing is left
+    under a final output name in that case.
+    """
+    run = StageRun(layout, 1)
+    raws = {"pre": Path(pre_raw), "post": Path(post_raw)}
+    images: dict[str, TiffImage] = {}
+    try:
+        for which in WHICH:
+            images[which] = TiffImage(raws[which])
+        with run.timed("channel_choice"):
+            choice = choose_channels([channel_signal(images[w]) for w in WHICH])
+        counts = {w: len(images[w].color_channels()) for w in WHICH}
+        if counts["pre"] != counts["post"]:
+            run.warn(f"pre has {counts['pre']} colour channels and post {counts['post']}; "
+                     f"using channels {list(choice.channels)} of both")
+        for which in WHICH:
+            missing = [c for c in choice.channels if c >= images[which].samples]
+            if missing:
+                raise InputDataError(f"{raws[which]}: has no channel {missing[0]} (the signal "
+                                     f"channel chosen for this pair)")
+
+        def one(which: str) -> dict[str, Any]:
+            return _stream_signal(images[which], choice, layout.signal(which),
+                                  layout.pyramid(which))
+
+        with run.timed("stream"):
+            if threads >= 2:
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    meta = dict(zip(WHICH, pool.map(one, WHICH)))
+            else:
+                meta = {w: one(w) for w in WHICH}
+    finally:
+        for img in images.values():
+            img.close()
+    run.add_outputs([layout.signal(w) for w in WHICH] + [layout.pyramid(w) for w in WHICH])
+    run.info.update({"inputs": {w: str(raws[w]) for w in WHICH},
+                     "channels": choice.to_json(), "images": meta})
+    return run.record()
