@@ -1,0 +1,61 @@
+"""``e2m-discover`` / ``exo2micro discover``: resolve the (sample, dye) pairs to process.
+
+Reads a raw directory (``--raw-dir``) or a samplesheet (``--input``), resolves the requested
+samples × dyes (see :mod:`exo2micro.discover`), prints a short report to stderr and optionally
+writes the runnable pairs as a samplesheet (``--out``) and the skipped ones as a TSV
+(``--skipped``). Exit codes: 0 (also when lenient mode leaves nothing to run), 2 usage error,
+65 bad layout or, in strict mode, any problem pair.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+import exo2micro.discover as disc
+from exo2micro.cli.common import UsageExit, run_tool, setup_logging
+
+
+def split_names(values: tuple[str, ...]) -> list[str]:
+    """Flatten repeated, comma-separated option values (``-s A,B -s C``) into a list."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+@click.command("discover", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--raw-dir", type=click.Path(path_type=Path), default=None,
+              help="Raw directory: one folder per sample holding its pre/post TIFFs.")
+@click.option("--input", "sheet", type=click.Path(path_type=Path), default=None,
+              help="Samplesheet CSV with columns sample,dye,pre,post (instead of --raw-dir).")
+@click.option("--samples", "-s", multiple=True, metavar="A,B,...",
+              help="Samples to process (comma-separated, repeatable); default: all found.")
+@click.option("--dyes", "-d", multiple=True, metavar="X,Y,...",
+              help="Dyes to process (comma-separated, repeatable); default: all found per sample.")
+@click.option("--lenient", is_flag=True,
+              help="Skip missing/incomplete/duplicate pairs instead of failing (default: strict).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the runnable pairs as a samplesheet CSV here.")
+@click.option("--skipped", "skipped_out", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write skipped pairs (sample, dye, reason) as a TSV here.")
+@click.option("--verbose", "-v", is_flag=True, help="Also log every ignored non-TIFF file.")
+@run_tool
+def discover(raw_dir: Path | None, sheet: Path | None, samples: tuple[str, ...],
+             dyes: tuple[str, ...], lenient: bool, out: Path | None, skipped_out: Path | None,
+             verbose: bool) -> None:
+    """Find the (sample, dye) pairs to process and report what cannot run."""
+    setup_logging(verbose)
+    if raw_dir is not None and sheet is not None:
+        raise UsageExit("give either --raw-dir or --input, not both")
+    sample_list, dye_list = split_names(samples), split_names(dyes)
+    if sheet is not None:
+        found = disc.load_samplesheet(sheet, sample_list, dye_list, strict=not lenient)
+    elif raw_dir is not None:
+        found = disc.discover(raw_dir, sample_list, dye_list, strict=not lenient)
+    else:
+        raise UsageExit("give --raw-dir DIR or --input SAMPLESHEET.csv")
+    click.echo(disc.format_report(found), err=True)
+    if out is not None:
+        disc.write_samplesheet(found.pairs, out)
+        click.echo(f"  wrote {len(found.pairs)} pair(s) to {out}", err=True)
+    if skipped_out is not None:
+        disc.write_skipped(found.skipped, skipped_out)

@@ -1,0 +1,674 @@
+"""Find the (sample, dye) pairs to process: raw-directory discovery and samplesheet I/O.
+
+Raw layout (SPEC §3.1): ``raw/<sample>/<files>.tif|.tiff``; the folder name is the sample id.
+Discovery reads names only, never file contents.
+
+Classification rule
+-------------------
+A TIFF named ``<words>_<dye>.tif`` is a **pre-stain** (post-stain) image when exactly one kind of
+marker occurs among its ``<words>`` (split at ``_``, ``-``, ``.`` and spaces) — a marker being a
+word that, ignoring case, is ``pre`` (``post``) optionally followed by digits, or begins with
+``prestain`` (``poststain``) — and its dye is the text after the last ``_``.
+
+So ``Sample001_PreStain_SybrGld.tif``, ``my_2024-03-15_pre_run3_DAPI.tiff``,
+``whatever_post_Cy5.TIF`` and ``x_Pre-Stain_DAPI.tif`` are classified, while words such as
+``Compressed``, ``Cypress``, ``Postgate``, ``Prelim`` or ``Preview`` are never taken for markers
+(the public exo2micro matched bare substrings, so a sample called ``Postgate`` broke it). A name
+with both kinds of marker, with neither, or without a dye is rejected with a one-line reason
+naming the file. Hidden files (``.*``, including macOS ``._*``) are skipped silently; other
+non-TIFF files are listed at debug level. A dye never contains ``_``: a requested dye such as
+``SybrGld_microbe`` is answered with a hint to rename the files (``..._SybrGld-microbe.tif``).
+
+Checks
+------
+:func:`scan_raw_dir` first diagnoses the layout — missing, not a folder, empty, TIFFs at the top
+level without sample folders, no sample folder holding a TIFF — and raises :class:`DiscoveryError`
+(a :class:`~exo2micro.errors.LayoutError`, exit 65) with the expected layout drawn as a tree.
+:func:`discover` then resolves the requested samples × dyes (default: everything found): each
+pair is runnable, or missing, incomplete (only pre or only post) or duplicate. Strict mode raises
+one error listing every problem pair; lenient mode returns them as :class:`SkippedPair`.
+
+Samplesheet (SPEC §3.2): ``sample,dye,pre,post`` plus any extra columns, validated against
+``assets/schema_input.json`` (the same file Nextflow's nf-schema plugin uses). Row numbers in
+messages are line numbers of the file (the header is row 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import functools
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+
+from exo2micro.atomic import write_text_atomic
+from exo2micro.errors import LayoutError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "assets" / "schema_input.json"
+SAMPLESHEET_COLUMNS: tuple[str, ...] = ("sample", "dye", "pre", "post")
+TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+ALL_DYES = "*"
+"""Dye of a :class:`SkippedPair` that stands for every dye of its sample (e.g. empty folder)."""
+
+NAMING_RULE = (
+    "file names are <words>_<dye>.tif|.tiff: the dye is the text after the last '_', and "
+    "exactly one of the words (split at '_', '-', '.', spaces) marks the image as pre-stain "
+    "('pre', 'Pre2', 'PreStain', 'pre-stain', ...) or post-stain ('post', 'PostStain', ...)"
+)
+
+_WORD_SPLIT = re.compile(r"[_\-.\s]+")
+_MARKER = re.compile(r"(pre|post)(\d*|stain.*)", re.IGNORECASE)
+
+FileKind = Literal["pre", "post", "ambiguous", "unmarked", "invalid"]
+
+
+class DiscoveryError(LayoutError, FileNotFoundError):
+    """Bad raw-dir layout, bad samplesheet or (strict mode) problem pairs; exit code 65.
+
+    Also a :class:`FileNotFoundError`, which is what the public exo2micro's ``run_batch``
+    raised, so existing ``except FileNotFoundError`` handlers keep working.
+    """
+
+
+# --------------------------------------------------------------------------- data classes
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """One runnable pair: the pre- and post-stain TIFF of ``(sample, dye)``.
+
+    ``pre``/``post`` are absolute paths; ``extra`` holds the samplesheet's extra columns
+    (site, timepoint, ...), empty for pairs found in a raw directory.
+    """
+
+    sample: str
+    dye: str
+    pre: Path
+    post: Path
+    extra: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def id(self) -> str:
+        """``<sample>_<dye>``: the task name (Nextflow ``meta.id``); dyes never contain ``_``."""
+        return f"{self.sample}_{self.dye}"
+
+
+@dataclass(frozen=True)
+class SkippedPair:
+    """A requested pair that cannot run, with a one-line reason (``dye`` may be ``'*'``)."""
+
+    sample: str
+    dye: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.sample}/{self.dye}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class FileVerdict:
+    """How one TIFF name was classified: ``kind`` is pre/post, or ``reason`` says why not."""
+
+    name: str
+    kind: FileKind
+    dye: str | None
+    reason: str = ""
+
+    @property
+    def usable(self) -> bool:
+        """True for a pre- or post-stain image with a valid dye."""
+        return self.kind in ("pre", "post")
+
+    def __str__(self) -> str:
+        return f"'{self.name}': {self.reason or self.kind + '-stain image of dye ' + str(self.dye)}"
+
+
+@dataclass
+class SampleFolder:
+    """One sample folder of a raw directory: its TIFFs (classified) and other entries."""
+
+    name: str
+    path: Path
+    tiffs: list[FileVerdict] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RawScan:
+    """Everything :func:`scan_raw_dir` found (names only) in a raw directory."""
+
+    root: Path
+    folders: dict[str, SampleFolder]
+    loose_tiffs: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Discovery:
+    """The resolved request: runnable pairs, skipped pairs and notes about unused files."""
+
+    source: str
+    pairs: list[PairSpec]
+    skipped: list[SkippedPair] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- names
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    """Return the samplesheet JSON schema (``assets/schema_input.json``)."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _name_problem(column: str, value: str) -> str | None:
+    """Return the schema's error message if ``value`` is not a valid ``sample``/``dye`` name."""
+    prop = load_schema()["items"]["properties"][column]
+    return None if re.search(prop["pattern"], value) else prop["errorMessage"]
+
+
+def is_tiff_name(name: str) -> bool:
+    """True if ``name`` ends in ``.tif`` or ``.tiff`` in any case."""
+    return name.lower().endswith(TIFF_SUFFIXES)
+
+
+def classify_filename(name: str) -> FileVerdict:
+    """Classify one file name (no path) by the rule in the module docstring.
+
+    >>> classify_filename("Sample001_PreStain_SybrGld.tif")
+    FileVerdict(name='Sample001_PreStain_SybrGld.tif', kind='pre', dye='SybrGld', reason='')
+    """
+    if not is_tiff_name(name):
+        return FileVerdict(name, "invalid", None, "not a .tif/.tiff file")
+    stem = name[: name.rfind(".")]
+    if "_" not in stem:
+        return FileVerdict(name, "invalid", None,
+                           "no '_' in the name, so no dye (names end in '_<dye>.tif')")
+    head, _, dye = stem.rpartition("_")
+    if not dye:
+        return FileVerdict(name, "invalid", None, "nothing after the last '_', so no dye")
+    problem = _name_problem("dye", dye)
+    if problem:
+        return FileVerdict(name, "invalid", dye,
+                           f"dye '{dye}' (the text after the last '_') is not valid: "
+                           f"{problem}")
+    words = [w for w in _WORD_SPLIT.split(head) if w]
+    markers = [w for w in words if _MARKER.fullmatch(w)]
+    roles = {_MARKER.fullmatch(w).group(1).lower() for w in markers}  # type: ignore[union-attr]
+    if len(roles) == 2:
+        return FileVerdict(name, "ambiguous", dye,
+                           "both a pre and a post marker "
+                           f"({', '.join(repr(m) for m in markers)}); keep only one")
+    if not roles:
+        hint = ""
+        if _MARKER.fullmatch(dye):
+            hint = (f"; the dye is the text after the last '_' (here '{dye}'), so the "
+                    f"marker must come before it, e.g. '..._{dye}_<dye>.tif'")
+        else:
+            near = [w for w in words if w.lower().startswith(("pre", "post"))]
+            if near:
+                hint = (f"; {', '.join(repr(w) for w in near)} "
+                        f"{'is' if len(near) == 1 else 'are'} not a marker word: "
+                        f"separate it, e.g. '..._pre_...'")
+        return FileVerdict(name, "unmarked", dye,
+                           f"no pre/post marker word before the dye '{dye}'{hint}")
+    return FileVerdict(name, roles.pop(), dye)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def expected_layout(raw_name: str = "raw") -> str:
+    """The expected raw-directory layout as a small ASCII tree, plus the naming rule."""
+    return (
+        "expected layout:\n"
+        f"  {raw_name}/\n"
+        "    CD070/                              one folder per sample (folder name = sample id)\n"
+        "      Sample001_PreStain_SybrGld.tif    pre-stain image of dye SybrGld\n"
+        "      Sample001_PostStain_SybrGld.tif   post-stain image of dye SybrGld\n"
+        "    CD063/\n"
+        "      x_pre_run3_DAPI.tiff  x_post_run3_DAPI.tiff  ...\n"
+        f"rule: {NAMING_RULE}"
+    )
+
+
+def _layout_error(raw: Path, message: str) -> DiscoveryError:
+    return DiscoveryError(f"{message}\n{expected_layout(raw.name or str(raw))}")
+
+
+def _list_dir(folder: Path) -> list[os.DirEntry[str]]:
+    """Non-hidden entries of ``folder``, sorted by name."""
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _short_list(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _display(raw_dir: str | os.PathLike[str]) -> str:
+    """The raw directory as the user wrote it, without a trailing '/'."""
+    return os.fspath(raw_dir).rstrip("/") or "/"
+
+
+def scan_raw_dir(raw_dir: str | os.PathLike[str]) -> RawScan:
+    """List and classify a raw directory (names only) after diagnosing its layout.
+
+    Raises :class:`DiscoveryError` when the directory is missing, is a file, is empty, holds
+    TIFFs at the top level but no sample folders, or none of its sample folders holds a TIFF.
+    """
+    raw = Path(os.path.abspath(raw_dir))
+    shown = _display(raw_dir)
+    if not raw.exists():
+        raise _layout_error(raw, f"raw directory '{shown}' does not exist")
+    if not raw.is_dir():
+        raise _layout_error(raw, f"raw directory '{shown}' is a file, not a folder")
+    try:
+        entries = _list_dir(raw)
+        scan = RawScan(root=raw, folders={})
+        for entry in entries:
+            if entry.is_dir():
+                scan.folders[entry.name] = _scan_folder(entry.name, Path(entry.path))
+            elif is_tiff_name(entry.name):
+                scan.loose_tiffs.append(entry.name)
+            else:
+                scan.ignored.append(entry.name)
+    except OSError as exc:
+        raise _layout_error(raw, f"cannot read raw directory '{shown}': {exc}") from exc
+    if not entries:
+        raise _layout_error(raw, f"raw directory '{shown}' is empty")
+    if not scan.folders:
+        if scan.loose_tiffs:
+            raise _layout_error(
+                raw, f"raw directory '{shown}' has {len(scan.loose_tiffs)} TIFF file(s) at the "
+                f"top level ({_short_list(scan.loose_tiffs, 3)}) but no sample folders: move "
+                f"each sample's images into '{shown}/<sample>/'")
+        raise _layout_error(raw, f"raw directory '{shown}' has no sample folders "
+                                 f"(only {_short_list(scan.ignored, 3)})")
+    if not any(f.tiffs for f in scan.folders.values()):
+        raise _layout_error(
+            raw, f"none of the {len(scan.folders)} sample folder(s) in '{shown}' contains a "
+            f".tif/.tiff file ({_short_list(list(scan.folders), 5)})")
+    for name in scan.ignored:
+        log.debug("ignored non-TIFF file %s", raw / name)
+    return scan
+
+
+def _scan_folder(name: str, path: Path) -> SampleFolder:
+    folder = SampleFolder(name=name, path=path)
+    for entry in _list_dir(path):
+        if not entry.is_dir() and is_tiff_name(entry.name):
+            folder.tiffs.append(classify_filename(entry.name))
+        else:
+            folder.ignored.append(entry.name + ("/" if entry.is_dir() else ""))
+            log.debug("ignored %s", path / entry.name)
+    return folder
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'X'?"`` for a case-insensitive or close match, else ``""``."""
+    pool = list(candidates)
+    same_case = [c for c in pool if c.lower() == word.lower()]
+    close = same_case or difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _dye_with_underscore_hint(dye: str, found_dyes: Iterable[str]) -> str:
+    last = dye.rsplit("_", 1)[1]
+    dashed = dye.replace("_", "-")
+    mean = f"; did you mean '{last}'?" if last in set(found_dyes) else ""
+    return (f"dye names are the text after the last '_' of a file name, so '{dye}' can never "
+            f"match{mean} (to keep the name, rename the files to end in '_{dashed}.tif' and "
+            f"request '{dashed}')")
+
+
+def _raw_pair_verdicts(folder: SampleFolder) -> dict[str, PairSpec | str]:
+    """dye -> runnable PairSpec or the reason it cannot run, for every dye with a marked file."""
+    by_dye: dict[str, list[FileVerdict]] = {}
+    for v in folder.tiffs:
+        if v.dye is not None and v.kind in ("pre", "post", "ambiguous"):
+            by_dye.setdefault(v.dye, []).append(v)
+    out: dict[str, PairSpec | str] = {}
+    for dye in sorted(by_dye):
+        files = by_dye[dye]
+        pre = [v.name for v in files if v.kind == "pre"]
+        post = [v.name for v in files if v.kind == "post"]
+        if len(pre) == 1 and len(post) == 1:
+            out[dye] = PairSpec(folder.name, dye, folder.path / pre[0], folder.path / post[0])
+            continue
+        problems = [] if pre or post else ["no usable pre- or post-stain file"]
+        for role, names, other in (("pre", pre, post), ("post", post, pre)):
+            if len(names) > 1:
+                problems.append(f"duplicate: {len(names)} {role}-stain files ({_quoted(names)})")
+            elif not names and other:
+                problems.append(f"incomplete: no {role}-stain file (only {_quoted(other)})")
+        out[dye] = "; ".join(problems + [f"rejected {v}" for v in files if v.kind == "ambiguous"])
+    return out
+
+
+def _folder_problem(folder: SampleFolder, raw_shown: str) -> str | None:
+    """Why a sample folder yields no pair at all, or None."""
+    where = f"{raw_shown}/{folder.name}"
+    problem = _name_problem("sample", folder.name)
+    if problem:
+        return f"folder name '{folder.name}' is not a valid sample id: {problem}; rename it"
+    if not folder.tiffs:
+        other = f" (only {_short_list(folder.ignored, 3)})" if folder.ignored else ""
+        return f"folder '{where}' contains no .tif/.tiff file{other}"
+    if not any(v.kind in ("pre", "post", "ambiguous") for v in folder.tiffs):
+        return (f"no TIFF in '{where}' is named as a pre/post image: "
+                + "; ".join(str(v) for v in folder.tiffs[:3])
+                + (f"; ... ({len(folder.tiffs)} files)" if len(folder.tiffs) > 3 else ""))
+    return None
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def _names(values: str | Sequence[str] | None) -> list[str] | None:
+    """A request list (a lone string counts as one name); None or empty means 'everything'."""
+    if isinstance(values, str):
+        values = [values]
+    return _unique(values) if values else None
+
+
+def _resolve(
+    found: Mapping[str, Mapping[str, PairSpec | str]],
+    sample_problems: Mapping[str, str],
+    samples: list[str] | None,
+    dyes: list[str] | None,
+    missing_sample: Callable[[str], str],
+    missing_dye: Callable[[str, str], str],
+) -> tuple[list[PairSpec], list[SkippedPair]]:
+    """Resolve the request samples × dyes (default: every sample in ``found`` order).
+
+    ``found[sample][dye]`` is a runnable pair or a reason; ``sample_problems[sample]`` makes
+    every pair of that sample a problem. ``missing_sample(sample)`` and
+    ``missing_dye(sample, dye)`` say why a name that was not found at all cannot run.
+    """
+    all_samples = _unique([*found, *sample_problems])
+    pairs: list[PairSpec] = []
+    skipped: list[SkippedPair] = []
+    for sample in samples or all_samples:
+        if sample in sample_problems:
+            skipped += [SkippedPair(sample, d, sample_problems[sample])
+                        for d in (dyes or [ALL_DYES])]
+            continue
+        if sample not in found:
+            reason = missing_sample(sample) + _did_you_mean(sample, all_samples)
+            skipped += [SkippedPair(sample, d, reason) for d in (dyes or [ALL_DYES])]
+            continue
+        have = found[sample]
+        for dye in dyes or list(have):
+            verdict = have.get(dye)
+            if isinstance(verdict, PairSpec):
+                pairs.append(verdict)
+            elif verdict is not None:
+                skipped.append(SkippedPair(sample, dye, verdict))
+            elif "_" in dye:
+                skipped.append(SkippedPair(sample, dye, _dye_with_underscore_hint(dye, have)))
+            else:
+                reason = missing_dye(sample, dye) + _did_you_mean(dye, have)
+                skipped.append(SkippedPair(sample, dye, reason))
+    return pairs, skipped
+
+
+def _check_strict(discovery: Discovery, strict: bool, epilogue: str) -> Discovery:
+    """In strict mode raise one :class:`DiscoveryError` listing every skipped pair."""
+    if strict and discovery.skipped:
+        n = len(discovery.skipped)
+        lines = [f"{discovery.source}: {n} requested pair{'s' if n > 1 else ''} cannot run "
+                 "(strict mode; use --lenient / strict=False to skip them and run the rest):"]
+        lines += [f"  {s}" for s in discovery.skipped]
+        if epilogue:
+            lines.append(epilogue)
+        raise DiscoveryError("\n".join(lines))
+    return discovery
+
+
+def discover(
+    raw_dir: str | os.PathLike[str] = "raw",
+    samples: str | Sequence[str] | None = None,
+    dyes: str | Sequence[str] | None = None,
+    strict: bool = True,
+) -> Discovery:
+    """Resolve the requested ``samples`` × ``dyes`` (default: everything found) in ``raw_dir``.
+
+    Without ``dyes`` each sample contributes the dyes found in its own folder. Layout problems
+    always raise :class:`DiscoveryError`; problem pairs raise it in strict mode (one message
+    listing every pair) and are returned in :attr:`Discovery.skipped` otherwise. Zero runnable
+    pairs is not an error in lenient mode.
+    """
+    samples, dyes = _names(samples), _names(dyes)
+    scan = scan_raw_dir(raw_dir)
+    shown = _display(raw_dir)
+    found: dict[str, dict[str, PairSpec | str]] = {}
+    problems: dict[str, str] = {}
+    warnings = [f"'{shown}/{n}': TIFF at the top level is not in a sample folder; ignored"
+                for n in scan.loose_tiffs]
+    requested = set(samples) if samples else set(scan.folders)
+    for name, folder in scan.folders.items():
+        problem = _folder_problem(folder, shown)
+        if problem:
+            problems[name] = problem
+            if name not in requested:
+                warnings.append(f"sample folder '{shown}/{name}' not used: {problem}")
+            continue
+        found[name] = verdicts = _raw_pair_verdicts(folder)
+        if name in requested:
+            # Ambiguous files of a pair that cannot run are already named in its reason.
+            warnings += [f"'{shown}/{name}/{v.name}': {v.reason}" for v in folder.tiffs
+                         if not v.usable and not (v.kind == "ambiguous"
+                                                  and isinstance(verdicts.get(v.dye), str))]
+    pairs, skipped = _resolve(
+        found, problems, samples or sorted(scan.folders), dyes,
+        missing_sample=lambda s: (f"no sample folder '{shown}/{s}' "
+                                  f"(found: {_short_list(sorted(scan.folders))})"),
+        missing_dye=lambda s, d: (f"no pre/post file ending in '_{d}.tif' in '{shown}/{s}' "
+                                  f"(dyes there: {', '.join(found[s]) or 'none'})"))
+    ignored = [f"{shown}/{n}" for n in scan.ignored] + [
+        f"{shown}/{f.name}/{n}" for f in scan.folders.values() for n in f.ignored]
+    discovery = Discovery(source=f"raw directory '{shown}'", pairs=pairs, skipped=skipped,
+                          warnings=warnings, ignored=ignored)
+    return _check_strict(discovery, strict, expected_layout(Path(shown).name or shown))
+
+
+# --------------------------------------------------------------------------- samplesheet
+
+
+def _sheet_dialect(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _row_label(sheet: str, line: int, row: Mapping[str, str]) -> str:
+    who = ", ".join(f"{k}={row[k]}" for k in ("sample", "dye") if row.get(k))
+    return f"{sheet} row {line}" + (f" ({who})" if who else "")
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """One line for a row-level schema error, preferring the schema's ``errorMessage``."""
+    if error.validator == "required":
+        column = error.message.split("'")[1]
+        return f"'{column}' is empty"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    custom = schema.get("errorMessage")
+    value = error.instance
+    return f"{custom} (got '{value}')" if custom else error.message
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Header and ``(line number, row)`` pairs of a CSV/TSV; blank lines are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DiscoveryError(f"samplesheet '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DiscoveryError(f"cannot read samplesheet '{path}': {exc}") from exc
+    reader = csv.reader(io.StringIO(text), delimiter=_sheet_dialect(path))
+    header: list[str] | None = None
+    rows: list[tuple[int, dict[str, str]]] = []
+    for cells in reader:
+        if not any(c.strip() for c in cells):
+            continue
+        cells = [c.strip() for c in cells]
+        if header is None:
+            header = cells
+            continue
+        if len(cells) > len(header):
+            raise DiscoveryError(f"{path.name} row {reader.line_num}: {len(cells)} cells but "
+                                 f"the header has {len(header)} columns")
+        row = dict(zip(header, cells + [""] * (len(header) - len(cells)), strict=True))
+        rows.append((reader.line_num, row))
+    if header is None:
+        raise DiscoveryError(f"samplesheet '{path}' is empty; expected the header "
+                             f"{','.join(SAMPLESHEET_COLUMNS)}")
+    return header, rows
+
+
+def _absolute(base: Path, value: str) -> Path:
+    return Path(os.path.abspath(base / os.path.expanduser(value)))
+
+
+def load_samplesheet(
+    path: str | os.PathLike[str],
+    samples: str | Sequence[str] | None = None,
+    dyes: str | Sequence[str] | None = None,
+    strict: bool = True,
+) -> Discovery:
+    """Read, validate and resolve a samplesheet like :func:`discover` does a raw directory.
+
+    Structural problems — missing columns, empty or invalid names, non-TIFF paths, duplicate
+    ``(sample, dye)`` rows — always raise :class:`DiscoveryError` listing every bad row. Rows
+    whose files do not exist are problem pairs (fatal in strict mode, skipped otherwise).
+    Relative paths are relative to the sheet's folder; extra columns go to ``PairSpec.extra``.
+    """
+    samples, dyes = _names(samples), _names(dyes)
+    sheet = Path(path)
+    header, rows = _read_rows(sheet)
+    missing = [c for c in SAMPLESHEET_COLUMNS if c not in header]
+    if missing:
+        raise DiscoveryError(
+            f"samplesheet '{sheet}' lacks column(s) {_quoted(missing)}; its header is "
+            f"'{','.join(header)}', expected {','.join(SAMPLESHEET_COLUMNS)} (+ extra columns)")
+    errors: list[str] = []
+    validator = jsonschema.Draft202012Validator(load_schema()["items"])
+    seen: dict[tuple[str, str], int] = {}
+    found: dict[str, dict[str, PairSpec | str]] = {}
+    for line, row in rows:
+        label = _row_label(sheet.name, line, row)
+        # nf-schema treats empty cells as absent; do the same so 'required' reports them.
+        bad = [_schema_message(e) for e in validator.iter_errors(
+            {k: v for k, v in row.items() if v != ""})]
+        if bad:
+            errors += [f"{label}: {b}" for b in bad]
+            continue
+        key = (row["sample"], row["dye"])
+        if key in seen:
+            errors.append(f"{label}: duplicate of row {seen[key]} (same sample and dye)")
+            continue
+        seen[key] = line
+        pre, post = _absolute(sheet.parent, row["pre"]), _absolute(sheet.parent, row["post"])
+        absent = [f"{role} file '{row[role]}' does not exist" + (
+                  f" (looked for '{p}')" if p != Path(row[role]) else "")
+                  for role, p in (("pre", pre), ("post", post)) if not p.is_file()]
+        if pre == post:
+            absent.append("pre and post are the same file")
+        extra = {k: v for k, v in row.items() if k and k not in SAMPLESHEET_COLUMNS}
+        found.setdefault(key[0], {})[key[1]] = (
+            f"{label}: " + "; ".join(absent) if absent
+            else PairSpec(key[0], key[1], pre, post, extra))
+    if errors:
+        n = len(errors)
+        head = (errors[0] if n == 1 else
+                f"samplesheet '{sheet}' has {n} invalid rows:\n  " + "\n  ".join(errors))
+        raise DiscoveryError(head + f"\nexpected columns: {','.join(SAMPLESHEET_COLUMNS)} "
+                                    "(rows numbered as lines of the file; the header is row 1)")
+    pairs, skipped = _resolve(
+        found, {}, samples, dyes,
+        missing_sample=lambda s: (f"no row with sample '{s}' in '{sheet.name}' "
+                                  f"(samples: {_short_list(list(found))})"),
+        missing_dye=lambda s, d: (f"no row for dye '{d}' of sample '{s}' in '{sheet.name}' "
+                                  f"(dyes: {', '.join(found[s])})"))
+    warnings = [] if rows else [f"samplesheet '{sheet}' has no data rows"]
+    discovery = Discovery(source=f"samplesheet '{sheet}'", pairs=pairs, skipped=skipped,
+                          warnings=warnings)
+    return _check_strict(discovery, strict, "")
+
+
+def read_samplesheet(path: str | os.PathLike[str]) -> list[PairSpec]:
+    """Every pair of a samplesheet, validated; any problem raises :class:`DiscoveryError`."""
+    return load_samplesheet(path).pairs
+
+
+def write_samplesheet(
+    pairs: Iterable[PairSpec],
+    path: str | os.PathLike[str],
+    extra_columns: Sequence[str] | None = None,
+) -> Path:
+    """Write ``pairs`` as a ``sample,dye,pre,post[,extra...]`` CSV atomically; return the path.
+
+    Paths are written absolute, so the sheet works from any folder (and under Nextflow).
+    ``extra_columns`` defaults to every extra key of the pairs, in order of first appearance.
+    """
+    pairs = list(pairs)
+    if extra_columns is None:
+        extra_columns = _unique(k for p in pairs for k in p.extra)
+    clash = [c for c in extra_columns if c in SAMPLESHEET_COLUMNS]
+    if clash:
+        raise ValueError(f"extra column(s) {_quoted(clash)} clash with the standard columns")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*SAMPLESHEET_COLUMNS, *extra_columns])
+    for p in pairs:
+        writer.writerow([p.sample, p.dye, os.fspath(p.pre), os.fspath(p.post),
+                         *(p.extra.get(c, "") for c in extra_columns)])
+    out = Path(path)
+    write_text_atomic(out, buf.getvalue())
+    return out
+
+
+def write_skipped(skipped: Iterable[SkippedPair], path: str | os.PathLike[str]) -> Path:
+    """Write skipped pairs as a ``sample<TAB>dye<TAB>reason`` TSV (header always) atomically."""
+    lines = ["sample\tdye\treason"] + [
+        "\t".join((s.sample, s.dye, " ".join(s.reason.split()))) for s in skipped]
+    out = Path(path)
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    return out
+
+
+def format_report(discovery: Discovery) -> str:
+    """A short human report: counts first, then one line per skipped pair and per warning."""
+    n, m = len(discovery.pairs), len(discovery.skipped)
+    lines = [f"discover: {discovery.source}: {n} runnable pair{'' if n == 1 else 's'}, "
+             f"{m} skipped"]
+    lines += [f"  skipped {s}" for s in discovery.skipped]
+    lines += [f"  warning: {w}" for w in discovery.warnings]
+    if discovery.ignored:
+        lines.append(f"  ignored {len(discovery.ignored)} non-TIFF entr"
+                     f"{'y' if len(discovery.ignored) == 1 else 'ies'} "
+                     f"({_short_list(discovery.ignored, 3)})")
+    if n == 0:
+        lines.append("  no runnable pairs: nothing to process")
+    return "\n".join(lines)
