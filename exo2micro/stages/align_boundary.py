@@ -1,0 +1,343 @@
+"""Stage 2 — align-boundary: the similarity that overlays the two tissue footprints.
+
+The interiors of pre and post differ (that is the point of staining) but the outline of the
+sample does not, so this stage matches footprints, not intensities:
+
+1. **Grid search** on a small pyramid level (longer side ≤ :data:`SEARCH_SIDE` px): for every
+   rotation in ±``angle_range`` (step ``angle_step``) and scale in [``scale_min``,
+   ``scale_max``] (step ``scale_step``) the pre footprint's boundary band (``boundary_width``
+   px wide, smoothed by ``boundary_smooth`` px) is rotated/scaled about its centroid and the
+   best translation is found by FFT cross-correlation with the post band. The whole
+   translation range is covered (zero-padded correlation), so no prior on the shift is needed.
+2. **Refinement** beyond the grid: a Gauss–Newton (Lucas–Kanade) fit of the 4 similarity
+   parameters on smoothed footprints, coarse to fine over pyramid levels (``multiscale``), up
+   to ``stopit`` iterations or a parameter step below ``stopdelta``. Pixels whose pre sample
+   falls outside the pre frame are ignored, so tissue cut by either frame edge does not bias
+   the fit. ``fine_ecc`` adds a last pass on band-passed intensities.
+3. **Gates** judge what the refinement changed by the *displacement of tissue pixels* (max
+   over the post footprint, in full-resolution px) — never by a matrix's translation column,
+   which grows with the distance from the origin. A rejected refinement leaves the grid result.
+
+All coordinates follow :mod:`exo2micro.transform`; level pixel ``i`` of box size ``f`` sits at
+full-resolution ``f·i + (f−1)/2``. Memory: a few images of ≤ 1 024 px side (a few MiB).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from exo2micro.errors import InputDataError
+from exo2micro.footprint import tissue_mask
+from exo2micro.layout import PairLayout, formats
+from exo2micro.pyramid import Pyramid
+from exo2micro.records import StageRun, require_stage
+from exo2micro.transform import (
+    TransformRecord,
+    decompose_similarity,
+    grid_points,
+    max_displacement,
+)
+
+#: Longer side (px) of the pyramid level used by the grid search.
+SEARCH_SIDE = 384
+#: Longer sides (px) of the levels used by the refinement, coarse to fine.
+REFINE_SIDES = (512, 1024)
+#: Smallest intersection-over-union of the footprints for an "ok" result.
+MIN_IOU = 0.6
+
+
+def level_to_full(factor: int) -> np.ndarray:
+    """3×3 map from level pixel coordinates (box size ``factor``) to full-resolution ones."""
+    off = (factor - 1) / 2.0
+    return np.array([[factor, 0, off], [0, factor, off], [0, 0, 1]], float)
+
+
+def to_full(a_level: np.ndarray, f_pre: int, f_post: int) -> np.ndarray:
+    """``post_to_pre`` between levels → between full-resolution frames."""
+    return level_to_full(f_pre) @ a_level @ np.linalg.inv(level_to_full(f_post))
+
+
+def to_level(a_full: np.ndarray, f_pre: int, f_post: int) -> np.ndarray:
+    """``post_to_pre`` between full-resolution frames → between levels."""
+    return np.linalg.inv(level_to_full(f_pre)) @ a_full @ level_to_full(f_post)
+
+
+def common_level(pre: Pyramid, post: Pyramid, max_side: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The finest level with the same box size in both pyramids whose longer side (of the
+    larger image) is ≤ ``max_side``; falls back to the coarsest common level."""
+    shared = [f for f in post.factors if f in pre.factors]
+    if not shared:
+        raise InputDataError("pre and post pyramids share no level; re-run stage 1")
+    pick = shared[-1]
+    for f in shared:
+        i, j = pre.factors.index(f), post.factors.index(f)
+        if max(*pre.levels[i].shape, *post.levels[j].shape) <= max_side:
+            pick = f
+            break
+    return pre.levels[pre.factors.index(pick)], post.levels[post.factors.index(pick)], pick
+
+
+def soft_footprint(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """The filled footprint blurred by ``sigma`` px (float32 in [0, 1]); blur replicates the
+    frame edge so tissue cut by the frame gets no artificial edge."""
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(sigma, 0.5),
+                            borderType=cv2.BORDER_REPLICATE)
+
+
+def boundary_band(mask: np.ndarray, width: int, smooth: float) -> np.ndarray:
+    """The inner boundary band of ``mask`` (``width`` px), smoothed by ``smooth`` px."""
+    m = mask.astype(np.uint8)
+    k = max(1, int(width))
+    eroded = cv2.erode(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1)))
+    band = (m - eroded).astype(np.float32)
+    if smooth > 0:
+        band = cv2.GaussianBlur(band, (0, 0), smooth)
+    return band
+
+
+# ------------------------------------------------------------------------------ grid search
+@dataclass(frozen=True)
+class GridResult:
+    """Best grid candidate: ``post_to_pre`` at the search level, and how it scored."""
+
+    post_to_pre: np.ndarray
+    rotation_deg: float
+    scale: float
+    score: float
+    second_score: float
+    candidates: int
+
+
+def _grid(low: float, high: float, step: float) -> np.ndarray:
+    n = max(0, math.floor((high - low) / step + 1e-9))
+    values = low + step * np.arange(n + 1)
+    return np.unique(np.append(values, high)) if values[-1] < high - 1e-9 else values
+
+
+def grid_search(pre_img: np.ndarray, post_img: np.ndarray, angles: np.ndarray,
+                scales: np.ndarray) -> GridResult:
+    """Search rotation × scale; translation by zero-padded FFT cross-correlation.
+
+    ``pre_img``/``post_img`` are non-negative feature images (boundary bands) at one level.
+    The score is the correlation peak divided by the two images' L2 norms (1 = identical).
+    """
+    ph, pw = post_img.shape
+    fh, fw = cv2.getOptimalDFTSize(2 * ph), cv2.getOptimalDFTSize(2 * pw)
+    post_f = np.fft.rfft2(post_img, s=(fh, fw))
+    post_norm = float(np.linalg.norm(post_img)) or 1.0
+    cy_pre, cx_pre = _centroid(pre_img)
+    cy_post, cx_post = _centroid(post_img)
+    best: tuple[float, np.ndarray, float, float] | None = None
+    scores = []
+    for s in scales:
+        for theta in angles:
+            rot = cv2.getRotationMatrix2D((cx_pre, cy_pre), float(theta), float(s))
+            rot[:, 2] += (cx_post - cx_pre, cy_post - cy_pre)
+            warped = cv2.warpAffine(pre_img, rot, (pw, ph), flags=cv2.INTER_LINEAR)
+            norm = float(np.linalg.norm(warped))
+            if norm == 0:
+                continue
+            corr = np.fft.irfft2(post_f * np.conj(np.fft.rfft2(warped, s=(fh, fw))), s=(fh, fw))
+            iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
+            score = float(corr[iy, ix]) / (norm * post_norm)
+            scores.append(score)
+            if best is None or score > best[0]:
+                dy = iy if iy < fh // 2 else iy - fh
+                dx = ix if ix < fw // 2 else ix - fw
+                shifted = np.vstack([rot, [0, 0, 1]])
+                shifted[:2, 2] += (dx, dy)
+                best = (score, np.linalg.inv(shifted), float(theta), float(s))
+    if best is None:
+        raise InputDataError("pre footprint is empty at the search level")
+    ordered = sorted(scores, reverse=True)
+    return GridResult(best[1], best[2], best[3], best[0],
+                      ordered[1] if len(ordered) > 1 else 0.0, len(scores))
+
+
+def _centroid(img: np.ndarray) -> tuple[float, float]:
+    m = cv2.moments(img.astype(np.float32))
+    if m["m00"] <= 0:
+        return (img.shape[0] - 1) / 2.0, (img.shape[1] - 1) / 2.0
+    return m["m01"] / m["m00"], m["m10"] / m["m00"]
+
+
+# ------------------------------------------------------------------------------ refinement
+def refine_similarity(pre_img: np.ndarray, post_img: np.ndarray, post_to_pre: np.ndarray, *,
+                      max_iter: int, min_step: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Gauss–Newton fit of a similarity ``post_to_pre`` (x' = a·x − b·y + tx, y' = b·x + a·y +
+    ty, about the post image centre) minimising ∑ (pre(A·x) − post(x))² over post pixels whose
+    pre sample lies inside the pre frame. Returns the matrix and convergence facts."""
+    ph, pw = post_img.shape
+    c = np.array([[1, 0, (pw - 1) / 2], [0, 1, (ph - 1) / 2], [0, 0, 1]], float)
+    a_c = post_to_pre @ c  # parameters are for centred post coordinates (better conditioned)
+    a, b, tx, ty = a_c[0, 0], a_c[1, 0], a_c[0, 2], a_c[1, 2]
+    gx = cv2.Sobel(pre_img, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(pre_img, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    ones = np.ones_like(pre_img)
+    yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
+    xx -= (pw - 1) / 2
+    yy -= (ph - 1) / 2
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    step = float("inf")
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 - `it` is reported below
+        m = np.array([[a, -b, tx], [b, a, ty]], np.float64) @ np.linalg.inv(c)
+        warp = cv2.warpAffine(pre_img, m, (pw, ph), flags=flags)
+        valid = cv2.warpAffine(ones, m, (pw, ph), flags=flags) > 0.999
+        wgx = cv2.warpAffine(gx, m, (pw, ph), flags=flags)[valid]
+        wgy = cv2.warpAffine(gy, m, (pw, ph), flags=flags)[valid]
+        x, y = xx[valid], yy[valid]
+        r = (warp[valid] - post_img[valid]).astype(np.float64)
+        jac = np.stack([wgx * x + wgy * y, -wgx * y + wgy * x, wgx, wgy], axis=1).astype(
+            np.float64)
+        h = jac.T @ jac
+        if r.size < 16 or not np.all(np.isfinite(h)) or abs(np.linalg.det(h)) < 1e-12:
+            break
+        delta = np.linalg.solve(h, -jac.T @ r)
+        a, b, tx, ty = a + delta[0], b + delta[1], tx + delta[2], ty + delta[3]
+        # the step in px at the image corner (rotation/scale terms × radius + shift)
+        radius = math.hypot(pw, ph) / 2
+        step = float(math.hypot(delta[0], delta[1]) * radius + math.hypot(delta[2], delta[3]))
+        if step < min_step:
+            break
+    result = np.array([[a, -b, tx], [b, a, ty], [0, 0, 1]], float) @ np.linalg.inv(c)
+    return result, {"iterations": it, "last_step_px": step}
+
+
+def band_pass(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Log intensity, high-passed and normalised: the texture ``fine_ecc`` matches."""
+    logv = np.log1p(np.maximum(img, 0)).astype(np.float32)
+    hp = logv - cv2.GaussianBlur(logv, (0, 0), 8 * sigma)
+    hp = cv2.GaussianBlur(hp, (0, 0), sigma)
+    sd = float(hp.std()) or 1.0
+    return hp / sd
+
+
+def iou(pre_mask: np.ndarray, post_mask: np.ndarray, post_to_pre_level: np.ndarray) -> float:
+    """Intersection over union of the post footprint and the warped pre footprint, over post
+    pixels whose pre sample lies inside the pre frame."""
+    ph, pw = post_mask.shape
+    flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpAffine(pre_mask.astype(np.uint8), post_to_pre_level[:2], (pw, ph),
+                            flags=flags) > 0
+    inside = cv2.warpAffine(np.ones(pre_mask.shape, np.uint8), post_to_pre_level[:2], (pw, ph),
+                            flags=flags) > 0
+    union = ((warped | post_mask) & inside).sum()
+    return float(((warped & post_mask) & inside).sum() / union) if union else 0.0
+
+
+# ------------------------------------------------------------------------------ the stage
+def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: dict[str, Any]
+                   ) -> TransformRecord:
+    """Compute the stage-2 transform (full-resolution ``post_to_pre``) from two pyramids."""
+    p = params
+    pre_l, post_l, f = common_level(pre_pyr, post_pyr, SEARCH_SIDE)
+    pre_mask, post_mask = tissue_mask(pre_l), tissue_mask(post_l)
+    for name, m in (("pre", pre_mask), ("post", post_mask)):
+        if not m.any():
+            raise InputDataError(f"no tissue found in the {name} image at the search level")
+    angles = (_grid(-p["angle_range"], p["angle_range"], p["angle_step"])
+              if p["rotation_search"] else np.array([0.0]))
+    scales = (_grid(p["scale_min"], p["scale_max"], p["scale_step"])
+              if p["scale_search"] else np.array([1.0]))
+    if p["use_edges"]:
+        feats = [boundary_band(m, p["boundary_width"], p["boundary_smooth"] / 4)
+                 for m in (pre_mask, post_mask)]
+    else:
+        feats = [soft_footprint(m, max(1.0, p["boundary_smooth"] / 4))
+                 for m in (pre_mask, post_mask)]
+    grid = grid_search(feats[0], feats[1], angles, scales)
+    grid_full = to_full(grid.post_to_pre, f, f)
+
+    metrics: dict[str, Any] = {
+        "search_factor": f, "candidates": grid.candidates,
+        "grid": {"rotation_deg": grid.rotation_deg, "scale": grid.scale,
+                 "score": grid.score, "second_score": grid.second_score},
+        "refinement": []}
+    # Tissue pixels of the post footprint (full-res coordinates) for displacement gates.
+    tissue_xy = grid_points(post_mask, f)
+    current = grid_full
+    sides = REFINE_SIDES if p["multiscale"] else REFINE_SIDES[-1:]
+    for side in sides:
+        pre_r, post_r, fr = common_level(pre_pyr, post_pyr, side)
+        soft = [soft_footprint(tissue_mask(im), 2.0) for im in (pre_r, post_r)]
+        a_level, info = refine_similarity(soft[0], soft[1], to_level(current, fr, fr),
+                                          max_iter=min(p["stopit"], 200),
+                                          min_step=max(p["stopdelta"], 1e-3))
+        current = to_full(a_level, fr, fr)
+        metrics["refinement"].append({"factor": fr, "kind": "footprint", **info})
+    if p["fine_ecc"]:
+        pre_r, post_r, fr = common_level(pre_pyr, post_pyr, REFINE_SIDES[-1])
+        a_level, info = refine_similarity(band_pass(pre_r), band_pass(post_r),
+                                          to_level(current, fr, fr),
+                                          max_iter=min(p["stopit"], 200),
+                                          min_step=max(p["stopdelta"], 1e-3))
+        current = to_full(a_level, fr, fr)
+        metrics["refinement"].append({"factor": fr, "kind": "intensity", **info})
+
+    status, reason = "ok", ""
+    moved = max_displacement(current, grid_full, tissue_xy)
+    d_grid, d_ref = decompose_similarity(grid_full), decompose_similarity(current)
+    d_rot = abs((d_ref["rotation_deg"] - d_grid["rotation_deg"] + 180) % 360 - 180)
+    d_scale = abs(d_ref["scale"] / d_grid["scale"] - 1)
+    metrics["refinement_moved_tissue_px"] = moved
+    if not np.all(np.isfinite(current)):
+        status, reason = "grid_only", "refinement diverged"
+    elif moved > p["max_translation"]:
+        status, reason = "grid_only", (f"refinement would move tissue pixels by up to "
+                                       f"{moved:.1f} px > max_translation {p['max_translation']}")
+    elif d_rot > p["max_rotation"]:
+        status, reason = "grid_only", (f"refinement would rotate by {d_rot:.2f}° > "
+                                       f"max_rotation {p['max_rotation']}")
+    elif d_scale > p["max_scale_delta"]:
+        status, reason = "grid_only", (f"refinement would change scale by {d_scale:.3f} > "
+                                       f"max_scale_delta {p['max_scale_delta']}")
+    final = grid_full if status == "grid_only" else current
+    dec = decompose_similarity(final)
+    overlap = iou(pre_mask, post_mask, to_level(final, f, f))
+    metrics.update({"rotation_deg": dec["rotation_deg"], "scale": dec["scale"],
+                    "overlap_iou": overlap})
+    if status == "ok" and abs(dec["scale"] - 1) > p["max_scale_diff"]:
+        status, reason = "suspect", (f"scale {dec['scale']:.3f} differs from 1 by more than "
+                                     f"max_scale_diff {p['max_scale_diff']}")
+    if status == "ok" and overlap < MIN_IOU:
+        status, reason = "suspect", (f"footprints overlap poorly after alignment "
+                                     f"(IoU {overlap:.2f} < {MIN_IOU})")
+    return TransformRecord(final, status, 2, metrics, reason)
+
+
+def run_align_boundary(layout: PairLayout, *, sample: str = "", dye: str = "", threads: int = 1,
+                       checkpoint_format: str = "tiff") -> dict[str, Any]:
+    """Run stage 2 for one pair from its stage-1 pyramids; write the transform and record."""
+    require_stage(layout, 1)
+    run = StageRun(layout, 2)
+    with run.timed("read"):
+        pre_pyr, post_pyr = (Pyramid.load(layout.pyramid(w)) for w in ("pre", "post"))
+    with run.timed("align"):
+        tr = align_boundary(pre_pyr, post_pyr, dict(layout.params))
+    if tr.reason:
+        run.warn(f"stage 2 {tr.status}: {tr.reason}")
+    tr.save(layout.boundary_transform())
+    run.add_outputs([layout.boundary_transform()])
+    if layout.params["save_all_intermediates"]:
+        from exo2micro.fitsio import make_header
+        from exo2micro.stages.warp import output_shape, warp_to_files
+        from exo2micro.tiffio import TiffImage
+
+        with run.timed("warp"), TiffImage(layout.signal("pre")) as pre:
+            pad = int(layout.params["pad"])
+            outs = {fmt: layout.icp_aligned_pre(fmt) for fmt in formats(checkpoint_format)}
+            post_shape = tuple(post_pyr.full_shape)
+            warp_to_files(pre, tr.post_to_pre, output_shape(post_shape, pad), pad, outs,
+                          fits_header=lambda: make_header(sample=sample, dye=dye, stage=2,
+                                                          params=layout.params))
+            run.add_outputs(list(outs.values()))
+    run.info.update({"transform_status": tr.status, "reason": tr.reason,
+                     "rotation_deg": tr.metrics["rotation_deg"], "scale": tr.metrics["scale"]})
+    return run.record()
+

@@ -1,0 +1,56 @@
+"""Stage 2 (align-boundary): coarse similarity from tissue footprints, refined beyond the grid,
+gated on tissue-pixel displacement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alignment_helpers import make_aligned
+from exo2micro.stages.align_boundary import _grid, boundary_band, to_full, to_level
+from exo2micro.transform import decompose_similarity, similarity_post_to_pre
+
+
+@pytest.mark.parametrize(("rotation", "scale"), [(3.4, 1.03), (-17.6, 0.88), (19.5, 1.13)])
+def test_off_grid_rotation_and_scale_are_refined_beyond_the_grid(tmp_path: Path, rotation: float,
+                                                                 scale: float) -> None:
+    pair = make_aligned(tmp_path, to_stage=2, rotation_deg=rotation, scale=scale, k=1.35)
+    tr = pair.transform(2)
+    assert tr.status == "ok", tr.reason
+    dec = decompose_similarity(tr.post_to_pre)
+    # the grid has 1° and 0.05 steps: the result must be much closer than half a step
+    assert abs(dec["rotation_deg"] - rotation) < 0.1
+    assert abs(dec["scale"] - scale) < 0.005
+    assert pair.error(2)["mean"] < 2.0
+
+
+def test_gate_on_tissue_displacement_keeps_grid_result(tmp_path: Path) -> None:
+    pair = make_aligned(tmp_path, to_stage=2, rotation_deg=3.5, scale=1.02,
+                        params={"max_translation": 0})
+    tr = pair.transform(2)
+    assert tr.status == "grid_only" and "max_translation" in tr.reason
+    assert tr.metrics["refinement_moved_tissue_px"] > 0
+
+
+def test_no_rotation_search_still_finds_small_rotation_by_refinement(tmp_path: Path) -> None:
+    pair = make_aligned(tmp_path, to_stage=2, rotation_deg=1.5, scale=1.0,
+                        params={"rotation_search": False, "scale_search": False})
+    assert pair.transform(2).metrics["candidates"] == 1
+    assert abs(decompose_similarity(pair.transform(2).post_to_pre)["rotation_deg"] - 1.5) < 0.2
+
+
+def test_level_conversion_round_trips_and_grid_includes_ends() -> None:
+    m = similarity_post_to_pre(7.0, 1.04, (500.0, 400.0), (510.0, 380.0))
+    np.testing.assert_allclose(to_full(to_level(m, 8, 8), 8, 8), m, atol=1e-9)
+    g = _grid(0.85, 1.15, 0.05)
+    assert g[0] == pytest.approx(0.85) and g[-1] == pytest.approx(1.15) and len(g) == 7
+    assert _grid(-20, 20, 1.0).size == 41
+
+
+def test_boundary_band_ignores_frame_edges() -> None:
+    mask = np.zeros((100, 100), bool)
+    mask[:, :60] = True  # tissue cut by the left, top and bottom frame edges
+    band = boundary_band(mask, 5, 0)
+    assert band[:, :50].sum() == 0 and band[50, 55:60].all()
