@@ -31,7 +31,7 @@ def make_header(*, sample: str, dye: str, stage: int, params: Mapping[str, Any],
     hdr["SAMPLE"] = (sample, "sample id")
     hdr["DYE"] = (dye, "dye / channel name")
     hdr["STAGE"] = (stage, "exo2micro stage that wrote this image")
-    hdr["CREATED"] = (time.strftime("%Y-%m-%dT%H:%M:%S"), "UTC creation time")
+    hdr["CREATED"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "UTC creation time")
     hdr["PAD"] = (int(params.get("pad", 0)), "px added around the raw post frame")
     if scale is not None:
         hdr["SCALE"] = (float(scale), "k subtracted: post - k * aligned_pre")

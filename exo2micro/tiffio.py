@@ -43,6 +43,9 @@ from exo2micro.errors import InputDataError
 MAX_SIDE = 500_000
 #: Default tile size (px) of the tiled checkpoints we write.
 TILE = 512
+#: Uncompressed size (bytes) above which :func:`write_tiled` writes a BigTIFF (classic TIFF
+#: offsets are 32-bit; the margin covers tile padding and headers).
+BIGTIFF_BYTES = 2**31 - 2**25
 _SUPPORTED_KINDS = {"u", "i", "f"}
 
 
@@ -153,6 +156,15 @@ class TiffImage:
             seg = (min(int(page.rowsperstrip), h), w)
         self._seg = seg
         self._grid = (-(-h // seg[0]), -(-w // seg[1]))
+        expected = self._grid[0] * self._grid[1] * (samples if planar_separate else 1)
+        if len(offsets) != expected:
+            raise InputDataError(f"{self.path}: corrupt header: {len(offsets)} strips/tiles for "
+                                 f"a {w}×{h} image that needs {expected}")
+        need = h * w * samples * int(page.bitspersample) // 8
+        if page.compression == 1 and sum(int(c) for c in counts) < need:
+            raise InputDataError(f"{self.path}: corrupt header: uncompressed pixel data holds "
+                                 f"{sum(int(c) for c in counts)} bytes, a {w}×{h}×{samples} "
+                                 f"image needs {need}")
         memmappable = bool(page.is_memmappable) and not planar_separate and page.compression == 1
         self.info = ImageInfo(
             path=str(self.path), height=h, width=w, samples=samples,
@@ -377,7 +389,7 @@ def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.
     """
     h, w = shape
     dtype = np.dtype(dtype)
-    big = h * w * dtype.itemsize > 2**31 - 2**25
+    big = h * w * dtype.itemsize > BIGTIFF_BYTES
 
     def tiles() -> Iterator[np.ndarray]:
         rows_done = 0
