@@ -92,7 +92,8 @@ REGISTRY: tuple[Param, ...] = (
           "Finish stage 2 with an intensity (ECC) refinement on the coarse footprints."),
     Param("max_translation", 200, "mtr", 2, int,
           "Largest displacement (px, full resolution) of any tissue pixel that stage 2's "
-          "refinement may add to the grid-search result.", 0, 100000),
+          "refinement may add to the grid-search result, beyond the grid's own resolution.",
+          0, 100000),
     Param("max_rotation", 5.0, "mrot", 2, float,
           "Largest rotation (degrees) the refinement may add to the grid-search result.",
           0.0, 180.0),

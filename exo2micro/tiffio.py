@@ -6,8 +6,9 @@ Reading
 (size, sample format, segment table against the file size) and then reads any window
 ``[y0:y1, x0:x1]`` by decoding only the strips or tiles that overlap it:
 
-* uncompressed contiguous files (most microscope exports) are memory-mapped: a window read
-  touches only its own bytes;
+* uncompressed contiguous files (most microscope exports) are read with ``os.pread`` of just
+  the rows (or row pieces) a window covers — not memory-mapped, because mapped file pages count
+  as the process's resident memory (and against cgroup limits) for as long as they stay mapped;
 * strip- or tile-organised files decode the overlapping segments; decoded segments are kept in a
   small LRU cache (``cache_bytes``, default 256 MiB, at least one segment) so that reading a
   file strip after strip (:meth:`TiffImage.iter_rows`) decodes every segment once;
@@ -25,6 +26,8 @@ Writing
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -100,24 +103,23 @@ class TiffImage:
             raise InputDataError(f"{self.path}: cannot read file ({exc.strerror})") from None
         if size == 0:
             raise InputDataError(f"{self.path}: file is empty (0 bytes)")
-        try:
-            self._tif = tifffile.TiffFile(self.path)
-        except Exception as exc:
-            with open(self.path, "rb") as fh:
-                head = fh.read(8)
-            raise InputDataError(f"{self.path}: not a readable TIFF file ({_short(exc)}; "
-                                 f"first bytes {head!r})") from None
-        try:
-            self._page = self._validate(size)
-        except InputDataError:
-            self._tif.close()
-            raise
-        page = self._page
-        self._memmap: np.ndarray | None = None
+        with _tifffile_quiet():
+            try:
+                self._tif = tifffile.TiffFile(self.path)
+            except Exception as exc:
+                with open(self.path, "rb") as fh:
+                    head = fh.read(8)
+                raise InputDataError(f"{self.path}: not a readable TIFF file ({_short(exc)}; "
+                                     f"first bytes {head!r})") from None
+            try:
+                self._page = self._validate(size)
+            except InputDataError:
+                self._tif.close()
+                raise
+        self._fd: int | None = None
         if self.info.memmappable:
-            self._memmap = np.memmap(self.path, dtype=self._file_dtype, mode="r",
-                                     offset=int(page.dataoffsets[0]),
-                                     shape=self._normal_shape)
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._offset = int(self._page.dataoffsets[0])
 
     # ----------------------------------------------------------------------------- header
     def _validate(self, file_bytes: int) -> tifffile.TiffPage:
@@ -208,11 +210,8 @@ class TiffImage:
         chans = list(range(self.samples)) if channels is None else list(channels)
         if y1 <= y0 or x1 <= x0:
             return np.zeros((max(0, y1 - y0), max(0, x1 - x0), len(chans)), self.dtype)
-        if self._memmap is not None:
-            try:
-                return np.array(self._memmap[y0:y1, x0:x1][:, :, chans], dtype=self.dtype)
-            except OSError as exc:
-                raise InputDataError(f"{self.path}: read failed ({exc})") from None
+        if self._fd is not None:
+            return self._read_contiguous(y0, y1, x0, x1, chans)
         out = np.empty((y1 - y0, x1 - x0, len(chans)), self.dtype)
         sh, sw = self._seg
         for ty in range(y0 // sh, (y1 - 1) // sh + 1):
@@ -228,6 +227,32 @@ class TiffImage:
                         out[ya - y0:yb - y0, xa - x0:xb - x0] = part[:, :, chans]
                     else:
                         out[ya - y0:yb - y0, xa - x0:xb - x0, k] = part[:, :, 0]
+        return out
+
+    def _read_contiguous(self, y0: int, y1: int, x0: int, x1: int, chans: list[int]
+                         ) -> np.ndarray:
+        """Window of an uncompressed contiguous image by positioned reads (thread-safe)."""
+        _, w, s = self._normal_shape
+        item = self._file_dtype.itemsize
+        row = w * s * item
+        out = np.empty((y1 - y0, x1 - x0, len(chans)), self.dtype)
+        if (x1 - x0) * 4 >= w:  # wide window: read whole rows in one call
+            rows = (y0, y1)
+            spans = [(self._offset + y0 * row, (y1 - y0) * row)]
+        else:  # narrow window: one read per row, of just its columns
+            rows = None
+            spans = [(self._offset + y * row + x0 * s * item, (x1 - x0) * s * item)
+                     for y in range(y0, y1)]
+        for i, (offset, size) in enumerate(spans):
+            data = os.pread(self._fd, size, offset)  # type: ignore[arg-type]
+            if len(data) != size:
+                raise InputDataError(f"{self.path}: read failed (file shorter than its header "
+                                     f"says)")
+            arr = np.frombuffer(data, self._file_dtype)
+            if rows is not None:
+                out[:] = arr.reshape(y1 - y0, w, s)[:, x0:x1][:, :, chans]
+            else:
+                out[i] = arr.reshape(x1 - x0, s)[:, chans]
         return out
 
     def _segment(self, ty: int, tx: int, plane: int) -> np.ndarray:
@@ -278,7 +303,9 @@ class TiffImage:
 
     def close(self) -> None:
         self._cache.clear()
-        self._memmap = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self._tif.close()
 
     def __enter__(self) -> TiffImage:
@@ -286,6 +313,29 @@ class TiffImage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _OtherThreads(logging.Filter):
+    """Drops the log records of the thread that created it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+
+@contextlib.contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    """Silence tifffile's own log messages (this thread only) while a header is read: a damaged
+    header is reported once, by our :class:`InputDataError`, as the first line a tool prints."""
+    logger, drop = logging.getLogger("tifffile"), _OtherThreads()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _short(exc: BaseException) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from alignment_helpers import make_aligned
+
+import exo2micro.stages.align_boundary as ab
 from exo2micro.stages.align_boundary import _grid, boundary_band, to_full, to_level
 from exo2micro.transform import decompose_similarity, similarity_post_to_pre
 
@@ -26,12 +27,41 @@ def test_off_grid_rotation_and_scale_are_refined_beyond_the_grid(tmp_path: Path,
     assert pair.error(2)["mean"] < 2.0
 
 
-def test_gate_on_tissue_displacement_keeps_grid_result(tmp_path: Path) -> None:
-    pair = make_aligned(tmp_path, to_stage=2, rotation_deg=3.5, scale=1.02,
-                        params={"max_translation": 0})
+def test_diverged_refinement_is_caught_by_tissue_displacement(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """A refinement that runs away (here: ≥ 400 px added) is rejected by the displacement of
+    tissue pixels, and the grid result is kept."""
+    real = ab.refine_similarity
+
+    def runaway(*args, **kwargs):  # type: ignore[no-untyped-def]
+        matrix, info = real(*args, **kwargs)
+        matrix = matrix.copy()
+        matrix[0, 2] += 200  # level px: ≥ 400 full-resolution px at any refinement level
+        return matrix, info
+
+    monkeypatch.setattr(ab, "refine_similarity", runaway)
+    pair = make_aligned(tmp_path, to_stage=2, rotation_deg=3.5, scale=1.02)
     tr = pair.transform(2)
-    assert tr.status == "grid_only" and "max_translation" in tr.reason
-    assert tr.metrics["refinement_moved_tissue_px"] > 0
+    assert tr.status == "grid_only" and "max_translation" in tr.reason, tr.reason
+    assert tr.metrics["refinement_moved_tissue_px"] > tr.metrics["grid_resolution_px"] + 200
+
+
+def test_rotation_gate_keeps_grid_result_with_reason(tmp_path: Path) -> None:
+    pair = make_aligned(tmp_path, to_stage=2, rotation_deg=3.5, scale=1.0,
+                        params={"max_rotation": 0.1})
+    tr = pair.transform(2)
+    assert tr.status == "grid_only" and "max_rotation" in tr.reason
+
+
+def test_grid_quantisation_at_coarse_levels_does_not_trip_the_gate(tmp_path: Path) -> None:
+    """The reference's mistake in another form: at a coarse search level the grid is off by
+    more than max_translation; the refinement that fixes it must be accepted."""
+    pair = make_aligned(tmp_path, to_stage=2, rotation_deg=3.5, scale=1.02,
+                        params={"max_translation": 0, "angle_step": 2.0})
+    tr = pair.transform(2)
+    assert tr.status == "ok", tr.reason
+    assert tr.metrics["refinement_moved_tissue_px"] > 0 and pair.error(2)["mean"] < 2.0
 
 
 def test_no_rotation_search_still_finds_small_rotation_by_refinement(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from alignment_helpers import make_aligned
+
 from exo2micro.params import resolve
 from exo2micro.pipeline import run_pair
 from exo2micro.records import read_record, stage_is_current
@@ -52,7 +52,8 @@ def test_final_alignment_is_subpixel(tmp_path: Path, case: dict) -> None:
 def test_aligned_pre_reproduces_post_over_clean_tissue(tmp_path: Path) -> None:
     pair = make_aligned(tmp_path, rotation_deg=7, scale=1.05, k=1.35, microbe_coverage=0.0,
                         noise=0.0)
-    with TiffImage(pair.layout.aligned_pre("tiff")) as a, TiffImage(pair.layout.signal("post")) as p:
+    with (TiffImage(pair.layout.aligned_pre("tiff")) as a,
+          TiffImage(pair.layout.signal("post")) as p):
         aligned = a.read_window(0, 10**6, 0, 10**6)[:, :, 0]
         post = p.read_window(0, 10**6, 0, 10**6)[:, :, 0].astype(np.float32)
     assert aligned.dtype == np.float32 and aligned.shape == post.shape
@@ -132,7 +133,7 @@ def test_missing_stage2_is_exit_65_naming_what_to_run(tmp_path: Path) -> None:
                            "S", "--dye", "D", "--pair-dir", str(tmp_path)],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 65
-    first = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")][0]
+    first = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
     assert "stage 2" in first and "run it first" in first
 
 

@@ -282,15 +282,22 @@ def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: dict[str, Any]
 
     status, reason = "ok", ""
     moved = max_displacement(current, grid_full, tissue_xy)
+    # The grid itself is only accurate to half a step of each axis at the search level: a
+    # refinement must be allowed to move tissue that far *plus* max_translation.
+    radius = float(np.max(np.linalg.norm(tissue_xy - tissue_xy.mean(axis=0), axis=1)))
+    grid_px = (f + radius * math.radians(p["angle_step"] / 2)
+               + radius * p["scale_step"] / 2 / min(scales))
+    metrics["grid_resolution_px"] = grid_px
     d_grid, d_ref = decompose_similarity(grid_full), decompose_similarity(current)
     d_rot = abs((d_ref["rotation_deg"] - d_grid["rotation_deg"] + 180) % 360 - 180)
     d_scale = abs(d_ref["scale"] / d_grid["scale"] - 1)
     metrics["refinement_moved_tissue_px"] = moved
     if not np.all(np.isfinite(current)):
         status, reason = "grid_only", "refinement diverged"
-    elif moved > p["max_translation"]:
+    elif moved > p["max_translation"] + grid_px:
         status, reason = "grid_only", (f"refinement would move tissue pixels by up to "
-                                       f"{moved:.1f} px > max_translation {p['max_translation']}")
+                                       f"{moved:.1f} px > max_translation {p['max_translation']}"
+                                       f" + grid resolution {grid_px:.1f} px")
     elif d_rot > p["max_rotation"]:
         status, reason = "grid_only", (f"refinement would rotate by {d_rot:.2f}° > "
                                        f"max_rotation {p['max_rotation']}")
@@ -335,7 +342,8 @@ def run_align_boundary(layout: PairLayout, *, sample: str = "", dye: str = "", t
             post_shape = tuple(post_pyr.full_shape)
             warp_to_files(pre, tr.post_to_pre, output_shape(post_shape, pad), pad, outs,
                           fits_header=lambda: make_header(sample=sample, dye=dye, stage=2,
-                                                          params=layout.params))
+                                                          params=layout.params),
+                          threads=threads)
             run.add_outputs(list(outs.values()))
     run.info.update({"transform_status": tr.status, "reason": tr.reason,
                      "rotation_deg": tr.metrics["rotation_deg"], "scale": tr.metrics["scale"]})

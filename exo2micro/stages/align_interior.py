@@ -127,22 +127,20 @@ def plan_patches(post_pyr: Pyramid, pre_pyr: Pyramid, post_to_pre: np.ndarray,
     candidates = candidates[ok]
     if candidates.size == 0:
         return []
-    # spread: a square grid over the candidates' bounding box, nearest candidate per cell
-    x0, y0 = candidates.min(axis=0)
-    x1, y1 = candidates.max(axis=0)
+    # spread: a square grid over the candidates, keeping per cell the candidate nearest to the
+    # cell centre (vectorised: there can be hundreds of thousands of candidates)
+    origin = candidates.min(axis=0)
     area = max(len(candidates) * f * f, 1.0)
     spacing = max(PATCH * 0.75, math.sqrt(area / MAX_PATCHES))
-    cells: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
-    for pt in candidates:
-        key = (int((pt[0] - x0) // spacing), int((pt[1] - y0) // spacing))
-        centre = np.array([x0 + (key[0] + 0.5) * spacing, y0 + (key[1] + 0.5) * spacing])
-        dist = float(np.hypot(*(pt - centre)))
-        if key not in cells or dist < cells[key][0]:
-            cells[key] = (dist, pt)
-    del x1, y1
-    centres = [(float(p[0]), float(p[1])) for _, p in cells.values()]
-    return centres[:MAX_PATCHES] if len(centres) <= MAX_PATCHES else [
-        centres[i] for i in np.linspace(0, len(centres) - 1, MAX_PATCHES).astype(int)]
+    cell = np.floor((candidates - origin) / spacing).astype(np.int64)
+    dist = np.hypot(*(candidates - origin - (cell + 0.5) * spacing).T)
+    key = cell[:, 0] * (cell[:, 1].max() + 1) + cell[:, 1]
+    order = np.lexsort((dist, key))
+    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+    chosen = candidates[np.sort(first)]
+    if len(chosen) > MAX_PATCHES:
+        chosen = chosen[np.linspace(0, len(chosen) - 1, MAX_PATCHES).astype(int)]
+    return [(float(x), float(y)) for x, y in chosen]
 
 
 def _lk_shift(post_f: np.ndarray, pre_f: np.ndarray) -> tuple[np.ndarray, float]:
@@ -334,7 +332,8 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
         with run.timed("warp"):
             warp_to_files(pre, tr.post_to_pre, output_shape(post.shape, pad), pad, outs,
                           fits_header=lambda: make_header(sample=sample, dye=dye, stage=3,
-                                                          params=params, accuracy_px=acc))
+                                                          params=params, accuracy_px=acc),
+                          threads=threads)
     with run.timed("plot"):
         png = layout.stage_plot("registration", 3)
         plot_registration(pre_pyr, post_pyr, stage2.post_to_pre, tr.post_to_pre, png,

@@ -16,6 +16,7 @@ reads overlap little and memory stays at a few chunks whatever the image size.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -69,25 +70,39 @@ def warp_window(pre: WindowReader, post_to_pre: np.ndarray, y0: int, y1: int, x0
 
 
 def iter_warped_blocks(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[int, int],
-                       pad: int = 0, block_rows: int = TILE,
+                       pad: int = 0, block_rows: int = TILE, threads: int = 1,
                        progress: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
-    """Yield consecutive full-width float32 row blocks of the aligned pre image."""
+    """Yield consecutive full-width float32 row blocks of the aligned pre image.
+
+    The chunks of the *next* block are computed by a pool of ``threads`` workers while the
+    caller consumes the current one (encodes and writes it), so warping overlaps I/O; at most
+    two blocks (2 × 512 rows × width × 4 bytes) are in memory.
+    """
     h, w = out_shape
-    for y0 in range(0, h, block_rows):
+
+    def submit(pool: ThreadPoolExecutor, y0: int) -> list[tuple[int, Future[np.ndarray]]]:
         y1 = min(h, y0 + block_rows)
-        block = np.empty((y1 - y0, w), np.float32)
-        for x0 in range(0, w, CHUNK):
-            x1 = min(w, x0 + CHUNK)
-            block[:, x0:x1] = warp_window(pre, post_to_pre, y0, y1, x0, x1, pad)
-        if progress:
-            progress(y1 - y0)
-        yield block
+        return [(x0, pool.submit(warp_window, pre, post_to_pre, y0, y1, x0, min(w, x0 + CHUNK),
+                                 pad)) for x0 in range(0, w, CHUNK)]
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending = submit(pool, 0) if h > 0 else []
+        for y0 in range(0, h, block_rows):
+            upcoming = submit(pool, y0 + block_rows) if y0 + block_rows < h else []
+            block = np.empty((min(h, y0 + block_rows) - y0, w), np.float32)
+            for x0, future in pending:
+                chunk = future.result()
+                block[:, x0:x0 + chunk.shape[1]] = chunk
+            if progress:
+                progress(block.shape[0])
+            yield block
+            pending = upcoming
 
 
 def warp_to_files(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[int, int],
                   pad: int, outputs: dict[str, Path],
                   fits_header: Callable[[], object] | None = None,
-                  compression: str | None = None) -> None:
+                  compression: str | None = None, threads: int = 1) -> None:
     """Warp once and write the aligned pre (float32) in every requested format.
 
     ``outputs`` maps ``'tiff'`` and/or ``'fits'`` to paths; ``fits_header`` builds the FITS
@@ -97,7 +112,7 @@ def warp_to_files(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[i
     from exo2micro.fitsio import write_streamed
     from exo2micro.tiffio import TiffImage, write_tiled
 
-    blocks = iter_warped_blocks(pre, post_to_pre, out_shape, pad)
+    blocks = iter_warped_blocks(pre, post_to_pre, out_shape, pad, threads=threads)
     if "tiff" in outputs:
         write_tiled(outputs["tiff"], out_shape, np.float32, blocks, compression=compression)
         if "fits" not in outputs:
