@@ -78,9 +78,9 @@ REGISTRY: tuple[Param, ...] = (
     Param("scale_search", True, "ss", 2, bool,
           "Search isotropic scale in [scale_min, scale_max]; if False, scale is fixed at 1."),
     Param("scale_min", 0.85, "smin", 2, float, "Smallest pre→post magnification searched.",
-          0.2, 1.0),
+          0.2, 5.0),
     Param("scale_max", 1.15, "smax", 2, float, "Largest pre→post magnification searched.",
-          1.0, 5.0),
+          0.2, 5.0),
     Param("scale_step", 0.05, "sstep", 2, float,
           "Step of the scale grid; the result is refined beyond the grid.", 0.001, 0.5),
     Param("multiscale", True, "ms", 2, bool,
@@ -219,9 +219,11 @@ def format_value(value: Any) -> str:
 
 def suffix(values: Mapping[str, Any], stage: int) -> str:
     """The cascading filename suffix of stage ``stage``: ``_<abbr><value>`` per non-default
-    parameter of stages ≤ ``stage``, in registry order; ``""`` when all are default."""
+    parameter of stages ≤ ``stage``, in registry order; ``""`` when all are default.
+    Ignored parameters are left out: they cannot change an output, so they must not rename it
+    (which would force a needless re-run)."""
     return "".join(f"_{BY_NAME[n].abbr}{format_value(v)}"
-                   for n, v in non_default(values, stage).items())
+                   for n, v in non_default(values, stage).items() if not BY_NAME[n].ignored)
 
 
 def params_from_suffix(text: str) -> dict[str, Any]:

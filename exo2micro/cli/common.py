@@ -100,8 +100,12 @@ def stage_options(func: F) -> F:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr, one line per message, for the command-line tools."""
+    """Log to stderr, one line per message, for the command-line tools.
+
+    Only warnings unless ``verbose``: when a tool fails, its first stderr line must be the
+    error (SPEC §8), not progress chatter logged before it.
+    """
     import logging
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)

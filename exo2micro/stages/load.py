@@ -43,6 +43,9 @@ from exo2micro.tiffio import (
 )
 
 WHICH = ("pre", "post")
+#: A footprint covering less of the frame than this is not a sample (a speck, a hot pixel);
+#: nor is one whose median is no brighter than the background's.
+MIN_TISSUE_FRACTION = 0.001
 
 
 def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out: Path
@@ -70,16 +73,17 @@ def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out
 
     write_tiled(out, (h, w), dtype, blocks())
     if lo == hi:
-        out.unlink(missing_ok=True)
         raise InputDataError(f"{img.path}: image is constant (every pixel = {lo:g}); "
                              f"there is nothing to align")
     pyramid = Pyramid.from_first_level(first, factor, (h, w))
     pyramid.save(pyramid_out)
     mask = tissue_mask(first)
     stats = footprint_stats(first, mask, factor)
-    if stats.fraction == 0.0:
-        raise InputDataError(f"{img.path}: no tissue found (no region brighter than the "
-                             f"background)")
+    if stats.fraction < MIN_TISSUE_FRACTION or stats.tissue_p50 <= stats.background_p50:
+        raise InputDataError(f"{img.path}: no tissue found (no sizeable region brighter than "
+                             f"the background: footprint {stats.fraction:.3%} of the image, "
+                             f"median {stats.tissue_p50:g} vs background "
+                             f"{stats.background_p50:g})")
     return {"raw": img.info.to_json(), "signal_dtype": str(dtype), "shape": [h, w],
             "value_range": [lo, hi], "nonfinite_pixels_zeroed": n_nonfinite,
             "pyramid_factors": pyramid.factors, "footprint": stats.to_json()}
@@ -94,6 +98,7 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
     """
     run = StageRun(layout, 1)
     raws = {"pre": Path(pre_raw), "post": Path(post_raw)}
+    outputs = [layout.signal(w) for w in WHICH] + [layout.pyramid(w) for w in WHICH]
     images: dict[str, TiffImage] = {}
     try:
         for which in WHICH:
@@ -120,10 +125,16 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
                     meta = dict(zip(WHICH, pool.map(one, WHICH)))
             else:
                 meta = {w: one(w) for w in WHICH}
+    except BaseException:
+        # The other image may be complete, or an earlier run's files may be here: remove
+        # them all, so no output of this failed stage stays under its final name.
+        for path in outputs:
+            path.unlink(missing_ok=True)
+        raise
     finally:
         for img in images.values():
             img.close()
-    run.add_outputs([layout.signal(w) for w in WHICH] + [layout.pyramid(w) for w in WHICH])
+    run.add_outputs(outputs)
     run.info.update({"inputs": {w: str(raws[w]) for w in WHICH},
                      "channels": choice.to_json(), "images": meta})
     return run.record()
