@@ -161,7 +161,9 @@ class SynthSpec:
     microbes (0 to 0.5). ``signal_channels`` (e.g. ``"g"`` or ``"rg"``) overrides the RGB
     channel(s) chosen from the dye. ``noise`` scales the noise (0 = quantisation only).
     ``tissue_offset`` shifts the tissue centre (pre px) so part of it can leave the frames.
-    ``layout``/``compression`` choose the TIFF structure (see :data:`LAYOUTS`).
+    ``layout``/``compression`` choose the TIFF structure (see :data:`LAYOUTS`); a compressed
+    ``single-strip`` file is one strip that readers must decode whole (writing it holds the
+    whole image in memory, as the microscope software that makes such files does).
     """
 
     sample: str = "SYN01"
@@ -212,9 +214,6 @@ class SynthSpec:
         _check_choice("texture", self.texture, TEXTURES)
         _check_choice("layout", self.layout, LAYOUTS)
         _check_choice("compression", self.compression, COMPRESSIONS)
-        if self.layout == "single-strip" and self.compression is not None:
-            raise ParameterError("layout 'single-strip' is uncompressed; use 'strips' or "
-                                 "'tiled' with compression")
         if self.signal_channels is not None:
             chans = self.signal_channels.lower()
             if (not 1 <= len(chans) <= 2 or len(set(chans)) != len(chans)

@@ -84,6 +84,11 @@ class ImageInfo:
         return asdict(self)
 
 
+#: Default budget of a reader's decoded-segment cache (bytes). A segment larger than this (a
+#: raw file stored as one compressed strip) is still cached whole: it must be decoded at once.
+READER_CACHE_BYTES = 256 << 20
+
+
 class TiffImage:
     """Read-only, lazy access to the first image of a TIFF file.
 
@@ -91,11 +96,11 @@ class TiffImage:
     truncated, or has an absurd or unsupported header. Use as a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike[str], cache_bytes: int = 256 << 20) -> None:
+    def __init__(self, path: str | os.PathLike[str], cache_bytes: int | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cache_bytes = cache_bytes
+        self._cache_bytes = READER_CACHE_BYTES if cache_bytes is None else cache_bytes
         self._cached = 0
         try:
             size = self.path.stat().st_size
@@ -301,8 +306,20 @@ class TiffImage:
         for y0 in starts:
             yield self.read_window(int(y0), int(y0) + block_rows, 0, w, channels)
 
+    @property
+    def decodes_whole(self) -> bool:
+        """True when a single decoded segment exceeds the cache budget: the file (typically one
+        compressed strip) holds that much decoded memory while it is read."""
+        return not self.info.memmappable and self.info.largest_segment_bytes > self._cache_bytes
+
+    def drop_cache(self) -> None:
+        """Free the decoded segments held for reuse (they are decoded again when needed)."""
+        with self._lock:
+            self._cache.clear()
+            self._cached = 0
+
     def close(self) -> None:
-        self._cache.clear()
+        self.drop_cache()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

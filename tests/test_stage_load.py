@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro import pyramid, synth
+from exo2micro import pyramid, synth, tiffio
 from exo2micro.layout import PairLayout
 from exo2micro.records import stage_is_current
 from exo2micro.stages.load import run_load
@@ -309,3 +311,36 @@ def test_cli_usage_errors_exit_2(pair: synth.SynthResult, tmp_path: Path) -> Non
     missing = run_bin("e2m-load", "--pre", str(pair.pre_path), "--sample", "S1")
     assert missing.returncode == 2 and "Missing option" in missing.stderr
     assert files_under(tmp_path) == []
+
+
+def _traced_peak(pair: synth.SynthResult, pair_dir: Path, threads: int) -> tuple[int, dict]:
+    tracemalloc.start()
+    try:
+        _, rec = _load(pair, pair_dir, threads=threads)
+        return tracemalloc.get_traced_memory()[1], rec
+    finally:
+        tracemalloc.stop()
+
+
+def test_single_compressed_strip_holds_one_decoded_image_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A raw file stored as one LZW strip must be decoded whole; stage 1 then reads pre and
+    post one after the other and drops each decoded image when done, so its peak exceeds
+    that of a stripped pair by about one decoded image, not two (even with two threads)."""
+    monkeypatch.setattr(tiffio, "READER_CACHE_BYTES", 1 << 20)  # 30k-px case, scaled down
+    spec = synth.SynthSpec(width=2400, height=2000, seed=3)
+    whole = synth.generate_pair(replace(spec, sample="WHOLE", layout="single-strip",
+                                        compression="lzw"), tmp_path / "raw")
+    strips = synth.generate_pair(replace(spec, sample="STRIPS", compression="lzw"),
+                                 tmp_path / "raw")
+    with tiffio.TiffImage(whole.post_path) as img:
+        assert img.decodes_whole
+        one_image = img.info.decoded_bytes
+    baseline, _ = _traced_peak(strips, tmp_path / "strips", threads=1)
+    peak, rec = _traced_peak(whole, tmp_path / "whole", threads=2)
+    assert rec["sequential_reason"].startswith("a raw file must be decoded whole")
+    assert peak - baseline < 1.5 * one_image, (peak - baseline) / one_image
+    assert rec["channels"]["channels"] == [1]  # SybrGld → green
+    layout = PairLayout(tmp_path / "whole", P.resolve())
+    for which in WHICH:
+        np.testing.assert_array_equal(_signal(layout, which), _raw(whole, which)[:, :, 1])

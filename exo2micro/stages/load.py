@@ -15,7 +15,10 @@ Memory: one raw block (512 rows × width × samples), its signal, one padded til
 first pyramid level (≤ 4096 px on its longer side, float32 ≤ 64 MiB) per image, plus the
 decoded segment cache of the reader — for a raw file stored as a single compressed strip that
 is the whole decoded image. Pre and post are processed in two threads when ``threads ≥ 2``
-(decoding, reductions and compression release the GIL).
+(decoding, reductions and compression release the GIL), except when either raw file must be
+decoded whole: then one image at a time, and a whole-decoded image's segments are dropped as
+soon as it is done, so at most one decoded raw image is held at any time (at the price of
+decoding pre twice: once for the channel choice, once for streaming).
 """
 
 from __future__ import annotations
@@ -103,8 +106,14 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
     try:
         for which in WHICH:
             images[which] = TiffImage(raws[which])
+        whole = any(images[w].decodes_whole for w in WHICH)
         with run.timed("channel_choice"):
-            choice = choose_channels([channel_signal(images[w]) for w in WHICH])
+            strengths = []
+            for which in WHICH:
+                strengths.append(channel_signal(images[which]))
+                if which != WHICH[-1]:
+                    images[which].drop_cache()
+            choice = choose_channels(strengths)
         counts = {w: len(images[w].color_channels()) for w in WHICH}
         if counts["pre"] != counts["post"]:
             run.warn(f"pre has {counts['pre']} colour channels and post {counts['post']}; "
@@ -116,15 +125,20 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
                                      f"channel chosen for this pair)")
 
         def one(which: str) -> dict[str, Any]:
-            return _stream_signal(images[which], choice, layout.signal(which),
-                                  layout.pyramid(which))
+            out = _stream_signal(images[which], choice, layout.signal(which),
+                                 layout.pyramid(which))
+            images[which].drop_cache()
+            return out
 
         with run.timed("stream"):
-            if threads >= 2:
+            if threads >= 2 and not whole:
                 with ThreadPoolExecutor(max_workers=2) as pool:
                     meta = dict(zip(WHICH, pool.map(one, WHICH)))
-            else:
-                meta = {w: one(w) for w in WHICH}
+            else:  # the last image's segments are still cached from the channel choice
+                meta = {w: one(w) for w in reversed(WHICH)}
+        if whole:
+            run.info["sequential_reason"] = ("a raw file must be decoded whole "
+                                             "(one compressed strip)")
     except BaseException:
         # The other image may be complete, or an earlier run's files may be here: remove
         # them all, so no output of this failed stage stays under its final name.
