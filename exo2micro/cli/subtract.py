@@ -1,0 +1,52 @@
+"""``e2m-subtract`` / ``exo2micro subtract``: stage 4 for one pair (see
+:mod:`exo2micro.stages.subtract`)."""
+
+from __future__ import annotations
+
+import click
+
+from exo2micro.cli.common import parse_param_options, run_tool, setup_logging, stage_options
+from exo2micro.pipeline import prepare, run_stage
+from exo2micro.result import build_result, write_result
+from exo2micro.stages.subtract import run_subtract
+
+
+def parse_meta(values: tuple[str, ...]) -> dict[str, str]:
+    """Turn repeated ``--meta KEY=VALUE`` options into a dict (later keys win)."""
+    meta: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--meta expects KEY=VALUE, got {item!r}")
+        meta[key.strip()] = value.strip()
+    return meta
+
+
+@click.command("subtract")
+@stage_options
+@click.option("--meta", "meta_values", multiple=True, metavar="KEY=VALUE",
+              help="Extra metadata copied into result.json 'meta' (repeatable).")
+@run_tool
+def subtract(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force: bool,
+             param_values: tuple[str, ...], threads: int | None,
+             meta_values: tuple[str, ...]) -> None:
+    """Stage 4: estimate k, write post − k·aligned pre, the diagnostics and result.json.
+
+    Reads the stage-1 post signal and pyramids, the stage-3 aligned pre and final transform
+    from the pair folder. Exit codes: 0 success, 2 usage error, 65 missing or unusable input,
+    137 out of memory, 1 internal error.
+    """
+    setup_logging()
+    meta = parse_meta(meta_values)
+    layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
+    rec, skipped = run_stage(4, layout, lambda: run_subtract(
+        layout, sample=sample, dye=dye, threads=n, checkpoint_format=checkpoint_format,
+        meta=meta), force=force)
+    if skipped:
+        # the outputs are current; result.json is cheap to rebuild and carries this call's meta
+        write_result(layout, build_result(layout, sample, dye, "complete", meta))
+    scales = rec.get("scales", {})
+    extra = "".join(f", {kind} {scales[kind]:.4f}" for kind in ("percentile", "manual")
+                    if scales.get(kind) is not None)
+    click.echo(f"{sample}/{dye} stage 4 {'skipped (current)' if skipped else 'done'}: "
+               f"k (Moffat) {scales.get('moffat', float('nan')):.4f}{extra}", err=True)

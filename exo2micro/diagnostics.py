@@ -1,0 +1,363 @@
+"""Stage-4 diagnostic plots (PNG), drawn from streamed histograms and small previews only.
+
+Every plot is made from data of bounded size — fixed-grid histograms
+(:class:`exo2micro.scale.Histogram`, :class:`~exo2micro.scale.Histogram2D`) and box-averaged
+previews of at most ~2000 px — never from a full-resolution array. Figures are built with
+:class:`matplotlib.figure.Figure` directly (Agg canvas, no pyplot): nothing is registered in
+pyplot's global figure list, so batch runs that make hundreds of plots keep no figures alive,
+and no display is ever needed.
+
+Colours of the scale lines (SPEC §5.4): Moffat ``#00cc88``, percentile ``#ff9933``, manual
+``#ff3366``. Intensities are in the post image's units (``PlotContext.units``);
+log10(post/pre) is in decades.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import AsinhNorm, LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator, NullLocator
+
+from exo2micro.atomic import atomic_path
+from exo2micro.layout import PairLayout
+from exo2micro.scale import Histogram, Histogram2D, ScaleFit
+
+KIND_COLOURS = {"moffat": "#00cc88", "percentile": "#ff9933", "manual": "#ff3366"}
+#: Line styles, so scales that nearly coincide stay distinguishable.
+KIND_STYLES = {"moffat": "-", "percentile": "--", "manual": "-."}
+DPI = 110
+STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 10,
+         "figure.titlesize": 13}
+
+
+@dataclass(frozen=True)
+class PlotContext:
+    """What every plot's labels need: the pair, the units of the images and the active scales
+    (``{kind: k}``, Moffat first); ``percentile`` is the ``scale_percentile`` parameter."""
+
+    sample: str
+    dye: str
+    units: str
+    scales: Mapping[str, float]
+    percentile: float | None = None
+    thresholds: tuple[float, float] | None = None  # (post, pre) signal thresholds
+
+    def label(self, kind: str) -> str:
+        """Legend text of one scale, e.g. ``"Moffat k = 1.3502"``."""
+        k = self.scales[kind]
+        if kind == "percentile":
+            return f"percentile (p = {self.percentile:g}) k = {k:.4f}"
+        return f"{'Moffat' if kind == 'moffat' else 'manual'} k = {k:.4f}"
+
+    @property
+    def title(self) -> str:
+        return f"{self.sample} / {self.dye}"
+
+
+def _figure(width: float, height: float, **margins: float) -> Figure:
+    """A figure with fixed margins (fractions of the figure; no layout engine, which would
+    draw every figure twice)."""
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(width, height), dpi=DPI)
+    fig.subplots_adjust(**{"left": 0.1, "right": 0.97, "bottom": 0.11, "top": 0.86, **margins})
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    import matplotlib
+
+    with matplotlib.rc_context(STYLE), atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
+    fig.clear()
+    return path
+
+
+def _white_empty(name: str) -> Any:
+    """Colormap ``name`` with empty (NaN) bins drawn opaque white, not transparent: resampling
+    a transparent neighbour would tint isolated bins."""
+    return colormaps[name].with_extremes(bad="white")
+
+
+def _count_label(value: float, _pos: object = None) -> str:
+    """Compact count label: 1, 10, 100, 1k, 10k, 1M, ... (plain text, no mathtext)."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}"
+
+
+def _log_counts(axis: Any) -> None:
+    """Decade ticks with compact labels and no minor ticks on a log-scaled count axis (the
+    default scientific labels and minor ticks cost more to draw than the data)."""
+    axis.set_major_locator(LogLocator(base=10))
+    axis.set_major_formatter(FuncFormatter(_count_label))
+    axis.set_minor_locator(NullLocator())
+
+
+def _scale_lines(ax: Any, ctx: PlotContext, top: float) -> None:
+    """The identity line and one ``post = k · pre`` line per active scale on a pre/post grid."""
+    ax.plot([0, top], [0, top], color="0.45", lw=1.2, ls=":", label="post = pre")
+    for kind, k in ctx.scales.items():
+        ax.plot([0, top], [0, k * top], color=KIND_COLOURS[kind], lw=1.6, ls=KIND_STYLES[kind],
+                zorder=3 if kind == "moffat" else 2.5, label=f"post = k·pre, {ctx.label(kind)}")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+
+
+def _grid_axes(ax: Any, ctx: PlotContext) -> None:
+    ax.set_xlabel(f"aligned pre-stain [{ctx.units}]")
+    ax.set_ylabel(f"post-stain [{ctx.units}]")
+    ax.set_aspect("equal")
+
+
+def _grid_top(grid: Histogram2D) -> float:
+    """Upper display limit of a pre/post grid: the highest occupied bin edge."""
+    occupied = np.nonzero(grid.counts.sum(axis=0) + grid.counts.sum(axis=1))[0]
+    last = occupied[-1] + 1 if occupied.size else grid.bins
+    return float(grid.lo + last * grid.width)
+
+
+def plot_pre_post_heatmap(path: Path, ctx: PlotContext, grid: Histogram2D) -> Path:
+    """2-D histogram of (aligned pre, post) over tissue pixels, log colour scale, with the
+    identity line and the ``k · pre`` lines."""
+    fig = _figure(7.5, 7.6, bottom=0.2, top=0.9)
+    ax = fig.add_subplot()
+    counts = grid.counts.astype(np.float64)
+    counts[counts == 0] = np.nan
+    mesh = ax.imshow(counts, origin="lower", extent=(grid.lo, grid.hi, grid.lo, grid.hi),
+                     norm=LogNorm(vmin=1, vmax=max(2.0, np.nanmax(counts, initial=2.0))),
+                     cmap=_white_empty("viridis"), interpolation="nearest")
+    _scale_lines(ax, ctx, _grid_top(grid))
+    _grid_axes(ax, ctx)
+    _log_counts(fig.colorbar(mesh, ax=ax, label="pixels per bin (log scale)",
+                             shrink=0.85).ax.yaxis)
+    fig.legend(loc="lower center", bbox_to_anchor=(0.45, 0.0), frameon=False)
+    ax.set_title(f"{ctx.title}: post vs aligned pre, tissue pixels\n"
+                 f"(both above their signal thresholds; bin {grid.width:.3g})")
+    return _save(fig, path)
+
+
+def plot_excess_heatmap(path: Path, ctx: PlotContext, grid: Histogram2D) -> Path:
+    """The pre/post grid minus its transpose, above the diagonal: where post exceeds pre more
+    often than the reverse (stain, microbes, k > 1), with the ``k · pre`` lines."""
+    fig = _figure(7.5, 7.6, bottom=0.2, top=0.9)
+    ax = fig.add_subplot()
+    c = grid.counts
+    excess = (c - c.T).astype(np.float64)
+    upper = np.triu(np.ones_like(excess, dtype=bool), k=1).T  # [iy, ix] with iy > ix
+    excess[~upper | (excess <= 0)] = np.nan
+    finite = excess[np.isfinite(excess)]
+    vmax = float(finite.max()) if finite.size else 2.0
+    mesh = ax.imshow(excess, origin="lower", extent=(grid.lo, grid.hi, grid.lo, grid.hi),
+                     norm=LogNorm(vmin=1, vmax=max(2.0, vmax)), cmap=_white_empty("magma_r"),
+                     interpolation="nearest")
+    _scale_lines(ax, ctx, _grid_top(grid))
+    _grid_axes(ax, ctx)
+    _log_counts(fig.colorbar(mesh, ax=ax, shrink=0.85, label="excess pixels per bin: "
+                             "N(pre=a, post=b) − N(pre=b, post=a)").ax.yaxis)
+    fig.legend(loc="lower center", bbox_to_anchor=(0.45, 0.0), frameon=False)
+    ax.set_title(f"{ctx.title}: excess of post over pre (grid − transpose, above diagonal)\n"
+                 f"pixels above a k line are kept as stain by that scale")
+    return _save(fig, path)
+
+
+def plot_pre_post_histograms(path: Path, ctx: PlotContext, grid: Histogram2D) -> Path:
+    """Intensity histograms of post, aligned pre and k·pre (Moffat) over tissue pixels."""
+    fig = _figure(8.5, 5.0)
+    ax = fig.add_subplot()
+    edges = grid.edges()
+    pre = grid.counts.sum(axis=0)
+    post = grid.counts.sum(axis=1)
+    k = ctx.scales["moffat"]
+    ax.stairs(pre, edges, color="#5577ff", lw=1.4, label="aligned pre-stain")
+    ax.stairs(post, edges, color="#222222", lw=1.6, label="post-stain")
+    # k·pre has the pre counts on a grid stretched by k; divide by k to keep counts per unit
+    ax.stairs(pre / k, edges * k, color=KIND_COLOURS["moffat"], lw=1.4, ls="--",
+              label=f"k × aligned pre ({ctx.label('moffat')})")
+    ax.set_yscale("log")
+    _log_counts(ax.yaxis)
+    ax.set_xlim(0, _grid_top(grid))
+    ax.set_ylim(bottom=0.8)
+    ax.set_xlabel(f"intensity [{ctx.units}]")
+    ax.set_ylabel(f"pixels per bin (bin {grid.width:.3g})")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{ctx.title}: intensity histograms of tissue pixels\n"
+                 "post should match k × pre except for the stained excess on the right")
+    return _save(fig, path)
+
+
+def plot_difference_histogram(path: Path, ctx: PlotContext, differences: Mapping[str, Histogram]
+                              ) -> Path:
+    """Histogram of ``post − k · aligned pre`` over tissue pixels, one curve per scale."""
+    fig = _figure(8.5, 5.0)
+    ax = fig.add_subplot()
+    lo, hi = math.inf, -math.inf
+    for kind, hist in differences.items():
+        edges = hist.lo + np.arange(hist.bins + 1) * hist.width
+        q25, q50, q75 = (hist.quantile(q) for q in (0.25, 0.5, 0.75))
+        sigma = (q75 - q25) / 1.349
+        ax.stairs(hist.counts, edges, color=KIND_COLOURS[kind], lw=1.5, ls=KIND_STYLES[kind],
+                  label=f"{ctx.label(kind)}: median {q50:+.2f}, robust σ {sigma:.2f}")
+        lo = min(lo, hist.quantile(0.0005) - 3 * sigma)
+        hi = max(hi, hist.quantile(0.9995) + 3 * sigma)
+    ax.axvline(0, color="black", lw=1, ls=":")
+    ax.set_yscale("log")
+    _log_counts(ax.yaxis)
+    ax.set_ylim(bottom=0.8)
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel(f"post − k · aligned pre [{ctx.units}]")
+    ax.set_ylabel(f"pixels per bin (bin {hist.width:.3g})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    ax.set_title(f"{ctx.title}: difference histogram, tissue pixels\n"
+                 "background should be a narrow peak at 0; stain is the tail to the right")
+    return _save(fig, path)
+
+
+def _stairs(ax: Any, x: np.ndarray, counts: np.ndarray, lo: float, hi: float, **style: Any
+            ) -> None:
+    """Step plot of histogram bins with centres ``x`` (evenly spaced) within ``[lo, hi]``."""
+    sel = (x >= lo) & (x <= hi)
+    if not sel.any():
+        return
+    half = (x[1] - x[0]) / 2 if x.size > 1 else 0.5
+    ax.stairs(counts[sel], np.append(x[sel] - half, x[sel][-1] + half), **style)
+
+
+def plot_ratio_histogram(path: Path, ctx: PlotContext, fit: ScaleFit, ratio: Histogram) -> Path:
+    """log10(post/pre) histograms — all tissue pixels (``ratio``) and the microbe-free ones the
+    Moffat was fitted to (``fit.x``/``fit.counts``) — with the fit, its window and the scale
+    lines: a linear zoom on the peak and a log-count overview showing the microbes' tail."""
+    fig = _figure(13.0, 5.8, left=0.065, right=0.98, top=0.79, bottom=0.1, wspace=0.18)
+    zoom, wide = fig.subplots(1, 2)
+    centre, hwhm = fit.centre, fit.hwhm if math.isfinite(fit.hwhm) else 0.01
+    x_all, all_counts = ratio.rebinned(max(1, round(fit.bin_width / ratio.width)))
+    q_lo, q_hi = ratio.quantile(0.0005), ratio.quantile(0.9995)
+    views = ((zoom, (centre - 6 * hwhm, centre + 8 * hwhm), "linear"),
+             (wide, (min(q_lo, centre - 6 * hwhm), max(q_hi, centre + 8 * hwhm)), "log"))
+    for ax, (x0, x1), yscale in views:
+        _stairs(ax, x_all, all_counts, x0, x1, color="#9a9a9a", lw=1.2,
+                label=f"all {ratio.total:,} tissue pixels")
+        _stairs(ax, fit.x, fit.counts, x0, x1, color="#222222", lw=1.3,
+                label=f"{fit.n_pixels:,} pixels away from stain (fitted)")
+        if fit.method == "moffat":
+            xs = np.linspace(x0, x1, 800)
+            ax.plot(xs, fit.model(xs), color=KIND_COLOURS["moffat"], lw=1.4, ls="--",
+                    label=f"Moffat fit (β = {fit.beta:.3g}): left wing, mirrored")
+            ax.axvspan(*fit.window, color=KIND_COLOURS["moffat"], alpha=0.12,
+                       label="fitted window")
+        for kind, k in ctx.scales.items():
+            ax.axvline(math.log10(k), color=KIND_COLOURS[kind], lw=1.6, ls=KIND_STYLES[kind],
+                       label=ctx.label(kind))
+        ax.set_xlim(x0, x1)
+        ax.set_yscale(yscale)
+        if yscale == "log":
+            _log_counts(ax.yaxis)
+            ax.set_ylim(bottom=0.8)
+        ax.set_xlabel("log10(post / aligned pre)  [decades]")
+        ax.set_ylabel(f"pixels per bin (bin {fit.bin_width:.2g} decades)")
+        ax.grid(alpha=0.3)
+        top = ax.secondary_xaxis("top", functions=(_pow10, _log10))
+        top.set_xlabel("post / pre ratio")
+    zoom.set_title("peak (linear counts)")
+    wide.set_title("overview (log counts): stain forms the right tail")
+    wide.legend(*zoom.get_legend_handles_labels(), loc="upper right", fontsize=9)
+    note = f"\n{fit.message}" if fit.message else ""
+    how = "Moffat fit" if fit.method == "moffat" else "histogram peak (fallback)"
+    fig.suptitle(f"{ctx.title}: post/pre ratio of tissue pixels; k from the {how}{note}")
+    return _save(fig, path)
+
+
+def _pow10(v: np.ndarray) -> np.ndarray:
+    return np.power(10.0, v)
+
+
+def _log10(r: np.ndarray) -> np.ndarray:
+    return np.log10(np.maximum(r, 1e-300))
+
+
+def _robust_sigma(values: np.ndarray) -> float:
+    if values.size == 0:
+        return float("nan")
+    med = float(np.median(values))
+    return 1.4826 * float(np.median(np.abs(values - med)))
+
+
+def plot_difference_image(path: Path, ctx: PlotContext, preview: Mapping[str, np.ndarray],
+                          factor: int) -> Path:
+    """The difference image of each active scale from the box-averaged previews, asinh
+    stretch on a diverging map (red = post brighter than k·pre), no data in grey.
+
+    The knee of the stretch (where it turns from linear to logarithmic) is the robust noise σ
+    of the Moffat difference over tissue in the preview, so noise is linear and stain is
+    compressed.
+    """
+    data = preview["data"]
+    have = data >= 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        post = np.where(have, preview["post"] / data, np.nan)
+        pre = np.where(have, preview["pre"] / data, np.nan)
+    tissue = have.copy()
+    if ctx.thresholds is not None:
+        tissue &= (post > ctx.thresholds[0]) & (pre > ctx.thresholds[1])
+    diffs = {kind: post - np.float32(k) * pre for kind, k in ctx.scales.items()}
+    moffat = diffs["moffat"]
+    knee = _robust_sigma(moffat[tissue]) if tissue.any() else float("nan")
+    finite = moffat[np.isfinite(moffat)]
+    if not math.isfinite(knee) or knee <= 0:
+        knee = max(float(np.std(finite)) if finite.size else 1.0, 1e-12)
+    limit = float(np.percentile(np.abs(finite), 99.9)) if finite.size else 1.0
+    limit = max(limit, 3 * knee)
+    h, w = moffat.shape
+    n = len(diffs)
+    panel_w = min(7.0, 18.0 / n)
+    fig_w, fig_h = panel_w * n + 1.8, panel_w * h / w + 1.4
+    fig = _figure(fig_w, fig_h, left=0.9 / fig_w, right=1 - 1.5 / fig_w, bottom=0.6 / fig_h,
+                  top=1 - 0.75 / fig_h, wspace=0.12)
+    axes = np.atleast_1d(fig.subplots(1, n, sharex=True, sharey=True))
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#9a9a9a")
+    # Show asinh(d / knee) on a linear scale: the same colours AsinhNorm would give, without
+    # its slow per-pixel transform at draw time; the colour bar uses AsinhNorm for its ticks.
+    stretch = math.asinh(limit / knee)
+    for ax, (kind, diff) in zip(axes, diffs.items()):
+        ax.imshow(np.arcsinh(diff / knee), cmap=cmap, vmin=-stretch, vmax=stretch,
+                  interpolation="antialiased",
+                  extent=(-0.5, w * factor - 0.5, h * factor - 0.5, -0.5))
+        ax.set_title(ctx.label(kind), color=KIND_COLOURS[kind])
+        ax.set_xlabel("x [post px]")
+    axes[0].set_ylabel("y [post px]")
+    bar = ScalarMappable(norm=AsinhNorm(linear_width=knee, vmin=-limit, vmax=limit), cmap=cmap)
+    cax = fig.add_axes((1 - 1.2 / fig_w, 0.6 / fig_h, 0.18 / fig_w, 1 - 1.35 / fig_h))
+    cbar = fig.colorbar(bar, cax=cax,
+                        label=f"post − k·pre [{ctx.units}]; asinh stretch, knee {knee:.3g}")
+    cbar.ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    box = f"; {factor}×{factor} px box averages" if factor > 1 else ""
+    fig.suptitle(f"{ctx.title}: difference image (red: post brighter than k·pre; grey: no "
+                 f"data{box})")
+    return _save(fig, path)
+
+
+def write_all(layout: PairLayout, ctx: PlotContext, *, fit: ScaleFit, ratio: Histogram,
+              grid: Histogram2D, differences: Mapping[str, Histogram],
+              preview: Mapping[str, np.ndarray], preview_factor: int) -> list[Path]:
+    """Write every stage-4 plot to ``layout.plot(name)``; return the paths."""
+    return [
+        plot_pre_post_heatmap(layout.plot("pre_post_heatmap"), ctx, grid),
+        plot_pre_post_histograms(layout.plot("pre_post_histograms"), ctx, grid),
+        plot_difference_histogram(layout.plot("difference_histogram"), ctx, differences),
+        plot_ratio_histogram(layout.plot("ratio_histogram"), ctx, fit, ratio),
+        plot_excess_heatmap(layout.plot("excess_heatmap"), ctx, grid),
+        plot_difference_image(layout.plot("difference_image"), ctx, preview, preview_factor),
+    ]

@@ -1,0 +1,728 @@
+"""Stage 4 — subtract: estimate k and write ``post − k · aligned_pre`` with its diagnostics.
+
+Inputs (pair folder, :class:`~exo2micro.layout.PairLayout`): the stage-1 post signal (native
+dtype, raw post frame) and both pyramids, the stage-3 aligned pre (float32, output frame, TIFF
+or FITS) and the final transform ``transforms/03_interior.json``.
+
+Pixel sets
+----------
+All images are compared in the *output frame* (the raw post frame extended by ``pad`` px on
+every side).
+
+* **data**: output pixels that are inside the raw post frame *and* whose pre position
+  (``post_to_pre``) lies inside the pre frame. Everything else has no data.
+* **signal**: data pixels where both images are above a small threshold,
+  ``background + SIGNAL_FRACTION · (tissue median − background)`` of each image (levels from
+  the stage-1 pyramids), i.e. tissue where both carry fluorescence.
+* **estimation**: the signal set eroded by :data:`EDGE_PX` px, which drops tissue edges, the
+  pre frame's edge (where the warp interpolated with the zero outside) and the padding.
+* **microbe-free**: the estimation set minus the neighbourhood of stain. Post-only light
+  (microbes and their faint halos) would shift part of the ratio distribution slightly to the
+  right, *inside* the peak, where no histogram method can tell it from background (at 5 %
+  microbe cover it biases a left-wing fit by +0.2–0.4 %). Pixels are flagged where the excess
+  over a coarse scale ``k0``, smoothed over :data:`SMOOTH_PX`, exceeds
+  :data:`EXCESS_FRACTION` of ``k0 · pre``; flags are dilated by :data:`DILATE_PX` px. ``k0``
+  comes from the same estimate on the stage-1 pyramids (:func:`coarse_scale`); the result is
+  insensitive to ``k0`` within a few percent.
+
+k is estimated (:mod:`exo2micro.scale`) by the Moffat left-wing fit to the log10(post/pre)
+histogram of the microbe-free set (Moffat, always), by the percentile of the log10(post/pre)
+histogram of the whole estimation set (``scale_percentile``: microbes included, as a user who
+picks a percentile expects) and by ``manual_scale``. The 2-D pre/post histogram and the
+difference histograms use the signal set.
+
+No data
+-------
+The difference images hold **NaN** where there is no data (padding, outside the pre frame), in
+TIFF and FITS alike, so the two formats carry the same numbers and no one mistakes "no data" for
+a perfect subtraction (0). Fiji/ImageJ, napari, QuPath and astropy treat NaN as missing.
+
+Streaming and memory
+--------------------
+Two passes over the full-resolution images, in blocks of :data:`~exo2micro.tiffio.TILE` rows:
+
+1. histograms of log10(post/pre) (estimation and microbe-free sets), log10(post) and
+   log10(pre) on fixed grids (a few MB), and box-averaged previews for the plots
+   (≤ :data:`PREVIEW_MAX_SIDE` px); blocks are read with :data:`HALO` extra rows so the
+   masks are exactly those of the whole image;
+2. the difference image of every active scale, streamed to every requested format at once
+   (one writer thread per file), plus the 2-D and difference histograms.
+
+With ``threads ≥ 2`` blocks are processed by a thread pool (reads are serialised, numpy and
+OpenCV release the GIL) with bounded look-ahead. Memory is a few blocks of ``512 × width``
+float32 per thread and per writer, plus the readers' tile caches; never a full-resolution copy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+
+from exo2micro import diagnostics, scale
+from exo2micro.errors import InputDataError
+from exo2micro.fitsio import FitsImage, make_header, write_streamed
+from exo2micro.footprint import footprint_stats, tissue_mask
+from exo2micro.layout import PairLayout, formats
+from exo2micro.pyramid import Pyramid
+from exo2micro.records import StageRun
+from exo2micro.result import build_result, write_result
+from exo2micro.tiffio import TILE, TiffImage, read_info, write_tiled
+from exo2micro.transform import TransformRecord
+
+#: Signal threshold of each image: this fraction of the way from its background level to its
+#: tissue median.
+SIGNAL_FRACTION = 0.25
+#: Erosion (px) of the signal set before estimating k: tissue edges, the pre frame's edge.
+EDGE_PX = 3
+#: Microbe mask: Gaussian σ (px) of the smoothing of the excess, the flagged fraction of k0·pre,
+#: and the dilation (px) of the flags, which covers the faint halo of stained spots.
+SMOOTH_PX = 2.0
+EXCESS_FRACTION = 0.05
+DILATE_PX = 8
+#: Rows per slice of the per-pixel work inside a block (bounds temporaries on wide images).
+SUB_ROWS = 128
+#: The value histograms (display ranges only) count every VALUE_STRIDE-th estimation pixel.
+VALUE_STRIDE = 8
+#: Rows read above and below each block so that the masks of its rows are exact: the erosion's
+#: reach, or the dilation's plus the smoothing kernel's radius.
+HALO = max(EDGE_PX, DILATE_PX + math.ceil(3 * SMOOTH_PX))
+#: Fewer microbe-free pixels than this fraction of the estimation set earns a warning (stain
+#: nearly everywhere, or a misalignment that reads as stain).
+MIN_CLEAN_FRACTION = 0.05
+#: Longest side (px) of the box-averaged previews used for the difference image plot.
+PREVIEW_MAX_SIDE = 1024
+#: Pyramid level side (px) used for the tissue levels and for the coarse scale k0.
+LEVEL_SIDE = 1024
+COARSE_SIDE = 2048
+#: Value written where there is no data.
+NO_DATA = np.float32(np.nan)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+# ------------------------------------------------------------------------------ inputs
+@dataclass(frozen=True)
+class Thresholds:
+    """Signal thresholds (image units) of post and aligned pre, and how they were derived."""
+
+    post: float
+    pre: float
+    levels: dict[str, dict[str, float]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"post": self.post, "pre": self.pre, "fraction": SIGNAL_FRACTION,
+                "edge_px": EDGE_PX, "levels": self.levels}
+
+
+def tissue_thresholds(post_pyramid: Pyramid, pre_pyramid: Pyramid) -> Thresholds:
+    """Signal thresholds from the tissue footprints of both pyramids (see module docstring)."""
+    values, levels = {}, {}
+    for which, pyr in (("post", post_pyramid), ("pre", pre_pyramid)):
+        level, factor = pyr.level_for(LEVEL_SIDE)
+        stats = footprint_stats(level, tissue_mask(level), factor)
+        bg = stats.background_p50 if math.isfinite(stats.background_p50) else 0.0
+        tissue = stats.tissue_p50
+        if not math.isfinite(tissue) or tissue <= bg:
+            raise InputDataError(f"{which} image: no tissue brighter than the background in "
+                                 f"its pyramid; cannot estimate the scale")
+        values[which] = bg + SIGNAL_FRACTION * (tissue - bg)
+        levels[which] = {"background_median": bg, "tissue_median": tissue}
+    return Thresholds(values["post"], values["pre"], levels)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise InputDataError(f"stage 4 input missing: {path} ({what})")
+    return path
+
+
+def _aligned_pre_path(layout: PairLayout, checkpoint_format: str) -> Path:
+    """The stage-3 aligned pre to read: the requested format first, then the other."""
+    order = [*formats(checkpoint_format), "tiff", "fits"]
+    for fmt in dict.fromkeys(order):
+        if layout.aligned_pre(fmt).is_file():
+            return layout.aligned_pre(fmt)
+    return _require(layout.aligned_pre(order[0]), "aligned pre from stage 3 align-interior")
+
+
+def _open_image(path: Path, blocks_in_flight: int) -> TiffImage | FitsImage:
+    """A reader whose decoded-tile cache holds the tile rows that ``blocks_in_flight`` blocks
+    (with their halos) can touch at once, and little more (FITS is memory-mapped)."""
+    if path.suffix == ".fits":
+        return FitsImage(path)
+    info = read_info(path)
+    row_bytes = info.width * info.samples * np.dtype(info.dtype).itemsize
+    rows = (blocks_in_flight + 2) * max(TILE, info.segment_shape[0])
+    return TiffImage(path, cache_bytes=rows * row_bytes)
+
+
+class Sources:
+    """Block reader of the output frame: post, aligned pre and the data mask, row range by row
+    range. Reads are serialised (the readers' file handles and caches are shared)."""
+
+    def __init__(self, post: TiffImage | FitsImage, aligned: TiffImage | FitsImage,
+                 post_to_pre: np.ndarray,
+                 pre_shape: tuple[int, int], pad: int) -> None:
+        ph, pw = post.shape
+        if aligned.shape != (ph + 2 * pad, pw + 2 * pad):
+            raise InputDataError(
+                f"{getattr(aligned, 'path', 'aligned pre')}: shape {aligned.shape} does not "
+                f"match the post frame {post.shape} with pad {pad}; re-run stage 3")
+        self.post, self.aligned, self.pad = post, aligned, pad
+        self.shape = aligned.shape
+        self.pre_shape = pre_shape
+        self.integer = post.dtype.kind in "ui"
+        # output pixel (x, y) -> pre pixel: post_to_pre applied to raw post (x − pad, y − pad)
+        shift = np.array([[1.0, 0, -pad], [0, 1.0, -pad], [0, 0, 1.0]])
+        self._to_pre = (np.asarray(post_to_pre, np.float64) @ shift)[:2]
+        self._lock = threading.Lock()
+
+    def read(self, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Output rows ``[y0, y1)``: post (float32, 0 without data), aligned pre (float32) and
+        the data mask (bool)."""
+        h, w = y1 - y0, self.shape[1]
+        pad = self.pad
+        with self._lock:
+            raw = self.post.read_window(y0 - pad, y1 - pad, 0, w - 2 * pad)[:, :, 0]
+            pre = self.aligned.read_window(y0, y1, 0, w)[:, :, 0].astype(np.float32, copy=False)
+        ry0 = max(0, pad - y0)
+        if pad == 0:
+            post = raw.astype(np.float32)
+        else:
+            post = np.zeros((h, w), np.float32)
+            post[ry0:ry0 + raw.shape[0], pad:w - pad] = raw
+        data = self.inside_pre(y0, y1)
+        if pad:
+            data[:ry0] = False
+            data[ry0 + raw.shape[0]:] = False
+            data[:, :pad] = False
+            data[:, w - pad:] = False
+        return post, pre, data
+
+    def inside_pre(self, y0: int, y1: int) -> np.ndarray:
+        """Whether each output pixel of rows ``[y0, y1)`` maps inside the pre frame (its pixel
+        area ``[−0.5, W − 0.5) × [−0.5, H − 0.5)``), from the affine part of the transform.
+
+        The pre frame is convex and the map affine, so on each row the inside pixels form one
+        interval of columns; it is computed per row, then expanded.
+        """
+        a = self._to_pre
+        y = np.arange(y0, y1, dtype=np.float64)
+        lo = np.full(y.size, -np.inf)
+        hi = np.full(y.size, np.inf)
+        for row, size in ((a[0], self.pre_shape[1]), (a[1], self.pre_shape[0])):
+            # −0.5 ≤ row[0]·x + row[1]·y + row[2] < size − 0.5
+            rest = row[1] * y + row[2]
+            if abs(row[0]) < 1e-12:
+                outside = (rest < -0.5) | (rest >= size - 0.5)
+                hi[outside] = -np.inf
+                continue
+            t0, t1 = (-0.5 - rest) / row[0], (size - 0.5 - rest) / row[0]
+            lo = np.maximum(lo, np.minimum(t0, t1))
+            hi = np.minimum(hi, np.maximum(t0, t1))
+        x = np.arange(self.shape[1], dtype=np.float64)
+        return (x[None, :] >= lo[:, None]) & (x[None, :] < hi[:, None])
+
+
+def signal_mask(post: np.ndarray, pre: np.ndarray, data: np.ndarray, thr: Thresholds
+                ) -> np.ndarray:
+    """Data pixels where both images are above their signal thresholds."""
+    return data & (post > thr.post) & (pre > thr.pre)
+
+
+def _odd(n: float) -> int:
+    return 2 * max(0, round(n)) + 1
+
+
+def estimation_masks(post: np.ndarray, pre: np.ndarray, data: np.ndarray, thr: Thresholds,
+                     k0: float, px: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The estimation set and its microbe-free part (see the module docstring), as boolean
+    arrays of the arrays' shape.
+
+    ``px`` is the size of one array pixel in full-resolution pixels (the box size of a pyramid
+    level), so the same physical distances are used at any level. Pixels beyond the arrays'
+    top and bottom edges neither erode nor dilate, and the smoothing sees the arrays' own rows
+    only: a block read with :data:`HALO` extra rows on each side and cropped gives exactly the
+    masks of the whole image.
+    """
+    sig = signal_mask(post, pre, data, thr)
+    edge = _odd(EDGE_PX / px)
+    valid = cv2.erode(sig.view(np.uint8), np.ones((edge, edge), np.uint8),
+                      borderType=cv2.BORDER_CONSTANT, borderValue=1).view(bool)
+    sigma = SMOOTH_PX / px
+    if sigma >= 0.5:
+        size = _odd(3 * sigma)
+        excess = cv2.GaussianBlur(post - np.float32(k0) * pre, (size, size), sigma)
+        level = cv2.GaussianBlur(pre, (size, size), sigma)
+    else:
+        excess, level = post - np.float32(k0) * pre, pre
+    flagged = (excess > np.float32(EXCESS_FRACTION * k0) * level) & sig
+    grow = _odd(DILATE_PX / px)
+    near_stain = cv2.dilate(flagged.view(np.uint8), np.ones((grow, grow), np.uint8),
+                            borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+    return valid, valid & ~near_stain
+
+
+def coarse_scale(post_pyramid: Pyramid, pre_pyramid: Pyramid, post_to_pre: np.ndarray,
+                 thr: Thresholds) -> float:
+    """A first k0 from the pyramids: pre warped onto a post level of ≤ :data:`COARSE_SIDE` px
+    and two rounds of the left-wing fit over the microbe-free set, starting from the ratio of
+    the tissue medians (the whole estimation set stands in when too little is microbe-free)."""
+    post, fp = post_pyramid.level_for(COARSE_SIDE)
+    i = int(np.argmin([abs(math.log2(f / fp)) for f in pre_pyramid.factors]))
+    pre_level, fq = pre_pyramid.levels[i], pre_pyramid.factors[i]
+    # level pixel (j, i) of box size f is the full-resolution point f·(j, i) + (f − 1)/2
+    to_full = np.array([[fp, 0, (fp - 1) / 2], [0, fp, (fp - 1) / 2], [0, 0, 1.0]])
+    from_full = np.linalg.inv(np.array([[fq, 0, (fq - 1) / 2], [0, fq, (fq - 1) / 2],
+                                        [0, 0, 1.0]]))
+    local = from_full @ np.asarray(post_to_pre, np.float64) @ to_full
+    h, w = post.shape
+    pre = cv2.warpAffine(pre_level.astype(np.float32), local[:2], (w, h),
+                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    inside = cv2.warpAffine(np.ones(pre_level.shape, np.uint8), local[:2], (w, h),
+                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+    post = post.astype(np.float32)
+    k0 = thr.levels["post"]["tissue_median"] / thr.levels["pre"]["tissue_median"]
+    for _ in range(2):
+        valid, clean = estimation_masks(post, pre, inside, thr, k0, px=fp)
+        sel = clean if np.count_nonzero(clean) >= scale.MIN_FIT_PIXELS else valid
+        if not sel.any():
+            break
+        hist = scale.Histogram.log_ratio()
+        hist.add(np.log10(post[sel]) - np.log10(pre[sel]))
+        k0 = scale.fit_left_wing(hist).scale
+    return k0
+
+
+# ------------------------------------------------------------------------- block helpers
+def _ordered_map(pool: ThreadPoolExecutor | None, fn: Callable[[T], R], items: Iterable[T],
+                 ahead: int) -> Iterator[R]:
+    """``map(fn, items)`` in order, with at most ``ahead`` items in flight on ``pool``."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending: list[Future[R]] = []
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.pop(0).result()
+    for fut in pending:
+        yield fut.result()
+
+
+class _Aborted(Exception):
+    """Raised inside a writer when the producer failed, so the writer discards its file."""
+
+
+_END = object()
+_ABORT = object()
+
+
+class FanOut:
+    """Feeds row blocks to several pull-style writers (``writer(blocks)``), each in a thread.
+
+    ``put(blocks)`` hands block ``i`` to writer ``i``; queues are bounded, so at most a couple
+    of blocks per writer wait in memory. On leaving the ``with`` block normally every writer
+    finishes its file; on an exception every writer is aborted (its temporary file removed by
+    :func:`exo2micro.atomic.atomic_path`). A writer's own error is re-raised in the producer.
+    """
+
+    def __init__(self, writers: Sequence[Callable[[Iterable[np.ndarray]], None]],
+                 depth: int = 2) -> None:
+        self._queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in writers]
+        self._errors: list[BaseException | None] = [None] * len(writers)
+        self._threads = [threading.Thread(target=self._run, args=(i, w), daemon=True,
+                                          name=f"exo2micro-writer-{i}")
+                         for i, w in enumerate(writers)]
+        for t in self._threads:
+            t.start()
+
+    def _stream(self, i: int) -> Iterator[np.ndarray]:
+        while True:
+            item = self._queues[i].get()
+            if item is _END:
+                return
+            if item is _ABORT:
+                raise _Aborted
+            yield item
+
+    def _run(self, i: int, writer: Callable[[Iterable[np.ndarray]], None]) -> None:
+        try:
+            writer(self._stream(i))
+        except _Aborted:
+            pass
+        except BaseException as exc:
+            self._errors[i] = exc
+
+    def _put(self, i: int, item: Any) -> bool:
+        """Queue ``item`` for writer ``i``; False when that writer has stopped."""
+        while self._threads[i].is_alive():
+            try:
+                self._queues[i].put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def put(self, blocks: Sequence[np.ndarray]) -> None:
+        for i, block in enumerate(blocks):
+            if not self._put(i, block):
+                raise self._errors[i] or RuntimeError(
+                    f"writer {i} stopped before its image was complete")
+
+    def __enter__(self) -> FanOut:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        token = _END if exc_type is None else _ABORT
+        for i in range(len(self._threads)):
+            self._put(i, token)
+        for t in self._threads:
+            t.join()
+        if exc_type is None:
+            for err in self._errors:
+                if err is not None:
+                    raise err
+
+
+# ------------------------------------------------------------------------------- pass 1
+@dataclass
+class Pass1:
+    """What the first pass gathers: the exact log-ratio histogram of the estimation set
+    (``ratio``), the dequantised one of its microbe-free part (``clean``, what k is fitted to),
+    value histograms of the estimation set, pixel counts and the box-averaged previews (means
+    of post·data, pre·data and data over each box)."""
+
+    ratio: scale.Histogram = field(default_factory=scale.Histogram.log_ratio)
+    clean: scale.Histogram = field(default_factory=scale.Histogram.log_ratio)
+    post: scale.Histogram = field(default_factory=scale.Histogram.log_value)
+    pre: scale.Histogram = field(default_factory=scale.Histogram.log_value)
+    n_data: int = 0
+    n_signal: int = 0
+    n_equal: int = 0
+    preview_factor: int = 1
+    preview: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def merge(self, other: Pass1) -> None:
+        for name in ("ratio", "clean", "post", "pre"):
+            getattr(self, name).merge(getattr(other, name))
+        self.n_data += other.n_data
+        self.n_signal += other.n_signal
+        self.n_equal += other.n_equal
+
+
+def box_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Sum over ``factor × factor`` boxes divided by ``factor²`` (float32); partial boxes at
+    the edges are zero-padded, so ratios of two box means of the same block are exact means
+    over the pixels they weight."""
+    if factor == 1:
+        return image.astype(np.float32)
+    h, w = image.shape
+    bh, bw = -(-h // factor), -(-w // factor)
+    padded = np.zeros((bh * factor, bw * factor), np.float32)
+    padded[:h, :w] = image
+    # INTER_AREA with an integer factor is the exact box mean
+    return cv2.resize(padded, (bw, bh), interpolation=cv2.INTER_AREA)
+
+
+def preview_factor(shape: tuple[int, int]) -> int:
+    """Power-of-two box size that brings the longer side to ≤ :data:`PREVIEW_MAX_SIDE`."""
+    f = 1
+    while max(shape) / f > PREVIEW_MAX_SIDE and f < TILE:
+        f *= 2
+    return f
+
+
+def _pass1_block(src: Sources, thr: Thresholds, k0: float, factor: int, y0: int
+                 ) -> tuple[int, Pass1]:
+    h = src.shape[0]
+    y1 = min(h, y0 + TILE)
+    ya, yb = max(0, y0 - HALO), min(h, y1 + HALO)
+    post, pre, data = src.read(ya, yb)
+    core = slice(y0 - ya, y1 - ya)
+    valid, clean = (m[core] for m in estimation_masks(post, pre, data, thr, k0))
+    post, pre, data = post[core], pre[core], data[core]
+    out = Pass1()
+    # per-pixel work in slices of SUB_ROWS rows bounds the temporaries of wide images
+    for r in range(0, y1 - y0, SUB_ROWS):
+        rows = slice(r, r + SUB_ROWS)
+        v = valid[rows]
+        pv = post[rows][v]
+        lp = np.log10(pv)
+        lq = np.log10(pre[rows][v])
+        ratio = lp - lq
+        out.ratio.add(ratio)
+        out.n_equal += int(np.count_nonzero(ratio == 0))
+        keep = clean[rows][v]
+        if src.integer:
+            out.clean.add(np.log10(scale.dequantise(pv[keep])) - lq[keep])
+        else:
+            out.clean.add(ratio[keep])
+        # the value histograms only set display ranges: every VALUE_STRIDE-th pixel is plenty
+        out.post.add(lp[::VALUE_STRIDE])
+        out.pre.add(lq[::VALUE_STRIDE])
+    out.n_data = int(np.count_nonzero(data))
+    out.n_signal = int(np.count_nonzero(signal_mask(post, pre, data, thr)))
+    weight = data.astype(np.float32)
+    out.preview = {"post": box_mean(post * weight, factor), "pre": box_mean(pre * weight, factor),
+                   "data": box_mean(weight, factor)}
+    return y0, out
+
+
+def first_pass(src: Sources, thr: Thresholds, k0: float, pool: ThreadPoolExecutor | None,
+               ahead: int) -> Pass1:
+    """Pass 1 over the full-resolution images (see module docstring)."""
+    h, w = src.shape
+    factor = preview_factor(src.shape)
+    total = Pass1(preview_factor=factor)
+    ph, pw = -(-h // factor), -(-w // factor)
+    total.preview = {name: np.zeros((ph, pw), np.float32) for name in ("post", "pre", "data")}
+    for y0, part in _ordered_map(pool, lambda y: _pass1_block(src, thr, k0, factor, y),
+                                 range(0, h, TILE), ahead):
+        total.merge(part)
+        r0 = y0 // factor
+        for name, arr in part.preview.items():
+            total.preview[name][r0:r0 + arr.shape[0]] = arr
+    return total
+
+
+# ------------------------------------------------------------------------------- pass 2
+@dataclass
+class Pass2:
+    """What the second pass gathers: the pre/post 2-D histogram and one difference histogram
+    per active scale, over the signal set."""
+
+    grid: scale.Histogram2D
+    differences: dict[str, scale.Histogram]
+
+    def merge(self, other: Pass2) -> None:
+        self.grid.merge(other.grid)
+        for kind, hist in other.differences.items():
+            self.differences[kind].merge(hist)
+
+
+def _empty_pass2(grid: tuple[float, float, int], diff_range: float, kinds: Iterable[str]
+                 ) -> Pass2:
+    bins = 800
+    return Pass2(scale.Histogram2D.empty(*grid),
+                 {kind: scale.Histogram.empty(-diff_range, 2 * diff_range / bins, bins)
+                  for kind in kinds})
+
+
+def _pass2_block(src: Sources, thr: Thresholds, scales: Mapping[str, float],
+                 grid: tuple[float, float, int], diff_range: float, y0: int
+                 ) -> tuple[list[np.ndarray], Pass2]:
+    y1 = min(src.shape[0], y0 + TILE)
+    post, pre, data = src.read(y0, y1)
+    blocks = [post - np.float32(k) * pre for k in scales.values()]
+    part = _empty_pass2(grid, diff_range, scales)
+    for r in range(0, y1 - y0, SUB_ROWS):
+        rows = slice(r, r + SUB_ROWS)
+        sig = signal_mask(post[rows], pre[rows], data[rows], thr)
+        part.grid.add(pre[rows][sig], post[rows][sig])
+        for kind, diff in zip(scales, blocks):
+            part.differences[kind].add(diff[rows][sig])
+    for diff in blocks:
+        diff[~data] = NO_DATA
+    return blocks, part
+
+
+# ------------------------------------------------------------------------------ the stage
+def active_scales(fit: scale.ScaleFit, ratio: scale.Histogram, values: Mapping[str, Any]
+                  ) -> dict[str, float]:
+    """``{kind: k}`` of every active scale, Moffat first."""
+    scales = {"moffat": fit.scale}
+    if values.get("scale_percentile") is not None:
+        scales["percentile"] = scale.percentile_scale(ratio, float(values["scale_percentile"]))
+    if values.get("manual_scale") is not None:
+        scales["manual"] = float(values["manual_scale"])
+    return scales
+
+
+def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
+             shape: tuple[int, int], sample: str, dye: str, scales: Mapping[str, float],
+             accuracy: float | None) -> tuple[list[Callable[[Iterable[np.ndarray]], None]],
+                                              list[Path], list[int]]:
+    """One writer per (kind, format), the files they write, and which kind feeds each."""
+    writers: list[Callable[[Iterable[np.ndarray]], None]] = []
+    paths: list[Path] = []
+    feeds: list[int] = []
+    for i, kind in enumerate(kinds):
+        for fmt in fmts:
+            path = layout.difference(fmt, kind)
+            if fmt == "tiff":
+                desc = json.dumps({"exo2micro": "difference post - k * aligned_pre",
+                                   "sample": sample, "dye": dye, "scale": scales[kind],
+                                   "scale_kind": kind, "no_data": "NaN",
+                                   "estimated_accuracy_px": accuracy})
+                writers.append(lambda b, p=path, d=desc: write_tiled(p, shape, np.float32, b,
+                                                                     description=d))
+            else:
+                hdr = make_header(sample=sample, dye=dye, stage=4, params=layout.params,
+                                  scale=scales[kind], scale_kind=kind, accuracy_px=accuracy)
+                hdr["BUNIT"] = ("post counts", "post - k * aligned pre, post image units")
+                hdr.add_comment("NaN marks pixels without data (padding, outside the pre frame)")
+                writers.append(lambda b, p=path, hd=hdr: write_streamed(p, shape, hd, b))
+            paths.append(path)
+            feeds.append(i)
+    return writers, paths, feeds
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The stage's input files (checked to exist) and the final transform."""
+
+    post: Path
+    post_pyramid: Path
+    pre_pyramid: Path
+    aligned: Path
+    transform_path: Path
+    transform: TransformRecord
+
+    @classmethod
+    def find(cls, layout: PairLayout, checkpoint_format: str) -> _Inputs:
+        tr_path = _require(layout.interior_transform(), "final transform from stage 3")
+        return cls(post=_require(layout.signal("post"), "post signal from stage 1 load"),
+                   post_pyramid=_require(layout.pyramid("post"), "post pyramid from stage 1"),
+                   pre_pyramid=_require(layout.pyramid("pre"), "pre pyramid from stage 1"),
+                   aligned=_aligned_pre_path(layout, checkpoint_format),
+                   transform_path=tr_path, transform=TransformRecord.load(tr_path))
+
+    @property
+    def accuracy_px(self) -> float | None:
+        """The final transform's estimated accuracy (px), FITS key IACC."""
+        value = self.transform.metrics.get("estimated_accuracy_px")
+        return None if value is None else float(value)
+
+
+def _second_pass(src: Sources, thr: Thresholds, scales: Mapping[str, float],
+                 grid: tuple[float, float, int], diff_range: float,
+                 writers: Sequence[Callable[[Iterable[np.ndarray]], None]], feeds: Sequence[int],
+                 pool: ThreadPoolExecutor | None, ahead: int) -> Pass2:
+    """Pass 2: stream the difference blocks to the writers, accumulate its histograms."""
+    total = _empty_pass2(grid, diff_range, scales)
+    with FanOut(writers, depth=1) as fan:
+        for blocks, part in _ordered_map(
+                pool, lambda y: _pass2_block(src, thr, scales, grid, diff_range, y),
+                range(0, src.shape[0], TILE), ahead):
+            total.merge(part)
+            fan.put([blocks[i] for i in feeds])
+    return total
+
+
+def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
+                 checkpoint_format: str = "tiff", meta: Mapping[str, str] | None = None
+                 ) -> dict[str, Any]:
+    """Run stage 4 for one pair; write the difference images, plots, record and result.json.
+
+    ``threads`` sizes the block thread pool; ``checkpoint_format`` ('tiff', 'fits' or 'both')
+    chooses the difference images' formats (the aligned pre is read in whichever format
+    exists); ``meta`` is copied into result.json. Returns the stage record (also written to
+    ``layout.record(4)``). Raises :class:`InputDataError` (exit 65) naming the file when an
+    input is missing or unusable.
+    """
+    run = StageRun(layout, 4)
+    inputs = _Inputs.find(layout, checkpoint_format)
+    post_to_pre = inputs.transform.post_to_pre
+    with run.timed("levels"):
+        post_pyr, pre_pyr = Pyramid.load(inputs.post_pyramid), Pyramid.load(inputs.pre_pyramid)
+        thr = tissue_thresholds(post_pyr, pre_pyr)
+        k0 = coarse_scale(post_pyr, pre_pyr, post_to_pre, thr)
+    n = max(1, int(threads))
+    pool = ThreadPoolExecutor(max_workers=n) if n >= 2 else None
+    try:
+        with _open_image(inputs.post, n) as post_img, \
+                _open_image(inputs.aligned, n) as aligned_img:
+            src = Sources(post_img, aligned_img, post_to_pre, pre_pyr.full_shape,
+                          int(layout.params.get("pad", 0)))
+            with run.timed("pass1_histograms"):
+                p1 = first_pass(src, thr, k0, pool, n + 1)
+            if p1.ratio.total == 0:
+                raise InputDataError(f"{inputs.post}: no pixel where both post and aligned pre "
+                                     f"carry signal (thresholds post > {thr.post:.4g}, pre > "
+                                     f"{thr.pre:.4g}); is the alignment right?")
+            with run.timed("fit"):
+                fit = scale.fit_left_wing(_fit_histogram(p1, run))
+                if fit.message:
+                    run.warn(fit.message)
+                scales = active_scales(fit, p1.ratio, layout.params)
+            vmax = 1.1 * max(10.0 ** p1.post.quantile(0.999), 10.0 ** p1.pre.quantile(0.999))
+            grid = scale.value_grid(vmax, src.integer)
+            writers, paths, feeds = _writers(layout, list(scales), formats(checkpoint_format),
+                                             src.shape, sample, dye, scales, inputs.accuracy_px)
+            with run.timed("pass2_difference"):
+                p2 = _second_pass(src, thr, scales, grid, vmax, writers, feeds, pool, n + 1)
+            units = _units(post_img.dtype)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    run.add_outputs(paths)
+    with run.timed("plots"):
+        ctx = diagnostics.PlotContext(sample=sample, dye=dye, units=units, scales=scales,
+                                      percentile=layout.params.get("scale_percentile"),
+                                      thresholds=(thr.post, thr.pre))
+        run.add_outputs(diagnostics.write_all(
+            layout, ctx, fit=fit, ratio=p1.ratio, grid=p2.grid, differences=p2.differences,
+            preview=p1.preview, preview_factor=p1.preview_factor))
+    run.info.update({
+        "scales": {"moffat": scales["moffat"], "percentile": scales.get("percentile"),
+                   "manual": scales.get("manual")},
+        "scale_fit": fit.to_json(),
+        "scale_percentile": layout.params.get("scale_percentile"),
+        "thresholds": thr.to_json(),
+        "pixels": {"data": p1.n_data, "signal": p1.n_signal, "estimation": p1.ratio.total,
+                   "microbe_free": p1.clean.total, "post_equals_pre": p1.n_equal},
+        "microbe_mask": {"coarse_scale": k0, "excess_fraction": EXCESS_FRACTION,
+                         "smooth_px": SMOOTH_PX, "dilate_px": DILATE_PX},
+        "ratio_histogram": p1.ratio.to_json(),
+        "difference": {kind: _difference_stats(p2.differences[kind]) | {"scale": k}
+                       for kind, k in scales.items()},
+        "no_data_value": "NaN",
+        "inputs": {"post": layout.relative(inputs.post),
+                   "aligned_pre": layout.relative(inputs.aligned),
+                   "transform": layout.relative(inputs.transform_path)},
+        "estimated_accuracy_px": inputs.accuracy_px,
+    })
+    record = run.record()
+    write_result(layout, build_result(layout, sample, dye, "complete", meta))
+    return record
+
+
+def _fit_histogram(p1: Pass1, run: StageRun) -> scale.Histogram:
+    """The microbe-free (dequantised) log-ratio histogram; the whole estimation set's (exact
+    ratios) only when fewer than :data:`~exo2micro.scale.MIN_FIT_PIXELS` are microbe-free.
+    Either case of little microbe-free tissue is reported as a warning."""
+    kept, total = p1.clean.total, p1.ratio.total
+    if kept >= scale.MIN_FIT_PIXELS:
+        if kept < MIN_CLEAN_FRACTION * total:
+            run.warn(f"only {kept} of {total} tissue pixels ({kept / total:.1%}) are away from "
+                     f"stain (dense stain, or misalignment); k rests on those few pixels")
+        return p1.clean
+    run.warn(f"only {kept} of {total} tissue pixels are away from stain; k is fitted to all "
+             f"tissue pixels, so stain may pull it up")
+    return p1.ratio
+
+
+def _difference_stats(hist: scale.Histogram) -> dict[str, float]:
+    """Median and robust σ (interquartile range / 1.349, the σ of a Gaussian with that range)
+    of a difference histogram, in post image units."""
+    q25, q50, q75 = (hist.quantile(q) for q in (0.25, 0.5, 0.75))
+    return {"median": q50, "robust_sigma": (q75 - q25) / 1.349}
+
+
+def _units(dtype: np.dtype) -> str:
+    """Axis label for post image values, e.g. ``"counts (uint8)"``."""
+    return f"counts ({dtype.name})" if dtype.kind in "ui" else f"intensity ({dtype.name})"
