@@ -8,3 +8,22 @@ keep the microbes, with diagnostics. See ``docs/architecture.md`` for the map of
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+#: The Python API (SPEC §7), imported on first use so that ``import exo2micro`` (and every
+#: command-line tool) stays cheap: ``exo2micro.SampleDye``, ``exo2micro.run_batch``,
+#: ``exo2micro.MemoryTracker``.
+_LAZY = {
+    "SampleDye": "exo2micro.sampledye",
+    "run_batch": "exo2micro.parallel",
+    "MemoryTracker": "exo2micro.memory",
+}
+
+__all__ = ["MemoryTracker", "SampleDye", "__version__", "run_batch"]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'exo2micro' has no attribute {name!r}")

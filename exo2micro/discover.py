@@ -41,6 +41,7 @@ import functools
 import io
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "assets" / "schema_input.json"
 SAMPLESHEET_COLUMNS: tuple[str, ...] = ("sample", "dye", "pre", "post")
+#: Resource-estimate columns written by ``e2m-discover --estimates`` (read by the Nextflow
+#: pipeline's resource directives). They are not pair metadata: reading a sheet drops them.
+ESTIMATE_COLUMNS: tuple[str, ...] = ("mem_bytes", "time_s", "disk_bytes")
 TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 ALL_DYES = "*"
 """Dye of a :class:`SkippedPair` that stands for every dye of its sample (e.g. empty folder)."""
@@ -595,7 +599,8 @@ def load_samplesheet(
                   for role, p in (("pre", pre), ("post", post)) if not p.is_file()]
         if pre == post:
             absent.append("pre and post are the same file")
-        extra = {k: v for k, v in row.items() if k and k not in SAMPLESHEET_COLUMNS}
+        extra = {k: v for k, v in row.items()
+                 if k and k not in SAMPLESHEET_COLUMNS and k not in ESTIMATE_COLUMNS}
         found.setdefault(key[0], {})[key[1]] = (
             f"{label}: " + "; ".join(absent) if absent
             else PairSpec(key[0], key[1], pre, post, extra))
@@ -626,23 +631,33 @@ def write_samplesheet(
     pairs: Iterable[PairSpec],
     path: str | os.PathLike[str],
     extra_columns: Sequence[str] | None = None,
+    estimates: Sequence[Mapping[str, float] | None] | None = None,
 ) -> Path:
-    """Write ``pairs`` as a ``sample,dye,pre,post[,extra...]`` CSV atomically; return the path.
+    """Write ``pairs`` as a ``sample,dye,pre,post[,estimates...][,extra...]`` CSV atomically.
 
     Paths are written absolute, so the sheet works from any folder (and under Nextflow).
     ``extra_columns`` defaults to every extra key of the pairs, in order of first appearance.
+    ``estimates``, one mapping per pair with the keys of :data:`ESTIMATE_COLUMNS` (peak bytes,
+    seconds, bytes written; ``None`` for empty cells), adds those columns, rounded up to
+    integers. Returns the path.
     """
     pairs = list(pairs)
     if extra_columns is None:
         extra_columns = _unique(k for p in pairs for k in p.extra)
-    clash = [c for c in extra_columns if c in SAMPLESHEET_COLUMNS]
+    reserved = (*SAMPLESHEET_COLUMNS, *ESTIMATE_COLUMNS)
+    clash = [c for c in extra_columns if c in reserved]
     if clash:
         raise ValueError(f"extra column(s) {_quoted(clash)} clash with the standard columns")
+    if estimates is not None and len(estimates) != len(pairs):
+        raise ValueError(f"{len(estimates)} estimates for {len(pairs)} pairs")
+    est_columns = ESTIMATE_COLUMNS if estimates is not None else ()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*SAMPLESHEET_COLUMNS, *extra_columns])
-    for p in pairs:
-        writer.writerow([p.sample, p.dye, os.fspath(p.pre), os.fspath(p.post),
+    writer.writerow([*SAMPLESHEET_COLUMNS, *est_columns, *extra_columns])
+    for i, p in enumerate(pairs):
+        row = estimates[i] if estimates is not None else None
+        est = ["" if row is None else math.ceil(row[c]) for c in est_columns]
+        writer.writerow([p.sample, p.dye, os.fspath(p.pre), os.fspath(p.post), *est,
                          *(p.extra.get(c, "") for c in extra_columns)])
     out = Path(path)
     write_text_atomic(out, buf.getvalue())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from exo2micro.cli.discover import discover as discover_cmd
 from exo2micro.cli.discover import split_names
 from exo2micro.discover import (
     ALL_DYES,
+    ESTIMATE_COLUMNS,
     DiscoveryError,
     classify_filename,
     discover,
@@ -22,7 +25,9 @@ from exo2micro.discover import (
     scan_raw_dir,
 )
 from exo2micro.errors import EXIT_DATA, LayoutError, exit_code_for
+from exo2micro.preflight import estimate_pair
 from exo2micro.utils import discover_tasks
+from tests.helpers_io import make_pair
 
 REPO = Path(__file__).resolve().parent.parent
 PLACEHOLDER = b"not really a TIFF"  # discovery reads names only
@@ -535,3 +540,43 @@ def test_bin_executable_runs_as_a_subprocess(raw: Path, tmp_path: Path) -> None:
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 65
     assert proc.stderr.startswith("error: raw directory")
+
+
+def test_cli_estimates_are_the_preflight_model_and_replace_old_columns(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    good = make_pair(raw, sample="GOOD")
+    broken = make_pair(raw, sample="BROKEN")
+    data = broken.post_path.read_bytes()
+    broken.post_path.write_bytes(data[: len(data) // 2])
+    sheet = tmp_path / "pairs.csv"
+    code, err = run_cli("--raw-dir", str(raw), "--out", str(sheet), "--estimates",
+                        "--param", "scale_percentile=99.5", "--checkpoint-format", "both",
+                        "--threads", "1")
+    assert code == 0, err
+    assert any(line.startswith("  BROKEN/SybrGld: no estimate: ") and "truncated" in line
+               for line in err)
+    rows = {r["sample"]: r for r in csv.DictReader(sheet.open())}
+    assert list(rows["GOOD"]) == ["sample", "dye", "pre", "post", *ESTIMATE_COLUMNS]
+    want = estimate_pair(good.pre_path, good.post_path, {"scale_percentile": 99.5}, "both",
+                         threads=1)
+    assert int(rows["GOOD"]["mem_bytes"]) == want.mem_bytes
+    assert int(rows["GOOD"]["disk_bytes"]) == want.disk_bytes
+    assert int(rows["GOOD"]["time_s"]) == math.ceil(max(s.time_s for s in want.stages.values()))
+    # the broken pair still runs (and fails in stage 1 with its reason): empty estimates
+    assert [rows["BROKEN"][c] for c in ESTIMATE_COLUMNS] == ["", "", ""]
+    # read back, the estimate columns are not pair metadata, and a new run replaces them
+    assert all(p.extra == {} for p in read_samplesheet(sheet))
+    again = tmp_path / "again.csv"
+    code, _ = run_cli("--input", str(sheet), "--lenient", "--out", str(again), "--estimates")
+    assert code == 0
+    header = again.read_text().splitlines()[0]
+    assert header == "sample,dye,pre,post,mem_bytes,time_s,disk_bytes"
+
+
+def test_cli_rejects_bad_parameters_before_anything_runs(raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pairs.csv"
+    code, err = run_cli("--raw-dir", str(raw), "--out", str(out), "--param", "bogus=1")
+    assert code == 2 and err[0].startswith("error: unknown parameter(s) bogus; valid names: pad")
+    code, err = run_cli("--raw-dir", str(raw), "--param", "angle_range=999")
+    assert code == 2 and "angle_range" in err[0]
+    assert not out.exists()

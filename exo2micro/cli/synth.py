@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from exo2micro import synth as lib
-from exo2micro.cli.common import run_tool
+from exo2micro.cli.common import run_tool, threads_option
+from exo2micro.resources import configure_threads, cpu_budget
 
 _DEFAULTS = {f.name: f.default for f in fields(lib.SynthSpec)}
 #: Options that --pairs draws per pair, so they cannot be given with it.
@@ -73,6 +74,7 @@ _VARIED = {"rotation": "rotation_deg", "scale": "scale", "k": "k", "tx": "tx", "
               help="Write N pairs SYN01.. with per-pair seed, rotation, scale, k and shift.")
 @click.option("--broken", is_flag=True,
               help="Also write one pair with a truncated post TIFF and one with pre only.")
+@threads_option
 @click.pass_context
 @run_tool
 def synth(ctx: click.Context, raw_dir: Path, sample: str | None, dye: str, width: int,
@@ -80,8 +82,9 @@ def synth(ctx: click.Context, raw_dir: Path, sample: str | None, dye: str, width
           scale: float, tx: float, ty: float, k: float, microbes: float, channel_mode: str,
           signal_channels: str | None, seed: int, noise: float, texture: str,
           tissue_offset: tuple[float, float], layout: str, compression: str, pairs: int | None,
-          broken: bool) -> None:
+          broken: bool, threads: int | None) -> None:
     """Write synthetic pre/post-stain pairs with a ground-truth JSON per pair."""
+    configure_threads(cpu_budget(threads)[0])
     base = lib.SynthSpec(
         sample=sample or "SYN01", dye=dye, width=width, height=height, pre_width=pre_width,
         pre_height=pre_height, rotation_deg=rotation, scale=scale, tx=tx, ty=ty, k=k,

@@ -1,0 +1,578 @@
+"""The batch summary (SPEC §6): a text table, ``summary.tsv``, ``summary.md``, ``manifest.json``
+and ``report.html`` at the top of the output folder.
+
+Both orchestrators build it from the same inputs: the per-pair results (``result.json`` dicts,
+written for every pair that was attempted), the pairs discovery skipped (sample, dye, reason),
+and — under Nextflow — the pairs that were expected (the samplesheet) and the failures the
+workflow recorded (stage, exit code, attempts). A pair that was expected but has no result is
+reported as failed, so a pair killed before it could write anything still shows up.
+
+Every path written is relative to the output folder. ``report.html`` is one self-contained
+page: inline CSS and vanilla JavaScript (sort by any column, filter by text), and per pair
+small thumbnails of the difference image and key diagnostics, embedded as base64 PNGs made by
+box-averaging the full PNGs (matplotlib's PNG reader/writer, no other imaging dependency), each
+linking to the full-size file.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from exo2micro.atomic import write_json_atomic, write_text_atomic
+
+#: Diagnostics shown as thumbnails in the HTML report, in column order.
+THUMBNAILS: tuple[tuple[str, str], ...] = (
+    ("difference_image", "Difference"),
+    ("registration", "Registration"),
+    ("ratio_histogram", "Ratio histogram"),
+)
+#: Longest side (px) of a thumbnail.
+THUMB_SIDE = 160
+FILES = ("summary.tsv", "summary.md", "manifest.json", "report.html")
+#: Reason of an expected pair without a result (and without a recorded failure).
+NO_RESULT = "no result: the pair did not finish (no result.json was written)"
+STAGE_KEYS = ("load", "align_boundary", "align_interior", "subtract")
+
+
+# ------------------------------------------------------------------------------ rows
+@dataclass
+class PairRow:
+    """One line of the summary: a complete, failed or skipped pair."""
+
+    sample: str
+    dye: str
+    state: str                       # "complete", "error" or "skipped"
+    reason: str = ""                 # full reason for error/skipped
+    moffat: float | None = None
+    percentile: float | None = None
+    manual: float | None = None
+    accuracy_px: float | None = None
+    stage2: str = ""
+    stage3: str = ""
+    last_stage: int | None = None
+    wall_s: float | None = None
+    peak_rss_bytes: int | None = None
+    attempts: int | None = None
+    exit_code: int | None = None
+    error_class: str = ""
+    error_stage: int | None = None
+    fingerprint: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    stage_peaks: dict[str, int] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    result_path: str = ""
+    pair_dir: Path | None = None     # where the pair's files are (for thumbnails)
+    suffix: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.sample}/{self.dye}"
+
+    @property
+    def status(self) -> str:
+        """The short status shown in tables."""
+        if self.state == "complete" and self.last_stage is not None and self.last_stage < 4:
+            return f"complete (to stage {self.last_stage})"
+        return self.state
+
+    def problem(self) -> str:
+        """One line for the Problems section: what went wrong, where, how often."""
+        details = []
+        if self.error_stage is not None:
+            details.append(f"stage {self.error_stage}")
+        if self.exit_code is not None:
+            details.append(f"exit code {self.exit_code}")
+        if self.attempts:
+            details.append(f"{self.attempts} attempt{'s' if self.attempts > 1 else ''}")
+        if self.error_class:
+            details.append(self.error_class)
+        where = f" ({', '.join(details)})" if details else ""
+        return f"{self.key}: {self.state}{where}: {self.reason}"
+
+
+def _num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _int(value: Any) -> int | None:
+    v = _num(value)
+    return None if v is None else int(v)
+
+
+def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> PairRow:
+    """A summary row from a ``result.json`` dict (complete or error)."""
+    sample, dye = str(result.get("sample", "?")), str(result.get("dye", "?"))
+    status = str(result.get("status", "error: no status in result"))
+    state = "complete" if status == "complete" else "error"
+    reason = status.split(":", 1)[1].strip() if ":" in status and state == "error" else ""
+    alignment = result.get("alignment") or {}
+    stages = result.get("stages") or {}
+    error = result.get("error") or {}
+    runner = result.get("runner") or {}
+    timings = {k: _num((v or {}).get("timings_s", {}).get("total")) for k, v in stages.items()}
+    peaks = {k: _int((v or {}).get("peak_rss_bytes")) for k, v in stages.items()}
+    done = [i + 1 for i, k in enumerate(STAGE_KEYS)
+            if (stages.get(k) or {}).get("status") == "complete"]
+    wall = _num(runner.get("wall_s"))
+    if wall is None and any(v is not None for v in timings.values()):
+        wall = sum(v for v in timings.values() if v is not None)
+    base = f"{sample}/{dye}"
+    return PairRow(
+        sample=sample, dye=dye, state=state, reason=reason,
+        moffat=_num(result.get("scale_estimate")),
+        percentile=_num(result.get("scale_percentile_value")),
+        manual=_num(result.get("manual_scale")),
+        accuracy_px=_num(alignment.get("estimated_accuracy_px")),
+        stage2=str((alignment.get("stage2") or {}).get("status", "")),
+        stage3=str((alignment.get("stage3") or {}).get("status", "")),
+        last_stage=_int(runner.get("last_stage")) or (max(done) if done else None),
+        wall_s=wall,
+        peak_rss_bytes=max((v for v in peaks.values() if v is not None), default=None),
+        attempts=_int(error.get("attempts")) or _int(runner.get("attempts")),
+        exit_code=_int(error.get("exit_code")), error_class=str(error.get("class", "")),
+        error_stage=_int(error.get("stage")), fingerprint=str(result.get("fingerprint", "")),
+        params=dict(result.get("params") or {}),
+        meta={str(k): str(v) for k, v in (result.get("meta") or {}).items()},
+        timings_s={k: v for k, v in timings.items() if v is not None},
+        stage_peaks={k: v for k, v in peaks.items() if v is not None},
+        outputs=[f"{base}/{o}" for o in result.get("outputs") or []],
+        result_path=f"{base}/result.json", pair_dir=pair_dir,
+        suffix=str(result.get("suffix", "")))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the orchestrator knows about a failed pair (a ``failures.tsv`` row)."""
+
+    sample: str
+    dye: str
+    stage: int | None = None
+    exit_code: int | None = None
+    attempts: int | None = None
+    reason: str = ""
+
+
+def collect_rows(results: Iterable[tuple[Mapping[str, Any], Path | None]],
+                 skipped: Iterable[tuple[str, str, str]] = (),
+                 expected: Iterable[tuple[str, str, Mapping[str, str]]] = (),
+                 failures: Iterable[Failure] = ()) -> list[PairRow]:
+    """All summary rows: results (with the folder of their files), then expected pairs with no
+    result (failed), then skipped pairs. Failures enrich the failed rows of their pair."""
+    by_key = {(f.sample, f.dye): f for f in failures}
+    rows: list[PairRow] = []
+    seen: set[tuple[str, str]] = set()
+    extras = {(s, d): dict(m) for s, d, m in expected}
+    for result, pair_dir in results:
+        row = row_from_result(result, pair_dir)
+        row.meta = {**extras.get((row.sample, row.dye), {}), **row.meta}
+        rows.append(row)
+        seen.add((row.sample, row.dye))
+    for (sample, dye), meta in extras.items():
+        if (sample, dye) not in seen:
+            rows.append(PairRow(sample, dye, "error", NO_RESULT, meta=meta))
+            seen.add((sample, dye))
+    for row in rows:
+        fail = by_key.get((row.sample, row.dye))
+        if fail is None or row.state != "error":
+            continue
+        row.error_stage = row.error_stage if row.error_stage is not None else fail.stage
+        row.exit_code = fail.exit_code if fail.exit_code is not None else row.exit_code
+        row.attempts = max(row.attempts or 0, fail.attempts or 0) or None
+        if row.reason == NO_RESULT and fail.reason:
+            row.reason = fail.reason
+        elif fail.reason and fail.reason not in row.reason:
+            row.reason = f"{row.reason}; {fail.reason}" if row.reason else fail.reason
+    rows += [PairRow(s, d, "skipped", reason) for s, d, reason in skipped
+             if (s, d) not in seen]
+    return rows
+
+
+# ------------------------------------------------------------------------------ text
+def _fmt_scale(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _scale_columns(rows: Sequence[PairRow]) -> list[tuple[str, str]]:
+    """(header, attribute) of the scale columns: Moffat always, the others when used."""
+    cols = [("Moffat", "moffat")]
+    if any(r.percentile is not None for r in rows):
+        cols.append(("Percentile", "percentile"))
+    if any(r.manual is not None for r in rows):
+        cols.append(("Manual", "manual"))
+    return cols
+
+
+def _table_cells(rows: Sequence[PairRow]) -> tuple[list[str], list[list[str]]]:
+    scales = _scale_columns(rows)
+    header = ["Sample", "Dye", *(h for h, _ in scales), "Status"]
+    body = [[r.sample, r.dye, *(_fmt_scale(getattr(r, a)) for _, a in scales), r.status]
+            for r in rows]
+    return header, body
+
+
+def format_text(rows: Sequence[PairRow]) -> str:
+    """The reference's table (Sample, Dye, Moffat[, Percentile][, Manual], Status) followed by
+    a Problems section with the full reason of every failed or skipped pair."""
+    if not rows:
+        return "No pairs were run (no runnable pairs)."
+    header, body = _table_cells(rows)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*cells) for cells in body]
+    problems = [r for r in rows if r.state != "complete"]
+    counts = _counts(rows)
+    lines.append("")
+    lines.append(f"{len(rows)} pair(s): {counts['complete']} complete, {counts['error']} "
+                 f"failed, {counts['skipped']} skipped")
+    if problems:
+        lines.append("")
+        lines.append(f"Problems ({len(problems)}):")
+        lines += [f"  {r.problem()}" for r in problems]
+    return "\n".join(lines)
+
+
+def _counts(rows: Sequence[PairRow]) -> dict[str, int]:
+    return {s: sum(r.state == s for r in rows) for s in ("complete", "error", "skipped")}
+
+
+def _meta_columns(rows: Sequence[PairRow]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r.meta))
+
+
+TSV_COLUMNS = ("sample", "dye", "status", "reason", "scale_moffat", "scale_percentile",
+               "manual_scale", "accuracy_px", "stage2", "stage3", "last_stage", "wall_s",
+               "peak_rss_bytes", "attempts", "exit_code", "error_class", "error_stage",
+               "fingerprint", "result")
+
+
+def _tsv_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return " ".join(str(v).split())
+
+
+def format_tsv(rows: Sequence[PairRow]) -> str:
+    meta = _meta_columns(rows)
+    names = [*TSV_COLUMNS, *(m if m not in TSV_COLUMNS else f"meta_{m}" for m in meta)]
+    lines = ["\t".join(names)]
+    for r in rows:
+        values = [r.sample, r.dye, r.state, r.reason, r.moffat, r.percentile, r.manual,
+                  r.accuracy_px, r.stage2, r.stage3, r.last_stage, r.wall_s, r.peak_rss_bytes,
+                  r.attempts, r.exit_code, r.error_class, r.error_stage, r.fingerprint,
+                  r.result_path, *(r.meta.get(m) for m in meta)]
+        lines.append("\t".join(_tsv_value(v) for v in values))
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def format_markdown(rows: Sequence[PairRow], title: str = "exo2micro batch summary") -> str:
+    counts = _counts(rows)
+    out = [f"# {title}", "", f"{len(rows)} pair(s): {counts['complete']} complete, "
+           f"{counts['error']} failed, {counts['skipped']} skipped.", ""]
+    if rows:
+        header, body = _table_cells(rows)
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        out += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in body]
+    else:
+        out.append("No runnable pairs.")
+    problems = [r for r in rows if r.state != "complete"]
+    if problems:
+        out += ["", f"## Problems ({len(problems)})", ""]
+        out += [f"- {_md(r.problem())}" for r in problems]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------ manifest
+def manifest(rows: Sequence[PairRow], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The machine-readable summary: one entry per pair with relative paths."""
+    from exo2micro import __version__
+
+    pairs = []
+    for r in rows:
+        entry: dict[str, Any] = {
+            "sample": r.sample, "dye": r.dye, "status": r.state, "reason": r.reason or None,
+            "result": r.result_path or None, "outputs": r.outputs,
+            "scales": {"moffat": r.moffat, "percentile": r.percentile, "manual": r.manual},
+            "accuracy_px": r.accuracy_px, "alignment": {"stage2": r.stage2 or None,
+                                                        "stage3": r.stage3 or None},
+            "last_stage": r.last_stage, "timings_s": r.timings_s, "wall_s": r.wall_s,
+            "peak_rss_bytes": {**r.stage_peaks, "max": r.peak_rss_bytes},
+            "attempts": r.attempts, "fingerprint": r.fingerprint or None, "params": r.params,
+            "meta": r.meta}
+        if r.state == "error":
+            entry["error"] = {"class": r.error_class or None, "stage": r.error_stage,
+                              "exit_code": r.exit_code, "attempts": r.attempts,
+                              "reason": r.reason}
+        pairs.append(entry)
+    return {"exo2micro_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "paths": "relative to this file's folder",
+            "counts": _counts(rows), "meta_columns": _meta_columns(rows),
+            **(extra or {}), "pairs": pairs}
+
+
+# ------------------------------------------------------------------------------ HTML
+def _find_png(row: PairRow, name: str, output_dir: Path) -> tuple[Path, str] | None:
+    """The PNG diagnostic ``name`` of a pair: (file to read, link relative to output_dir)."""
+    rels = [o for o in row.outputs if o.endswith(".png")
+            and os.path.basename(o).startswith(name)]
+    rels += [f"{row.key}/pipeline_output/{name}{row.suffix}.png",
+             f"{row.key}/pipeline_output/{name}.png"]
+    for rel in dict.fromkeys(rels):
+        inside = rel[len(row.key) + 1:]
+        for base, link in ((row.pair_dir, rel), (output_dir / row.key, rel)):
+            if base is not None and (base / inside).is_file():
+                return base / inside, link
+    return None
+
+
+def thumbnail_png(path: str | os.PathLike[str], max_side: int = THUMB_SIDE) -> bytes:
+    """A small PNG of ``path``: box-averaged by an integer factor so that the longer side is
+    at most ``max_side`` (block means keep thin lines and faint structure visible)."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    img = np.asarray(mpimg.imread(os.fspath(path)), dtype=np.float32)  # PNG: floats in [0, 1]
+    if img.ndim == 2:
+        img = img[:, :, None]
+    factor = max(1, math.ceil(max(img.shape[:2]) / max_side))
+    h, w = (img.shape[0] // factor) * factor, (img.shape[1] // factor) * factor
+    img = img[:h, :w].reshape(h // factor, factor, w // factor, factor, -1).mean(axis=(1, 3))
+    buf = io.BytesIO()
+    if img.shape[2] == 1:
+        mpimg.imsave(buf, img[:, :, 0], format="png", cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        mpimg.imsave(buf, np.clip(img, 0.0, 1.0), format="png")
+    return buf.getvalue()
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.2em 0 .4em}
+.counts span{display:inline-block;margin-right:1em;padding:.1em .6em;border-radius:1em}
+.counts .complete{background:#e3f5ea}.error{background:#fde4e4}.skipped{background:#fff3d6}
+tr.complete td.status{color:#116b32}
+#problems li{margin:.2em 0}#problems b{font-family:ui-monospace,monospace}
+#filter{width:28em;padding:.35em;font-size:1em;margin-right:1em}
+table{border-collapse:collapse;margin-top:.6em}
+th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:middle;text-align:left}
+th{background:#f2f2f2;cursor:pointer;user-select:none;position:sticky;top:0}
+th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td img{display:block;max-width:160px;max-height:160px}
+tr.error td.status{color:#a40000;font-weight:600}tr.skipped td.status{color:#8a5a00}
+td.reason{max-width:28em;font-size:.9em}
+"""
+
+_JS = """
+(function(){
+ const table=document.getElementById('pairs'); if(!table) return;
+ const body=table.tBodies[0], rows=Array.from(body.rows), filter=document.getElementById('filter'),
+       count=document.getElementById('count');
+ function apply(){
+  const terms=filter.value.toLowerCase().split(/\\s+/).filter(Boolean); let n=0;
+  rows.forEach(r=>{const t=r.textContent.toLowerCase();
+   const ok=terms.every(s=>t.includes(s)); r.style.display=ok?'':'none'; if(ok) n++;});
+  count.textContent=n+' of '+rows.length+' pairs shown';
+ }
+ filter.addEventListener('input',apply);
+ Array.from(table.tHead.rows[0].cells).forEach((th,i)=>{
+  if(th.dataset.nosort) return;
+  th.addEventListener('click',()=>{
+   const asc=!th.classList.contains('asc');
+   Array.from(th.parentNode.cells).forEach(c=>c.classList.remove('asc','desc'));
+   th.classList.add(asc?'asc':'desc');
+   const key=r=>{const c=r.cells[i]; const v=c.dataset.v!==undefined?c.dataset.v:c.textContent;
+    const x=parseFloat(v); return isNaN(x)||v===''?[1,v.toLowerCase()]:[0,x];};
+   rows.sort((a,b)=>{const ka=key(a),kb=key(b);
+    const c=ka[0]-kb[0]||(ka[1]<kb[1]?-1:ka[1]>kb[1]?1:0); return asc?c:-c;});
+   rows.forEach(r=>body.appendChild(r));
+  });
+ });
+ apply();
+})();
+"""
+
+
+def _cell(value: Any, kind: str = "", fmt: str = "{}") -> str:
+    if value is None or value == "":
+        return f'<td class="{kind}" data-v=""></td>'
+    shown = fmt.format(value) if not isinstance(value, str) else value
+    return f'<td class="{kind}" data-v="{html.escape(str(value))}">{html.escape(shown)}</td>'
+
+
+def _thumbnail_cell(row: PairRow, name: str, label: str, output_dir: Path) -> str:
+    """A table cell with the embedded thumbnail of a diagnostic, linking to the full PNG."""
+    found = _find_png(row, name, output_dir)
+    if found is None:
+        return "<td></td>"
+    path, link = found
+    href = html.escape(link)
+    try:
+        data = base64.b64encode(thumbnail_png(path)).decode()
+    except (OSError, ValueError, SyntaxError):  # unreadable PNG: link only
+        return f'<td><a href="{href}">{html.escape(label)}</a></td>'
+    return (f'<td><a href="{href}"><img alt="{html.escape(label)} of {html.escape(row.key)}" '
+            f'src="data:image/png;base64,{data}"></a></td>')
+
+
+def _thumbnail_cells(rows: Sequence[PairRow], output_dir: Path, threads: int
+                     ) -> list[list[str]]:
+    """The thumbnail cells of every row; PNG decoding and encoding run in ``threads`` threads
+    (zlib and the block averages release the GIL), which matters for hundreds of pairs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(r, name, label) for r in rows for name, label in THUMBNAILS]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        cells = list(pool.map(lambda job: _thumbnail_cell(*job, output_dir), jobs))
+    n = len(THUMBNAILS)
+    return [cells[i:i + n] for i in range(0, len(cells), n)]
+
+
+def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
+                title: str = "exo2micro batch report", threads: int = 1) -> str:
+    """The self-contained HTML report (see the module docstring); ``threads`` make the
+    thumbnails."""
+    out_dir = Path(output_dir)
+    thumbs = _thumbnail_cells(rows, out_dir, threads)
+    counts = _counts(rows)
+    scales = _scale_columns(rows)
+    meta = _meta_columns(rows)
+    head = ["Sample", "Dye", "Status", *(f"{h} k" for h, _ in scales)]
+    tail = ["Accuracy px", "Stage 2", "Stage 3", "Wall s", "Peak RSS GiB", "Attempts", *meta,
+            "Reason"]
+    ths = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    ths += "".join(f'<th data-nosort="1">{html.escape(label)}</th>' for _, label in THUMBNAILS)
+    ths += "".join(f"<th>{html.escape(h)}</th>" for h in tail)
+    trs = []
+    for r, thumb in zip(rows, thumbs):
+        cells = [_cell(r.sample), _cell(r.dye), _cell(r.status, "status"),
+                 *(_cell(getattr(r, a), "num", "{:.4f}") for _, a in scales), *thumb]
+        cells += [_cell(r.accuracy_px, "num", "{:.3f}"), _cell(r.stage2), _cell(r.stage3),
+                  _cell(r.wall_s, "num", "{:.1f}"),
+                  _cell(None if r.peak_rss_bytes is None else r.peak_rss_bytes / 2**30, "num",
+                        "{:.2f}"),
+                  _cell(r.attempts, "num"), *(_cell(r.meta.get(m)) for m in meta),
+                  _cell(r.reason, "reason")]
+        trs.append(f'<tr class="{r.state}">' + "".join(cells) + "</tr>")
+    problems = [r for r in rows if r.state != "complete"]
+    prob_html = ""
+    if problems:
+        items = "".join(f"<li><b>{html.escape(r.key)}</b> "
+                        f"{html.escape(r.problem()[len(r.key) + 2:])}</li>" for r in problems)
+        prob_html = (f'<section id="problems"><h2>Problems ({len(problems)})</h2>'
+                     f"<ul>{items}</ul></section>")
+    created = time.strftime("%Y-%m-%d %H:%M")
+    table = (f'<input id="filter" type="search" placeholder="Filter rows: words that must all '
+             f'appear, e.g. error CD070"><span id="count"></span>'
+             f'<table id="pairs"><thead><tr>{ths}</tr></thead><tbody>{"".join(trs)}</tbody>'
+             f"</table>" if rows else "<p>No runnable pairs.</p>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>Created {created}. Paths are relative to this "
+            f"page's folder; click a thumbnail for the full image, a column header to sort."
+            f'</p><p class="counts"><span class="complete">{counts["complete"]} complete</span>'
+            f'<span class="error">{counts["error"]} failed</span>'
+            f'<span class="skipped">{counts["skipped"]} skipped</span></p>{prob_html}'
+            f"<h2>Pairs</h2>{table}<script>{_JS}</script></body></html>\n")
+
+
+# ------------------------------------------------------------------------------ files
+def write_summary(output_dir: str | os.PathLike[str], rows: Sequence[PairRow],
+                  extra: Mapping[str, Any] | None = None, threads: int = 1) -> dict[str, Path]:
+    """Write ``summary.tsv``, ``summary.md``, ``manifest.json`` and ``report.html`` into
+    ``output_dir`` (atomically, each) and return their paths. ``threads`` make the report's
+    thumbnails."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in FILES}
+    write_text_atomic(paths["summary.tsv"], format_tsv(rows))
+    write_text_atomic(paths["summary.md"], format_markdown(rows))
+    write_json_atomic(paths["manifest.json"], manifest(rows, extra))
+    write_text_atomic(paths["report.html"], render_html(rows, out, threads=threads))
+    return paths
+
+
+# ------------------------------------------------------------------------------ inputs
+def read_result_files(paths: Iterable[str | os.PathLike[str]]
+                      ) -> list[tuple[dict[str, Any], Path]]:
+    """Load ``result.json`` files; a file that cannot be parsed becomes an error result."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            data = {"sample": path.parent.parent.name, "dye": path.parent.name,
+                    "status": f"error: unreadable result file {path}: {exc}"}
+        out.append((data, path.parent))
+    return out
+
+
+def _read_tsv(path: str | os.PathLike[str], columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a TSV with the given columns; a header row naming them is optional."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for cells in csv.reader(fh, delimiter="\t"):
+            if not cells or not any(c.strip() for c in cells):
+                continue
+            if [c.strip().lower() for c in cells[:2]] == list(columns[:2]):
+                continue
+            rows.append(dict(zip(columns, (c.strip() for c in cells))))
+    return rows
+
+
+def read_skipped(path: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
+    """``sample, dye, reason`` rows (as written by ``e2m-discover --skipped``)."""
+    return [(r.get("sample", ""), r.get("dye", ""), r.get("reason", ""))
+            for r in _read_tsv(path, ("sample", "dye", "reason"))]
+
+
+def read_failures(path: str | os.PathLike[str]) -> list[Failure]:
+    """``sample, dye, stage, exit_code, attempts, reason`` rows written by the workflow."""
+    return [Failure(r.get("sample", ""), r.get("dye", ""), _int(r.get("stage")),
+                    _int(r.get("exit_code")), _int(r.get("attempts")), r.get("reason", ""))
+            for r in _read_tsv(path, ("sample", "dye", "stage", "exit_code", "attempts",
+                                      "reason"))]
+
+
+def read_expected(samplesheet: str | os.PathLike[str]
+                  ) -> list[tuple[str, str, dict[str, str]]]:
+    """``(sample, dye, extra columns)`` of every row of a samplesheet (already validated by
+    discovery; file paths are not checked here, the summary may run elsewhere)."""
+    from exo2micro.discover import ESTIMATE_COLUMNS, SAMPLESHEET_COLUMNS
+
+    delimiter = "\t" if Path(samplesheet).suffix.lower() in (".tsv", ".txt") else ","
+    with open(samplesheet, newline="", encoding="utf-8-sig") as fh:
+        return [(row["sample"].strip(), row["dye"].strip(),
+                 {k: (v or "").strip() for k, v in row.items()
+                  if k and k not in SAMPLESHEET_COLUMNS and k not in ESTIMATE_COLUMNS})
+                for row in csv.DictReader(fh, delimiter=delimiter)
+                if (row.get("sample") or "").strip()]
