@@ -8,9 +8,15 @@ echo "== ruff" >&2
 ruff check exo2micro tests bench
 echo "== pytest" >&2
 pytest -q "$@"
-if command -v nextflow >/dev/null 2>&1 && command -v nf-test >/dev/null 2>&1; then
-  echo "== nf-test (nextflow found)" >&2
-  nf-test test --profile test
+if command -v nextflow >/dev/null 2>&1; then
+  echo "== nextflow lint (nextflow found)" >&2
+  nextflow lint .
+  if command -v nf-test >/dev/null 2>&1; then
+    echo "== nf-test" >&2
+    nf-test test --profile test
+  else
+    echo "== nf-test skipped: nf-test not on PATH" >&2
+  fi
 else
-  echo "== nf-test skipped: nextflow/nf-test not on PATH (the Nextflow code is checked statically by tests/nextflow)" >&2
+  echo "== nextflow lint / nf-test skipped: nextflow not on PATH (tests/nextflow checked the code with the Nextflow parser)" >&2
 fi

@@ -1,0 +1,184 @@
+#!/usr/bin/env nextflow
+/*
+ * exo2micro: align pre-/post-stain fluorescence images of mineral samples, subtract the
+ * autofluorescence, keep the microbes. One task per (sample, dye) pair and stage.
+ *
+ *   nextflow run . -profile test,docker              small synthetic batch
+ *   nextflow run . --raw_dir raw/ --outdir results    a raw directory (one folder per sample)
+ *   nextflow run . --input samplesheet.csv --outdir results
+ *
+ * Parameters: nextflow_schema.json (also `exo2micro params`); documentation: docs/usage.md.
+ * This entry workflow is the only place that reads `params`; everything below receives values.
+ */
+include { SYNTH     } from './modules/local/synth'
+include { DISCOVER  } from './modules/local/discover'
+include { EXO2MICRO } from './workflows/exo2micro'
+
+/*
+ * The pipeline parameters of exo2micro/params.py (REGISTRY), by stage. A stage tool receives the
+ * parameters of its own and earlier stages, so changing a stage-4 parameter re-runs only stage 4
+ * on -resume. tests/nextflow checks this table against the registry and nextflow_schema.json.
+ */
+def registryParametersByStage() {
+    return [
+        1: ['pad'],
+        2: [
+            'use_edges', 'boundary_width', 'boundary_smooth', 'rotation_search', 'angle_range',
+            'angle_step', 'scale_search', 'scale_min', 'scale_max', 'scale_step', 'multiscale',
+            'down_scale', 'fine_ecc', 'max_translation', 'max_rotation', 'max_scale_delta',
+            'max_scale_diff', 'stopit', 'stopdelta', 'save_all_intermediates',
+        ],
+        3: ['interior_ecc', 'interior_blur_base', 'interior_max_correction', 'interior_min_inlier_ratio'],
+        4: ['scale_percentile', 'manual_scale'],
+    ]
+}
+
+// stage -> [ name: value ] of every registry parameter of stages <= stage
+def stageParameters(all_params) {
+    def by_stage = registryParametersByStage()
+    def result = [:]
+    [1, 2, 3, 4].each { stage ->
+        def names = [1, 2, 3, 4].findAll { s -> s <= stage }.collectMany { s -> by_stage[s] }
+        result[stage] = names.collectEntries { name -> [name, all_params[name]] }
+    }
+    return result
+}
+
+def typeMatches(type, value) {
+    if (type == 'integer') {
+        return value instanceof Integer || value instanceof Long || value instanceof BigInteger
+    }
+    if (type == 'number') {
+        return value instanceof Number
+    }
+    if (type == 'boolean') {
+        return value instanceof Boolean
+    }
+    // strings: Nextflow turns command-line values that look like numbers into numbers
+    return value instanceof CharSequence || value instanceof Number
+}
+
+/*
+ * Check params against nextflow_schema.json: unknown names (listing the valid ones), types,
+ * ranges and allowed values. Returns a list of messages (empty when everything is valid).
+ * The pipeline does not need the nf-schema plugin (no download at run time); the stage tools
+ * validate the parameters again with exo2micro's registry.
+ */
+def validateParameters(all_params, schema_file) {
+    def schema = new groovy.json.JsonSlurper().parseText(schema_file.text)
+    def properties = [:]
+    schema['$defs'].each { _group_name, group -> properties.putAll(group['properties']) }
+    def errors = []
+    def unknown = all_params.keySet().findAll { name ->
+        !properties.containsKey(name) && !properties.containsKey(name.replaceAll(/([A-Z])/, '_$1').toLowerCase())
+    }
+    unknown.each { name ->
+        errors << "unknown parameter --${name}; valid parameters: ${properties.keySet().sort().join(', ')}"
+    }
+    properties.each { name, spec ->
+        def value = all_params[name]
+        if (value == null) {
+            return
+        }
+        if (spec.type && !typeMatches(spec.type, value)) {
+            errors << "--${name} must be of type ${spec.type}, got '${value}'"
+            return
+        }
+        if (spec.minimum != null && value < spec.minimum) {
+            errors << "--${name} = ${value} is below the minimum ${spec.minimum}: ${spec.description}"
+        }
+        if (spec.maximum != null && value > spec.maximum) {
+            errors << "--${name} = ${value} is above the maximum ${spec.maximum}: ${spec.description}"
+        }
+        if (spec['enum'] && !(value in spec['enum'])) {
+            errors << "--${name} = '${value}' is not one of ${spec['enum'].join(', ')}"
+        }
+    }
+    return errors
+}
+
+def rawLayoutHelp() {
+    return '''
+    Expected layout (one folder per sample; the dye is the text after the last '_'):
+      raw/
+        CD070/
+          Sample001_PreStain_SybrGld.tif
+          Sample001_PostStain_SybrGld.tif
+        CD063/
+          x_pre_run3_DAPI.tiff
+          x_post_run3_DAPI.tiff
+    or a samplesheet (--input) with columns sample,dye,pre,post.'''.stripIndent()
+}
+
+// Images listed in a samplesheet (paths absolute or relative to the sheet) that exist.
+def samplesheetImages(sheet) {
+    def rows = sheet.splitCsv(header: true, strip: true)
+    def paths = rows.collectMany { row -> [row.pre, row.post] }.findAll { value -> value }
+    def images = paths.collect { value -> value.startsWith('/') ? file(value) : sheet.parent.resolve(value) }
+    return images.findAll { image -> image.exists() }.unique()
+}
+
+workflow {
+
+    main:
+    def errors = validateParameters(params, file("${projectDir}/nextflow_schema.json"))
+    if (errors) {
+        error("Invalid parameters:\n  " + errors.join('\n  '))
+    }
+    def sources = [params.input, params.raw_dir, params.synth_pairs > 0 ? 'synth' : null].findAll { value -> value }
+    if (sources.size() != 1) {
+        error("Give exactly one of --raw_dir (a raw directory) or --input (a samplesheet)," +
+            " or use -profile test.\n" + rawLayoutHelp())
+    }
+
+    def batch = [id: 'batch']
+    def stage_params = stageParameters(params)
+
+    if (params.synth_pairs > 0) {
+        def synth_opts = [
+            pairs: params.synth_pairs,
+            width: params.synth_width,
+            height: params.synth_height,
+            seed: params.synth_seed,
+            broken: params.synth_broken,
+        ]
+        SYNTH(channel.of([batch, synth_opts]))
+        ch_source = SYNTH.out.raw_dir.map { meta, raw -> [meta, raw, [], []] }
+    }
+    else if (params.raw_dir) {
+        def raw = file(params.raw_dir)
+        if (!raw.exists()) {
+            error("--raw_dir ${params.raw_dir} does not exist.\n" + rawLayoutHelp())
+        }
+        ch_source = channel.of([batch, raw, [], []])
+    }
+    else {
+        def sheet = file(params.input)
+        if (!sheet.exists()) {
+            error("--input ${params.input} does not exist; it should be a CSV with columns sample,dye,pre,post.")
+        }
+        ch_source = channel.of([batch, [], sheet, samplesheetImages(sheet)])
+    }
+
+    def discover_opts = [
+        samples: params.samples,
+        dyes: params.dyes,
+        lenient: params.lenient,
+        pipeline_params: stage_params[4],
+    ]
+    DISCOVER(ch_source, discover_opts)
+
+    EXO2MICRO(
+        DISCOVER.out.pairs,
+        DISCOVER.out.skipped,
+        stage_params,
+        params.checkpoint_format,
+        params.max_retries,
+    )
+
+    workflow.onComplete = {
+        if (workflow.success) {
+            log.info("exo2micro: summary in ${params.outdir}/summary.md (report.html for the plots)")
+        }
+    }
+}

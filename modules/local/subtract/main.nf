@@ -1,0 +1,85 @@
+/*
+ * Stage 4 of one pair: the scale k (Moffat; percentile and manual when asked), the difference
+ * image(s) post - k * aligned_pre, the diagnostic plots and the pair's result.json.
+ * Extra samplesheet columns (meta.extra) are passed as --meta KEY=VALUE and end up in result.json.
+ * Tool: e2m-subtract (exo2micro/cli/subtract.py).
+ *
+ * Besides the pair files (published), it emits `report`: a folder with copies of result.json and
+ * every stage's pipeline_output/*.png, which the summary needs for report.html.
+ */
+include { shellQuote; paramOptions; stageStatusHandler } from '../utils'
+
+process SUBTRACT {
+    tag "${meta.id}"
+    label 'process_pair'
+
+    input:
+    tuple val(meta),
+        path(tiff, stageAs: 'tiff/*'),
+        path(cache, stageAs: 'cache/*'),
+        path(fits, stageAs: 'fits/*'),
+        path(transforms, stageAs: 'transforms/*'),
+        path(plots, stageAs: 'pipeline_output/*'),
+        path(stages, stageAs: 'stages/*')
+    val pipeline_params
+    val checkpoint_format
+
+    output:
+    tuple val(meta),
+        path('tiff/*', arity: '0..*'),
+        path('cache/*', arity: '0..*'),
+        path('fits/*', arity: '0..*'),
+        path('transforms/*', arity: '0..*'),
+        path('pipeline_output/*', arity: '0..*'),
+        path('stages/04_subtract*.json', optional: true),
+        emit: state
+    tuple val(meta), path('result.json'), optional: true, emit: result
+    tuple val(meta), path('e2m_pair', type: 'dir'), optional: true, emit: report
+    tuple val(meta), path('failure.tsv'), optional: true, emit: failure
+
+    script:
+    def args = task.ext.args ?: ''
+    def extra = meta.extra ?: [:]
+    def meta_args = extra.collect { key, value -> '--meta ' + shellQuote("${key}=${value}") }.join(' ')
+    """
+    e2m_attempt=${task.attempt}
+    e2m_record=stages/04_subtract
+    e2m_status=0
+    e2m-subtract \\
+        --sample ${shellQuote(meta.sample)} \\
+        --dye ${shellQuote(meta.dye)} \\
+        --pair-dir . \\
+        --threads ${task.cpus} \\
+        --checkpoint-format ${checkpoint_format} \\
+        ${paramOptions(pipeline_params)} \\
+        ${meta_args} \\
+        ${args} \\
+        2> e2m.err || e2m_status=\$?
+    ${stageStatusHandler()}
+    ${reportBundle()}
+    """
+
+    stub:
+    """
+    mkdir -p tiff stages pipeline_output e2m_pair/pipeline_output
+    touch tiff/04_difference_difference.tif
+    touch pipeline_output/difference_image.png pipeline_output/ratio_histogram.png
+    echo '{"stage": "subtract", "status": "complete"}' > stages/04_subtract.json
+    printf '{"sample": "%s", "dye": "%s", "status": "complete", "scale_estimate": 1.0}\\n' "${meta.sample}" "${meta.dye}" > result.json
+    cp result.json e2m_pair/
+    cp pipeline_output/*.png e2m_pair/pipeline_output/
+    """
+}
+
+// Copies (not links: containers may not see other work directories) of what report.html shows.
+def reportBundle() {
+    return '''
+    if [ -f result.json ]; then
+        mkdir -p e2m_pair/pipeline_output
+        cp -L result.json e2m_pair/result.json
+        for png in pipeline_output/*.png; do
+            if [ -e "$png" ]; then cp -L "$png" e2m_pair/pipeline_output/; fi
+        done
+    fi
+    '''.stripIndent()
+}

@@ -1,0 +1,210 @@
+"""Consistency of the Nextflow layer's configuration, packaging and documentation."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import tomllib
+import yaml
+
+from .conftest import REPO
+
+RETRY_CODES = {104, 175, *range(130, 146)}
+
+
+def _expand_groovy_codes(text: str) -> set[int]:
+    """`(130..145) + [104, 175]` -> the set of codes."""
+    codes: set[int] = set()
+    for low, high in re.findall(r"\((\d+)\.\.(\d+)\)", text):
+        codes.update(range(int(low), int(high) + 1))
+    for group in re.findall(r"\+\s*\[([\d,\s]+)\]", text):
+        codes.update(int(c) for c in group.split(","))
+    return codes
+
+
+def _expand_bash_case(pattern: str) -> set[int]:
+    """`104|13[0-9]|14[0-5]|175` -> the set of codes."""
+    codes: set[int] = set()
+    for alt in pattern.split("|"):
+        m = re.fullmatch(r"(\d*)\[(\d)-(\d)\]", alt)
+        if m:
+            codes.update(
+                int(f"{m.group(1)}{d}") for d in range(int(m.group(2)), int(m.group(3)) + 1)
+            )
+        else:
+            codes.add(int(alt))
+    return codes
+
+
+def test_retry_codes_agree_between_config_and_stage_scripts() -> None:
+    base = (REPO / "conf" / "base.config").read_text()
+    strategies = re.findall(r"errorStrategy\s*=\s*\{(.*?)\}\n", base)
+    assert len(strategies) == 2, "base.config: process-wide and process_pair errorStrategy"
+    for strategy in strategies:
+        assert _expand_groovy_codes(strategy) == RETRY_CODES, strategy
+        assert "task.attempt <= params.max_retries" in strategy
+    assert "'ignore'" in strategies[1], "a pair that still fails must not stop the others"
+    utils = (REPO / "modules" / "local" / "utils.nf").read_text()
+    case = re.search(r"^\s*([\d|\[\]-]+)\)\s*exit", utils, flags=re.M)
+    assert case, "the retryable exit codes in stageStatusHandler"
+    assert _expand_bash_case(case.group(1)) == RETRY_CODES
+    assert "maxRetries    = params.max_retries" in base
+
+
+def test_container_tag_is_the_package_version() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    config = (REPO / "nextflow.config").read_text()
+    assert f"container = 'exo2micro:{version}'" in config
+    assert f"version         = '{version}'" in config
+    assert f"docker build -t exo2micro:{version} ." in (REPO / "Dockerfile").read_text()
+
+
+def test_profiles(project_dump: dict) -> None:
+    paths = [c["path"] for c in project_dump["config"] if c["file"] == "nextflow.config"]
+    profiles = {p.split(".")[1] for p in paths if p.startswith("profiles.")}
+    assert {"test", "docker", "singularity", "apptainer", "conda", "slurm"} <= profiles
+    everywhere = [c["path"] for c in project_dump["config"]]
+    for conf in ["conf/test.config", "conf/slurm.config"]:
+        assert any(
+            c["file"] == conf and c["path"] == "process.resourceLimits"
+            for c in project_dump["config"]
+        ), f"{conf} sets no resourceLimits"
+    assert "process.resourceLimits" in everywhere
+    test = {
+        c["path"]: c["value"] for c in project_dump["config"] if c["file"] == "conf/test.config"
+    }
+    assert test["params.synth_pairs"] > 0 and test["params.synth_broken"] is True
+    assert test["params.lenient"] is True
+    slurm = {
+        c["path"]: c["value"] for c in project_dump["config"] if c["file"] == "conf/slurm.config"
+    }
+    assert slurm["process.executor"] == "slurm"
+
+
+def test_pipeline_info_reports(project_dump: dict) -> None:
+    config = {
+        c["path"]: c["value"] for c in project_dump["config"] if c["file"] == "nextflow.config"
+    }
+    for scope in ["trace", "report", "timeline", "dag"]:
+        assert config[f"{scope}.enabled"] is True, scope
+        assert "pipeline_info/" in str(config[f"{scope}.file"]), scope
+    fields = config["trace.fields"].split(",")
+    assert {"peak_rss", "attempt", "exit", "memory", "realtime", "tag"} <= set(fields)
+
+
+def test_labels_are_defined(project_dump: dict) -> None:
+    defined = {
+        c["path"].split(".")[1].split(":", 1)[1]
+        for c in project_dump["config"]
+        if c["path"].startswith("process.withLabel:")
+    }
+    used = {label for p in project_dump["processes"] for label in p["labels"]}
+    used = {label.strip("'\"") for label in used}
+    assert used <= defined, f"labels without resources in conf/base.config: {used - defined}"
+
+
+def test_every_process_is_configured_in_modules_config(project_dump: dict) -> None:
+    selectors = [
+        c["path"].split(".")[1].split(":", 1)[1]
+        for c in project_dump["config"]
+        if c["file"] == "conf/modules.config" and c["path"].startswith("process.withName:")
+    ]
+    names = {n for s in selectors for n in s.split("|")}
+    assert {p["name"] for p in project_dump["processes"]} <= names
+
+
+def test_dockerfile() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, flags=re.M)
+    assert "procps" in text, "Nextflow needs ps in the container for its trace metrics"
+    assert "pip install" in text and "bin:${PATH}" in text.replace('"', "")
+
+
+def test_environment_yml_has_every_dependency() -> None:
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "." in pip, "environment.yml must install this repository"
+    names = {re.split(r"[<>=! ]", d)[0].lower() for d in conda + pip}
+    aliases = {"matplotlib": "matplotlib-base"}
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.split(r"[<>=!;\[ ]", dep)[0].lower()
+        assert aliases.get(name, name) in names, f"{name} is missing from environment.yml"
+    assert any(d.startswith("python=3.11") for d in conda)
+
+
+def test_tower_yml_lists_the_batch_reports() -> None:
+    tower = yaml.safe_load((REPO / "tower.yml").read_text())
+    assert {"summary.md", "report.html", "summary.tsv"} <= set(tower["reports"])
+    for spec in tower["reports"].values():
+        assert spec["display"]
+
+
+def test_nf_test_files_target_their_modules() -> None:
+    for module in sorted((REPO / "modules" / "local").glob("*/main.nf")):
+        test = module.parent / "tests" / "main.nf.test"
+        assert test.is_file(), f"{test} is missing"
+        text = test.read_text()
+        process = re.search(r"^process (\w+) \{", module.read_text(), flags=re.M).group(1)
+        assert 'script "../main.nf"' in text
+        assert f'process "{process}"' in text
+        assert 'options "-stub"' in text, f"{test}: no stub test"
+    pipeline = (REPO / "tests" / "main.nf.test").read_text()
+    assert 'script "../main.nf"' in pipeline and 'profile "test"' in pipeline
+    assert (REPO / "nf-test.config").is_file()
+
+
+@pytest.fixture(scope="module")
+def nf_test_parse(language_server_jar, tmp_path_factory):
+    from .conftest import run_checker
+
+    files = [
+        *sorted(REPO.glob("modules/local/*/tests/main.nf.test")),
+        REPO / "tests" / "main.nf.test",
+    ]
+    return run_checker(language_server_jar, {"nf-test": files}, cwd=REPO)
+
+
+def test_nf_test_files_are_valid_groovy(nf_test_parse) -> None:
+    findings = nf_test_parse.findings.get("nf-test", [])
+    assert not findings, "\n".join(map(str, findings))
+
+
+def test_docs_describe_every_output_and_parameter() -> None:
+    output = (REPO / "docs" / "output.md").read_text()
+    for name in [
+        "summary.tsv",
+        "summary.md",
+        "report.html",
+        "manifest.json",
+        "result.json",
+        "pipeline_info",
+        "transforms/02_boundary",
+        "transforms/03_interior",
+        "03_interior_aligned_pre",
+        "04_difference_difference",
+        "stages/",
+        "cache/",
+        "registration.png",
+        "execution_trace",
+        "pairs.csv",
+        "skipped.tsv",
+    ]:
+        assert name in output, f"docs/output.md does not mention {name}"
+    usage = (REPO / "docs" / "usage.md").read_text()
+    for topic in [
+        "-profile test",
+        "slurm",
+        "singularity",
+        "Seqera Platform",
+        "-resume",
+        "resourceLimits",
+        "max_retries",
+        "failures.tsv",
+        "--input",
+        "--raw_dir",
+        "--lenient",
+    ]:
+        assert topic in usage, f"docs/usage.md does not mention {topic}"

@@ -1,0 +1,148 @@
+"""The Groovy helper functions of main.nf and workflows/exo2micro.nf, run with real Groovy.
+
+They are evaluated (render.groovy, one JVM) from their source as dumped by the checker, with a
+stand-in for Nextflow's file(); this checks what they compute, not only that they parse.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from exo2micro.params import REGISTRY
+
+from .conftest import REPO
+from .emulate import Renderer
+
+# Nextflow's file(path, checkIfExists: true) for plain Groovy.
+FILE_STANDIN = """
+def file(Map options, Object path) {
+    def p = java.nio.file.Paths.get(path.toString())
+    if (options.checkIfExists && !java.nio.file.Files.exists(p)) {
+        throw new IllegalArgumentException("no such file: ${p}")
+    }
+    return p
+}
+def file(Object path) { new File(path.toString()) }
+"""
+
+
+@pytest.fixture(scope="module")
+def groovy(project_dump: dict, language_server_jar: Path):
+    renderer = Renderer(language_server_jar)
+    functions = [FILE_STANDIN] + [
+        f["source"]
+        for f in project_dump["functions"]
+        if f["file"] in ("main.nf", "workflows/exo2micro.nf")
+    ]
+
+    def call(expression: str, **binding):
+        script = f"groovy.json.JsonOutput.toJson({expression})"
+        return json.loads(renderer.render(functions, script, binding))
+
+    yield call
+    renderer.close()
+
+
+def defaults() -> dict:
+    config = {p.name: p.default for p in REGISTRY}
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    for group in schema["$defs"].values():
+        for name, spec in group["properties"].items():
+            config.setdefault(name, spec.get("default"))
+    return config
+
+
+def test_stage_parameters_cascade(groovy) -> None:
+    result = groovy("stageParameters(p)", p=defaults())
+    for stage in range(1, 5):
+        expected = {p.name: p.default for p in REGISTRY if p.stage <= stage}
+        assert result[str(stage)] == expected, f"stage {stage}"
+
+
+def test_validate_parameters_accepts_the_defaults(groovy) -> None:
+    schema = str(REPO / "nextflow_schema.json")
+    assert groovy("validateParameters(p, new File(s))", p=defaults(), s=schema) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"boundary_widht": 20}, "unknown parameter --boundary_widht; valid parameters: "),
+        ({"boundary-width": 20}, "unknown parameter --boundary-width"),
+        ({"boundary_width": 0}, "--boundary_width = 0 is below the minimum 1"),
+        ({"scale_max": 9.5}, "--scale_max = 9.5 is above the maximum"),
+        ({"stopit": 2.5}, "--stopit must be of type integer"),
+        ({"use_edges": "yes"}, "--use_edges must be of type boolean"),
+        (
+            {"checkpoint_format": "png"},
+            "--checkpoint_format = 'png' is not one of tiff, fits, both",
+        ),
+        ({"max_retries": -1}, "--max_retries = -1 is below the minimum 0"),
+    ],
+)
+def test_validate_parameters_rejects(groovy, change: dict, message: str) -> None:
+    schema = str(REPO / "nextflow_schema.json")
+    errors = groovy("validateParameters(p, new File(s))", p={**defaults(), **change}, s=schema)
+    assert any(message in e for e in errors), errors
+
+
+def test_camel_case_variants_are_not_unknown(groovy) -> None:
+    """Nextflow adds `boundaryWidth` next to `boundary_width`-style names; they are not errors."""
+    schema = str(REPO / "nextflow_schema.json")
+    params = {**defaults(), "maxRetries": 2}
+    assert groovy("validateParameters(p, new File(s))", p=params, s=schema) == []
+
+
+def test_pair_from_row(groovy, tmp_path: Path) -> None:
+    real = tmp_path / "raw"
+    real.mkdir()
+    (real / "a_pre_DAPI.tif").write_bytes(b"x")
+    (real / "a_post_DAPI.tif").write_bytes(b"x")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    row = {
+        "sample": "CD070",
+        "dye": "DAPI",
+        "pre": str(link / "a_pre_DAPI.tif"),
+        "post": str(link / "a_post_DAPI.tif"),
+        "mem_bytes": "1.5e9",
+        "time_s": "12.2",
+        "site": "core 3",
+    }
+    meta, pre, post = groovy(
+        "pairFromRow(r).collect { v -> v instanceof Map ? v : v.toString() }", r=row
+    )
+    assert meta == {
+        "id": "CD070/DAPI",
+        "sample": "CD070",
+        "dye": "DAPI",
+        "mem_bytes": 1500000000,
+        "time_s": 13,
+        "extra": {"site": "core 3"},
+    }
+    # the real location, not the link it was found through
+    assert pre == str(real / "a_pre_DAPI.tif") and post == str(real / "a_post_DAPI.tif")
+
+
+def test_merge_state(groovy) -> None:
+    meta = {"id": "S/D"}
+    previous = [meta, ["t1", "t2"], ["c1"], [], [], [], "s1"]
+    new = [meta, ["t3"], [], [], ["x2"], ["p2"], "s2"]
+    merged = groovy("mergeState(a + b.subList(1, 7))", a=previous, b=new)
+    assert merged == [meta, ["t1", "t2", "t3"], ["c1"], [], ["x2"], ["p2"], ["s1", "s2"]]
+
+
+def test_failure_rows(groovy, tmp_path: Path) -> None:
+    record = tmp_path / "failure.tsv"
+    record.write_text("65\t1\terror: raw_post/x.tif: file is truncated\n")
+    meta = {"sample": "S01", "dye": "DAPI"}
+    row = groovy("recordedFailureRow(m, 1, new File(f))", m=meta, f=str(record)).split("\t")
+    assert row == ["S01", "DAPI", "1", "65", "1", "load failed: raw_post/x.tif: file is truncated"]
+    row = groovy("killedRow(m, 2, 2)", m=meta).split("\t")
+    assert row[:5] == ["S01", "DAPI", "3", "", "3"]
+    assert "align_interior was killed" in row[5] and "-resume" in row[5]
+    header = groovy("failureHeader()").split("\t")
+    assert header == ["sample", "dye", "stage", "exit_code", "attempts", "reason"]
