@@ -15,7 +15,10 @@ from typing import Any
 
 from exo2micro.params import STAGE_NAMES, suffix
 
-CHECKPOINT_FORMATS = ("tiff", "fits", "both")
+#: Image formats of checkpoints and difference images: TIFF, FITS or both; a ``-zstd`` or
+#: ``-deflate`` suffix compresses the TIFF tiles (FITS stays uncompressed, for memory mapping).
+CHECKPOINT_FORMATS = ("tiff", "fits", "both", "tiff-zstd", "tiff-deflate", "both-zstd",
+                      "both-deflate")
 SCALE_KINDS = ("moffat", "percentile", "manual")
 
 
@@ -83,8 +86,16 @@ class PairLayout:
 
 
 def formats(checkpoint_format: str) -> tuple[str, ...]:
-    """The image formats written for a ``checkpoint_format`` of 'tiff', 'fits' or 'both'."""
+    """The image formats written for a ``checkpoint_format`` (:data:`CHECKPOINT_FORMATS`)."""
     if checkpoint_format not in CHECKPOINT_FORMATS:
         raise ValueError(f"checkpoint_format must be one of {', '.join(CHECKPOINT_FORMATS)}, "
                          f"got {checkpoint_format!r}")
-    return ("tiff", "fits") if checkpoint_format == "both" else (checkpoint_format,)
+    base = checkpoint_format.split("-")[0]
+    return ("tiff", "fits") if base == "both" else (base,)
+
+
+def tiff_compression(checkpoint_format: str) -> str | None:
+    """The tifffile codec of the TIFF checkpoints ('zstd', 'deflate') or ``None``."""
+    formats(checkpoint_format)  # validates
+    _, _, codec = checkpoint_format.partition("-")
+    return codec or None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from exo2micro import params as P
-from exo2micro.layout import PairLayout
+from exo2micro.layout import PairLayout, tiff_compression
 from exo2micro.records import read_record, stage_is_current
 from exo2micro.resources import configure_threads, cpu_budget, reset_peak_rss
 
@@ -58,7 +58,8 @@ def _stage_call(stage: int, layout: PairLayout, pre_raw: Path, post_raw: Path, *
     if stage == 1:
         from exo2micro.stages.load import run_load
 
-        return lambda: run_load(pre_raw, post_raw, layout, threads=threads)
+        return lambda: run_load(pre_raw, post_raw, layout, threads=threads,
+                                compression=tiff_compression(checkpoint_format))
     if stage == 2:
         from exo2micro.stages.align_boundary import run_align_boundary
 

@@ -452,7 +452,8 @@ def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.
 
     ``blocks`` yields consecutive full-width row blocks of exactly ``tile`` rows (the last may
     be shorter); only one block is held at a time. ``compression`` is any tifffile codec name
-    (``None``, ``'zlib'``, ``'zstd'``, ``'lzw'``).
+    (``None``, ``'zlib'``, ``'zstd'``, ``'lzw'``); compressed tiles use the predictor of the
+    dtype (horizontal differencing, floating-point for floats), which shrinks them further.
     """
     h, w = shape
     dtype = np.dtype(dtype)
@@ -475,8 +476,9 @@ def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.
 
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tw:
         tw.write(tiles(), shape=(h, w), dtype=dtype, tile=(tile, tile),
-                 compression=compression, photometric="minisblack",
-                 description=description, metadata=None, extratags=extratags)
+                 compression=compression, predictor=compression is not None,
+                 photometric="minisblack", description=description, metadata=None,
+                 extratags=extratags)
 
 
 def write_pages(path: str | os.PathLike[str], arrays: Sequence[np.ndarray],

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from exo2micro.errors import EXIT_INTERNAL, EXIT_USAGE, exit_code_for
+from exo2micro.layout import CHECKPOINT_FORMATS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +74,12 @@ def threads_option(func: F) -> F:
     )(func)
 
 
+def checkpoint_format_option(help_text: str) -> Callable[[F], F]:
+    """The ``--checkpoint-format`` option (:data:`exo2micro.layout.CHECKPOINT_FORMATS`)."""
+    return click.option("--checkpoint-format", type=click.Choice(CHECKPOINT_FORMATS),
+                        default="tiff", show_default=True, help=help_text)
+
+
 class UsageExit(click.UsageError):
     """A usage error with exit code 2 (click's default for usage errors)."""
 
@@ -87,9 +94,8 @@ def stage_options(func: F) -> F:
         click.option("--dye", required=True, help="Dye name (text after the last '_')."),
         click.option("--pair-dir", type=click.Path(file_okay=False), default=".",
                      show_default=True, help="The pair's output folder (inputs are read from it)."),
-        click.option("--checkpoint-format", type=click.Choice(["tiff", "fits", "both"]),
-                     default="tiff", show_default=True,
-                     help="Image format(s) of checkpoints and difference images."),
+        checkpoint_format_option("Image format(s) of checkpoints and difference images; "
+                                 "-zstd/-deflate compress the TIFF tiles."),
         click.option("--force", is_flag=True, help="Re-run even if current outputs exist."),
         param_option,
         threads_option,

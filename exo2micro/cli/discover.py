@@ -23,6 +23,7 @@ import exo2micro.discover as disc
 from exo2micro import params as P
 from exo2micro.cli.common import (
     UsageExit,
+    checkpoint_format_option,
     param_option,
     parse_param_options,
     run_tool,
@@ -57,9 +58,7 @@ def split_names(values: tuple[str, ...]) -> list[str]:
 @click.option("--estimates", is_flag=True,
               help="Add mem_bytes, time_s and disk_bytes columns (estimates from the TIFF "
                    "headers) to the --out samplesheet.")
-@click.option("--checkpoint-format", type=click.Choice(["tiff", "fits", "both"]),
-              default="tiff", show_default=True,
-              help="Checkpoint format the estimates assume (disk_bytes).")
+@checkpoint_format_option("Checkpoint format the estimates assume (disk_bytes).")
 @param_option
 @threads_option
 @click.option("--verbose", "-v", is_flag=True, help="Also log every ignored non-TIFF file.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from exo2micro.cli.common import parse_param_options, run_tool, setup_logging, stage_options
+from exo2micro.layout import tiff_compression
 from exo2micro.pipeline import prepare, run_stage
 from exo2micro.stages.load import run_load
 
@@ -22,8 +23,9 @@ def load(pre_raw: str, post_raw: str, sample: str, dye: str, pair_dir: str,
     """Stage 1: read both raw TIFFs once, keep the signal channel, build the pyramids."""
     setup_logging()
     layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
-    rec, skipped = run_stage(1, layout, lambda: run_load(pre_raw, post_raw, layout, threads=n),
-                             force=force)
+    rec, skipped = run_stage(1, layout, lambda: run_load(
+        pre_raw, post_raw, layout, threads=n, compression=tiff_compression(checkpoint_format)),
+        force=force)
     shapes = {w: rec["images"][w]["shape"] for w in ("pre", "post")}
     click.echo(f"{sample}/{dye} stage 1 {'skipped (current)' if skipped else 'done'}: "
                f"pre {shapes['pre'][1]}×{shapes['pre'][0]}, post {shapes['post'][1]}×"

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import click
 
-from exo2micro.cli.common import UsageExit, param_option, parse_param_options, run_tool
+from exo2micro.cli.common import (
+    UsageExit,
+    checkpoint_format_option,
+    param_option,
+    parse_param_options,
+    run_tool,
+)
 from exo2micro.cli.discover import split_names
 
 STAGES = click.IntRange(1, 4)
@@ -56,8 +62,7 @@ STAGES = click.IntRange(1, 4)
 @click.option("--force", is_flag=True, help="Re-run every stage even if current.")
 @click.option("--timeout-per-task", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS", help="Kill a pair that runs longer (subprocess mode).")
-@click.option("--checkpoint-format", type=click.Choice(["tiff", "fits", "both"]),
-              default="tiff", show_default=True, help="Image format(s) written.")
+@checkpoint_format_option("Image format(s) written; -zstd/-deflate compress the TIFF tiles.")
 @click.option("--force-run", is_flag=True,
               help="Run even if the pre-flight check says memory or disk will not suffice.")
 @click.option("--memory-debug", is_flag=True,

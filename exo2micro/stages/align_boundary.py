@@ -33,7 +33,7 @@ import numpy as np
 
 from exo2micro.errors import InputDataError
 from exo2micro.footprint import tissue_mask
-from exo2micro.layout import PairLayout, formats
+from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
 from exo2micro.records import StageRun, require_stage
 from exo2micro.transform import (
@@ -341,6 +341,7 @@ def run_align_boundary(layout: PairLayout, *, sample: str = "", dye: str = "", t
             outs = {fmt: layout.icp_aligned_pre(fmt) for fmt in formats(checkpoint_format)}
             post_shape = tuple(post_pyr.full_shape)
             warp_to_files(pre, tr.post_to_pre, output_shape(post_shape, pad), pad, outs,
+                          compression=tiff_compression(checkpoint_format),
                           fits_header=lambda: make_header(sample=sample, dye=dye, stage=2,
                                                           params=layout.params),
                           threads=threads)

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from exo2micro.footprint import tissue_mask
-from exo2micro.layout import PairLayout, formats
+from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
 from exo2micro.records import StageRun, require_stage
 from exo2micro.stages.align_boundary import to_level
@@ -331,6 +331,7 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
         acc = tr.metrics["estimated_accuracy_px"]
         with run.timed("warp"):
             warp_to_files(pre, tr.post_to_pre, output_shape(post.shape, pad), pad, outs,
+                          compression=tiff_compression(checkpoint_format),
                           fits_header=lambda: make_header(sample=sample, dye=dye, stage=3,
                                                           params=params, accuracy_px=acc),
                           threads=threads)

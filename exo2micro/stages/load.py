@@ -51,8 +51,8 @@ WHICH = ("pre", "post")
 MIN_TISSUE_FRACTION = 0.001
 
 
-def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out: Path
-                   ) -> dict[str, Any]:
+def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out: Path,
+                   compression: str | None = None) -> dict[str, Any]:
     """Write the single-channel signal of ``img`` and its pyramid; return image metadata."""
     h, w = img.shape
     dtype = signal_dtype(img.dtype, len(choice.channels))
@@ -74,7 +74,7 @@ def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out
             first[y0 // factor:(y0 + sig.shape[0] + factor - 1) // factor] = box_reduce(sig, factor)
             yield sig
 
-    write_tiled(out, (h, w), dtype, blocks())
+    write_tiled(out, (h, w), dtype, blocks(), compression=compression)
     if lo == hi:
         raise InputDataError(f"{img.path}: image is constant (every pixel = {lo:g}); "
                              f"there is nothing to align")
@@ -93,8 +93,10 @@ def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out
 
 
 def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
-             threads: int = 1) -> dict[str, Any]:
+             threads: int = 1, compression: str | None = None) -> dict[str, Any]:
     """Run stage 1 for one pair and return its record (also written to ``layout.record(1)``).
+
+    ``compression`` is the tifffile codec of the signal TIFFs (``None``: uncompressed).
 
     Raises :class:`InputDataError` naming the file for any unusable raw image; nothing is left
     under a final output name in that case.
@@ -126,7 +128,7 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
 
         def one(which: str) -> dict[str, Any]:
             out = _stream_signal(images[which], choice, layout.signal(which),
-                                 layout.pyramid(which))
+                                 layout.pyramid(which), compression)
             images[which].drop_cache()
             return out
 

@@ -72,7 +72,7 @@ from exo2micro import diagnostics, scale
 from exo2micro.errors import InputDataError
 from exo2micro.fitsio import FitsImage, make_header, write_streamed
 from exo2micro.footprint import footprint_stats, tissue_mask
-from exo2micro.layout import PairLayout, formats
+from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
 from exo2micro.records import StageRun
 from exo2micro.result import build_result, write_result
@@ -554,9 +554,10 @@ def active_scales(fit: scale.ScaleFit, ratio: scale.Histogram, values: Mapping[s
 
 def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
              shape: tuple[int, int], sample: str, dye: str, scales: Mapping[str, float],
-             accuracy: float | None) -> tuple[list[Callable[[Iterable[np.ndarray]], None]],
-                                              list[Path], list[int]]:
-    """One writer per (kind, format), the files they write, and which kind feeds each."""
+             accuracy: float | None, compression: str | None
+             ) -> tuple[list[Callable[[Iterable[np.ndarray]], None]], list[Path], list[int]]:
+    """One writer per (kind, format), the files they write, and which kind feeds each
+    (``compression``: tifffile codec of the TIFFs)."""
     writers: list[Callable[[Iterable[np.ndarray]], None]] = []
     paths: list[Path] = []
     feeds: list[int] = []
@@ -568,8 +569,8 @@ def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
                                    "sample": sample, "dye": dye, "scale": scales[kind],
                                    "scale_kind": kind, "no_data": "NaN",
                                    "estimated_accuracy_px": accuracy})
-                writers.append(lambda b, p=path, d=desc: write_tiled(p, shape, np.float32, b,
-                                                                     description=d))
+                writers.append(lambda b, p=path, d=desc: write_tiled(
+                    p, shape, np.float32, b, description=d, compression=compression))
             else:
                 hdr = make_header(sample=sample, dye=dye, stage=4, params=layout.params,
                                   scale=scales[kind], scale_kind=kind, accuracy_px=accuracy)
@@ -662,7 +663,8 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
             vmax = 1.1 * max(10.0 ** p1.post.quantile(0.999), 10.0 ** p1.pre.quantile(0.999))
             grid = scale.value_grid(vmax, src.integer)
             writers, paths, feeds = _writers(layout, list(scales), formats(checkpoint_format),
-                                             src.shape, sample, dye, scales, inputs.accuracy_px)
+                                             src.shape, sample, dye, scales, inputs.accuracy_px,
+                                             tiff_compression(checkpoint_format))
             with run.timed("pass2_difference"):
                 p2 = _second_pass(src, thr, scales, grid, vmax, writers, feeds, pool, n + 1)
             units = _units(post_img.dtype)

@@ -78,7 +78,7 @@ def test_validate_parameters_accepts_the_defaults(groovy) -> None:
         ({"use_edges": "yes"}, "--use_edges must be of type boolean"),
         (
             {"checkpoint_format": "png"},
-            "--checkpoint_format = 'png' is not one of tiff, fits, both",
+            "--checkpoint_format = 'png' is not one of tiff, fits, both, tiff-zstd",
         ),
         ({"max_retries": -1}, "--max_retries = -1 is below the minimum 0"),
     ],

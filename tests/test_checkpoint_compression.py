@@ -1,0 +1,50 @@
+"""Compressed TIFF checkpoints (``checkpoint_format='tiff-zstd'`` …): same pixels, smaller files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from exo2micro import params as P
+from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout, formats, tiff_compression
+from exo2micro.pipeline import run_pair
+from tests.helpers_io import make_pair
+
+
+@pytest.mark.parametrize(("fmt", "want"), [
+    ("tiff", (("tiff",), None)), ("fits", (("fits",), None)),
+    ("both", (("tiff", "fits"), None)), ("tiff-zstd", (("tiff",), "zstd")),
+    ("both-deflate", (("tiff", "fits"), "deflate"))])
+def test_formats_and_codec(fmt: str, want: tuple) -> None:
+    assert fmt in CHECKPOINT_FORMATS
+    assert (formats(fmt), tiff_compression(fmt)) == want
+
+
+@pytest.mark.parametrize("fmt", ["fits-zstd", "tiff-lzw", "zstd"])
+def test_unknown_format_is_refused(fmt: str) -> None:
+    with pytest.raises(ValueError, match="checkpoint_format must be one of"):
+        tiff_compression(fmt)
+
+
+def _images(layout: PairLayout) -> dict[str, Path]:
+    return {"signal": layout.signal("post"), "aligned": layout.aligned_pre("tiff"),
+            "difference": layout.difference("tiff", "moffat")}
+
+
+def test_zstd_checkpoints_hold_the_same_pixels_in_fewer_bytes(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "raw", width=900, height=700, pre_width=None, pre_height=None)
+    runs = {}
+    for fmt in ("tiff", "tiff-zstd"):
+        run_pair(pair.spec.sample, pair.spec.dye, pair.pre_path, pair.post_path,
+                 tmp_path / fmt, threads=1, checkpoint_format=fmt)
+        runs[fmt] = _images(PairLayout(tmp_path / fmt, P.resolve()))
+    for name, plain in runs["tiff"].items():
+        packed = runs["tiff-zstd"][name]
+        with tifffile.TiffFile(plain) as a, tifffile.TiffFile(packed) as b:
+            assert a.pages.first.compression.name == "NONE"
+            assert b.pages.first.compression.name == "ZSTD", name
+            np.testing.assert_array_equal(a.asarray(), b.asarray(), err_msg=name)
+        assert packed.stat().st_size < 0.9 * plain.stat().st_size, name
