@@ -64,42 +64,85 @@ def write_streamed(path: str | os.PathLike[str], shape: tuple[int, int], header:
 
 
 class FitsImage:
-    """Window reads of a 2-D FITS image through a memory map (mirrors TiffImage's API)."""
+    """Window reads of a 2-D FITS primary image (mirrors :class:`~exo2micro.tiffio.TiffImage`).
+
+    Only the header is parsed by astropy; pixels are read with ``os.pread`` of just the rows a
+    window covers, never through a memory map: mapped file pages count in the process's
+    resident set, so reading a 3 GB image through a map shows (and is charged, by cgroups and
+    schedulers) as 3 GB of RSS. Reads are thread-safe (no shared file position).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
         try:
-            self._hdul = fits.open(self.path, memmap=True, mode="readonly")
-            data = self._hdul[0].data
+            with fits.open(self.path, memmap=True, mode="readonly") as hdul:
+                hdu = hdul[0]
+                self.header = hdu.header.copy()
+                offset, size = int(hdu._data_offset), int(hdu._data_size)
         except Exception as exc:
             raise InputDataError(f"{self.path}: not a readable FITS file ({exc})") from None
-        if data is None or data.ndim != 2:
-            self._hdul.close()
+        hdr = self.header
+        if hdr.get("NAXIS") != 2:
             raise InputDataError(f"{self.path}: FITS primary image is not 2-D")
-        self._data = data
-        self.header = self._hdul[0].header
+        bitpix = int(hdr["BITPIX"])
+        if bitpix not in _BITPIX:
+            raise InputDataError(f"{self.path}: unsupported FITS BITPIX {bitpix}")
+        self._file_dtype = np.dtype(_BITPIX[bitpix])
+        self._scale = (float(hdr.get("BSCALE", 1.0)), float(hdr.get("BZERO", 0.0)))
+        self._shape = (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
+        self._row_bytes = self._shape[1] * self._file_dtype.itemsize
+        if size < self._shape[0] * self._row_bytes or os.path.getsize(self.path) < offset + size:
+            raise InputDataError(f"{self.path}: FITS file is truncated")
+        self._offset = offset
+        self._fd: int | None = os.open(self.path, os.O_RDONLY)
 
     @property
     def shape(self) -> tuple[int, int]:
-        return int(self._data.shape[0]), int(self._data.shape[1])
+        return self._shape
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._data.dtype.newbyteorder("="))
+        if self._scale != (1.0, 0.0) or self._file_dtype.kind != "f":
+            return np.dtype(np.float32 if self._file_dtype.itemsize <= 2 else np.float64)
+        return self._file_dtype.newbyteorder("=")
 
     def read_window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Pixels ``[y0:y1, x0:x1]`` as ``(h, w, 1)`` in native byte order."""
-        return np.asarray(self._data[max(0, y0):y1, max(0, x0):x1], dtype=self.dtype)[..., None]
+        """Pixels ``[y0:y1, x0:x1]`` (clipped to the image) as ``(h, w, 1)``, native order."""
+        if self._fd is None:
+            raise ValueError(f"{self.path}: image is closed")
+        h, w = self._shape
+        y0, y1, x0, x1 = max(0, y0), min(h, y1), max(0, x0), min(w, x1)
+        rows, cols = max(0, y1 - y0), max(0, x1 - x0)
+        item = self._file_dtype.itemsize
+        out = np.empty((rows, cols), self.dtype)
+        if rows == 0 or cols == 0:
+            return out[..., None]
+        if cols * 4 >= w:  # wide window: one read of the full rows
+            data = os.pread(self._fd, rows * self._row_bytes, self._offset + y0 * self._row_bytes)
+            out[:] = np.frombuffer(data, self._file_dtype).reshape(rows, w)[:, x0:x1]
+        else:  # narrow window: one read per row
+            for i in range(rows):
+                at = self._offset + (y0 + i) * self._row_bytes + x0 * item
+                out[i] = np.frombuffer(os.pread(self._fd, cols * item, at), self._file_dtype)
+        if self._scale != (1.0, 0.0):
+            out *= self._scale[0]
+            out += self._scale[1]
+        return out[..., None]
 
     def close(self) -> None:
-        self._data = None
-        self._hdul.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> FitsImage:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: FITS BITPIX -> big-endian numpy dtype of the stored pixels.
+_BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 
 def check_readable(path: str | os.PathLike[str]) -> bool:

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from astropy.io import fits
 
@@ -102,3 +103,46 @@ def test_check_readable_rejects_truncated_and_foreign_files(tmp_path: Path) -> N
         assert fitsio.check_readable(tmp_path / name) is False, name
     with pytest.raises(InputDataError, match=r"text\.fits: not a readable FITS file"):
         fitsio.FitsImage(tmp_path / "text.fits")
+
+
+def test_fits_image_windows_match_astropy_for_scaled_integers(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 65535, (50, 120)).astype(np.uint16)
+    path = tmp_path / "u16.fits"
+    fits.PrimaryHDU(data).writeto(path)  # stored as int16 with BZERO = 32768
+    with fitsio.FitsImage(path) as img:
+        assert img.shape == (50, 120)
+        wide = img.read_window(-3, 60, 0, 120)[:, :, 0]
+        narrow = img.read_window(10, 20, 100, 130)[:, :, 0]
+    np.testing.assert_array_equal(wide, data.astype(np.float32))
+    np.testing.assert_array_equal(narrow, data[10:20, 100:].astype(np.float32))
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_fits_image_refuses_truncated_and_non_2d(tmp_path: Path) -> None:
+    path = tmp_path / "ok.fits"
+    _write(path, _data())
+    (tmp_path / "cut.fits").write_bytes(path.read_bytes()[:-5000])
+    with pytest.raises(InputDataError, match=r"cut\.fits: FITS file is truncated"):
+        fitsio.FitsImage(tmp_path / "cut.fits")
+    fits.PrimaryHDU(np.zeros((2, 3, 4), np.float32)).writeto(tmp_path / "cube.fits")
+    with pytest.raises(InputDataError, match="not 2-D"):
+        fitsio.FitsImage(tmp_path / "cube.fits")
+
+
+def test_reading_a_large_fits_does_not_grow_the_resident_set(tmp_path: Path) -> None:
+    """Reading every row of a 256 MiB image in 512-row windows keeps RSS flat: no memory map
+    (mapped pages count in RSS, which is what cgroups and Nextflow's trace charge)."""
+    h, w = 8192, 8192
+    path = tmp_path / "big.fits"
+    block = np.random.default_rng(0).random((512, w), dtype=np.float32)
+    hdr = fitsio.make_header(sample="s", dye="d", stage=3, params=P.resolve())
+    fitsio.write_streamed(path, (h, w), hdr, (block for _ in range(h // 512)))
+    before = psutil.Process().memory_info().rss
+    total = 0.0
+    with fitsio.FitsImage(path) as img:
+        for y0 in range(0, h, 512):
+            total += float(img.read_window(y0, y0 + 512, 0, w)[::64, ::64].sum())
+        grown = psutil.Process().memory_info().rss - before
+    assert total > 0
+    assert grown < 64 << 20, f"RSS grew by {grown / 2**20:.0f} MiB while reading 256 MiB"
