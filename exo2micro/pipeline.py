@@ -35,11 +35,12 @@ def prepare(pair_dir: str | Path, overrides: Mapping[str, Any] | None,
 
 
 def run_stage(stage: int, layout: PairLayout, func: Callable[[], dict[str, Any]], *,
-              force: bool = False) -> tuple[dict[str, Any], bool]:
+              force: bool = False, checkpoint_format: str | None = None
+              ) -> tuple[dict[str, Any], bool]:
     """Run ``func`` (which writes stage ``stage``'s outputs and record) unless the stage is
     current. Returns ``(record, skipped)``."""
     if not force:
-        current, why = stage_is_current(layout, stage)
+        current, why = stage_is_current(layout, stage, checkpoint_format)
         if current:
             log.info("stage %d (%s) is current: %s", stage, P.STAGE_NAMES[stage], why)
             return read_record(layout.record(stage)) or {}, True
@@ -103,7 +104,8 @@ def run_pair(sample: str, dye: str, pre_raw: str | Path, post_raw: str | Path,
                            threads=n, checkpoint_format=checkpoint_format, meta=meta or {})
         if on_stage:
             on_stage(stage, "start")
-        record, skipped = run_stage(stage, layout, call, force=rerun or stage >= forced_from)
+        record, skipped = run_stage(stage, layout, call, force=rerun or stage >= forced_from,
+                                    checkpoint_format=checkpoint_format)
         rerun = rerun or not skipped
         if on_stage:
             on_stage(stage, "skipped" if skipped else "done")

@@ -283,14 +283,14 @@ class PairLike(Protocol):
 
 def stages_to_run(pair_dir: str | os.PathLike[str], values: Mapping[str, Any],
                   from_stage: int | None = None, to_stage: int | None = None,
-                  force: bool = False) -> list[int]:
+                  force: bool = False, checkpoint_format: str | None = None) -> list[int]:
     """The stages a resume-aware run of a pair will execute: from the first stage that is not
     current (or ``from_stage``, or stage 1 with ``force``) to ``to_stage``."""
     last = to_stage or max(P.STAGE_NAMES)
     first = 1 if force else (from_stage or last + 1)
     layout = PairLayout(Path(pair_dir), values)
     for stage in range(1, min(first, last + 1)):
-        if not stage_is_current(layout, stage)[0]:
+        if not stage_is_current(layout, stage, checkpoint_format)[0]:
             first = stage
             break
     return list(range(first, last + 1))
@@ -317,7 +317,7 @@ def plan_batch(pairs: Sequence[PairLike], output_dir: str | os.PathLike[str],
     plans = []
     for pair in pairs:
         stages = stages_to_run(Path(output_dir) / pair.sample / pair.dye, values, from_stage,
-                               to_stage, force)
+                               to_stage, force, checkpoint_format)
         try:
             est = estimate_pair(pair.pre, pair.post, values, checkpoint_format,
                                 threads=threads, stages=stages, model=model)

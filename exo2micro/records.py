@@ -20,7 +20,7 @@ from typing import Any
 
 from exo2micro import params as P
 from exo2micro.atomic import write_json_atomic
-from exo2micro.layout import PairLayout
+from exo2micro.layout import PairLayout, formats
 from exo2micro.resources import peak_rss_bytes
 
 
@@ -55,8 +55,15 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def stage_is_current(layout: PairLayout, stage: int) -> tuple[bool, str]:
-    """Whether stage ``stage`` can be skipped, and why (or why not)."""
+def stage_is_current(layout: PairLayout, stage: int, checkpoint_format: str | None = None
+                     ) -> tuple[bool, str]:
+    """Whether stage ``stage`` can be skipped, and why (or why not).
+
+    With ``checkpoint_format``, a stage whose images come in that format (3, 4, and 2 with
+    ``save_all_intermediates``) is current only if it wrote every format asked for now: a run
+    that asks for FITS after a TIFF-only run writes the FITS files. (TIFF compression is not
+    checked: compressed and plain TIFFs hold the same pixels.)
+    """
     path = layout.record(stage)
     rec = read_record(path)
     if rec is None:
@@ -69,7 +76,13 @@ def stage_is_current(layout: PairLayout, stage: int) -> tuple[bool, str]:
         upstream = read_record(layout.record(stage - 1)) or {}
         if rec.get("upstream_run_id") != upstream.get("run_id"):
             return False, f"stage {stage - 1} was re-run since"
-    for rel in rec.get("outputs", []):
+    outputs = rec.get("outputs", [])
+    imaged = stage >= 3 or (stage == 2 and layout.params.get("save_all_intermediates"))
+    if checkpoint_format is not None and imaged:
+        for fmt in formats(checkpoint_format):
+            if not any(rel.startswith(f"{fmt}/") for rel in outputs):
+                return False, f"no {fmt.upper()} images yet (checkpoint_format {checkpoint_format})"
+    for rel in outputs:
         if not output_ok(layout.root / rel):
             return False, f"output {rel} missing or unreadable"
     return True, "outputs present, fingerprint matches, files read cleanly"

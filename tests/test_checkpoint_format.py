@@ -1,4 +1,4 @@
-"""Compressed TIFF checkpoints (``checkpoint_format='tiff-zstd'`` …): same pixels, smaller files."""
+"""Checkpoint formats: TIFF, FITS or both, compressed TIFF tiles, and resume across formats."""
 
 from __future__ import annotations
 
@@ -48,3 +48,24 @@ def test_zstd_checkpoints_hold_the_same_pixels_in_fewer_bytes(tmp_path: Path) ->
             assert b.pages.first.compression.name == "ZSTD", name
             np.testing.assert_array_equal(a.asarray(), b.asarray(), err_msg=name)
         assert packed.stat().st_size < 0.9 * plain.stat().st_size, name
+
+
+def test_asking_for_another_format_reruns_only_the_stages_that_write_images(
+        tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "raw")
+
+    def run(fmt: str) -> dict[int, str]:
+        events: dict[int, str] = {}
+        run_pair(pair.spec.sample, pair.spec.dye, pair.pre_path, pair.post_path,
+                 tmp_path / "out", threads=1, checkpoint_format=fmt,
+                 on_stage=lambda stage, event: events.__setitem__(stage, event))
+        return events
+
+    assert run("tiff") == {1: "done", 2: "done", 3: "done", 4: "done"}
+    layout = PairLayout(tmp_path / "out", P.resolve())
+    assert not layout.aligned_pre("fits").exists()
+    assert run("tiff") == {1: "skipped", 2: "skipped", 3: "skipped", 4: "skipped"}
+    assert run("both") == {1: "skipped", 2: "skipped", 3: "done", 4: "done"}
+    assert layout.aligned_pre("fits").is_file() and layout.difference("fits").is_file()
+    # both formats are there now: asking for either one alone resumes
+    assert run("fits") == {1: "skipped", 2: "skipped", 3: "skipped", 4: "skipped"}

@@ -20,7 +20,7 @@ def align_boundary(sample: str, dye: str, pair_dir: str, checkpoint_format: str,
     layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
     rec, skipped = run_stage(2, layout, lambda: run_align_boundary(
         layout, sample=sample, dye=dye, threads=n, checkpoint_format=checkpoint_format),
-        force=force)
+        force=force, checkpoint_format=checkpoint_format)
     click.echo(f"{sample}/{dye} stage 2 {'skipped (current)' if skipped else 'done'}: "
                f"{rec['transform_status']}, rotation {rec['rotation_deg']:.3f}°, scale "
                f"{rec['scale']:.4f}{'; ' + rec['reason'] if rec.get('reason') else ''}", err=True)

@@ -20,7 +20,7 @@ def align_interior(sample: str, dye: str, pair_dir: str, checkpoint_format: str,
     layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
     rec, skipped = run_stage(3, layout, lambda: run_align_interior(
         layout, sample=sample, dye=dye, threads=n, checkpoint_format=checkpoint_format),
-        force=force)
+        force=force, checkpoint_format=checkpoint_format)
     click.echo(f"{sample}/{dye} stage 3 {'skipped (current)' if skipped else 'done'}: "
                f"{rec['transform_status']}, estimated accuracy "
                f"{rec['estimated_accuracy_px']:.3f} px"

@@ -25,7 +25,7 @@ def load(pre_raw: str, post_raw: str, sample: str, dye: str, pair_dir: str,
     layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
     rec, skipped = run_stage(1, layout, lambda: run_load(
         pre_raw, post_raw, layout, threads=n, compression=tiff_compression(checkpoint_format)),
-        force=force)
+        force=force, checkpoint_format=checkpoint_format)
     shapes = {w: rec["images"][w]["shape"] for w in ("pre", "post")}
     click.echo(f"{sample}/{dye} stage 1 {'skipped (current)' if skipped else 'done'}: "
                f"pre {shapes['pre'][1]}×{shapes['pre'][0]}, post {shapes['post'][1]}×"

@@ -41,7 +41,7 @@ def subtract(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force
     layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
     rec, skipped = run_stage(4, layout, lambda: run_subtract(
         layout, sample=sample, dye=dye, threads=n, checkpoint_format=checkpoint_format,
-        meta=meta), force=force)
+        meta=meta), force=force, checkpoint_format=checkpoint_format)
     if skipped:
         # the outputs are current; result.json is cheap to rebuild and carries this call's meta
         write_result(layout, build_result(layout, sample, dye, "complete", meta))
