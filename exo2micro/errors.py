@@ -62,6 +62,13 @@ class ResourceError(Exo2microError):
     exit_code = EXIT_USAGE
 
 
+class InsufficientMemoryError(Exo2microError, MemoryError):
+    """Work that cannot be split needs more memory than is available (e.g. a raw image stored
+    as one compressed strip); exit 137, so a scheduler retries it with more memory."""
+
+    exit_code = EXIT_OOM
+
+
 class LockError(Exo2microError):
     """Another run holds the lock on the output folder."""
 

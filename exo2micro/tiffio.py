@@ -40,7 +40,7 @@ import numpy as np
 import tifffile
 
 from exo2micro.atomic import atomic_path
-from exo2micro.errors import InputDataError
+from exo2micro.errors import InputDataError, InsufficientMemoryError
 
 #: Largest accepted image side (px); larger headers are treated as corrupt.
 MAX_SIDE = 500_000
@@ -269,6 +269,8 @@ class TiffImage:
             if cached is not None:
                 self._cache.move_to_end(index)
                 return cached
+            if self.decodes_whole:
+                self._check_memory_for_segment(int(page.databytecounts[index]))
             fh = self._tif.filehandle
             fh.seek(int(page.dataoffsets[index]))
             data = fh.read(int(page.databytecounts[index]))
@@ -311,6 +313,21 @@ class TiffImage:
         """True when a single decoded segment exceeds the cache budget: the file (typically one
         compressed strip) holds that much decoded memory while it is read."""
         return not self.info.memmappable and self.info.largest_segment_bytes > self._cache_bytes
+
+    def _check_memory_for_segment(self, encoded_bytes: int) -> None:
+        """Refuse, before allocating, to decode a segment that cannot fit in memory."""
+        from exo2micro.resources import available_memory
+
+        need = self.info.largest_segment_bytes + encoded_bytes
+        free, source = available_memory()
+        if need > free:
+            gib = 2**30
+            raise InsufficientMemoryError(
+                f"{self.path}: stored as one compressed strip that must be decoded whole "
+                f"({need / gib:.1f} GiB with its encoded bytes) but only {free / gib:.1f} GiB "
+                f"is available ({source}). Give the task more memory, or re-save the image "
+                f"tiled or in strips, e.g. `tiffcp -r 64 in.tif out.tif` or tifffile "
+                f"`imwrite(..., tile=(512, 512))`; exo2micro then reads it in pieces.")
 
     def drop_cache(self) -> None:
         """Free the decoded segments held for reuse (they are decoded again when needed)."""

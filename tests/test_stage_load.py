@@ -13,7 +13,8 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro import pyramid, synth, tiffio
+from exo2micro import pyramid, resources, synth, tiffio
+from exo2micro.errors import InsufficientMemoryError, exit_code_for
 from exo2micro.layout import PairLayout
 from exo2micro.records import stage_is_current
 from exo2micro.stages.load import run_load
@@ -344,3 +345,18 @@ def test_single_compressed_strip_holds_one_decoded_image_at_a_time(
     layout = PairLayout(tmp_path / "whole", P.resolve())
     for which in WHICH:
         np.testing.assert_array_equal(_signal(layout, which), _raw(whole, which)[:, :, 1])
+
+
+def test_single_strip_too_large_for_memory_fails_with_137_and_a_remedy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tiffio, "READER_CACHE_BYTES", 1 << 16)
+    monkeypatch.setattr(resources, "available_memory", lambda: (1 << 16, "test limit"))
+    whole = make_pair(tmp_path / "raw", layout="single-strip", compression="lzw")
+    layout = PairLayout(tmp_path / "pair", P.resolve())
+    with pytest.raises(InsufficientMemoryError) as info:
+        run_load(whole.pre_path, whole.post_path, layout, threads=2)
+    message = str(info.value)
+    assert message.startswith(f"{whole.pre_path}: stored as one compressed strip")
+    assert "only 0.0 GiB is available (test limit)" in message and "tiffcp" in message
+    assert exit_code_for(info.value) == 137
+    assert not list((tmp_path / "pair").rglob("*.tif"))
