@@ -35,12 +35,12 @@ CASES: dict[str, dict[str, float]] = {
 }
 
 
-def run(size: int, case: str, work: Path, threads: int) -> dict[str, Any]:
+def run(size: int, case: str, work: Path, threads: int, keep: bool) -> dict[str, Any]:
     c = CASES[case]
     spec = bench_spec(size, sample=f"A{size}{case.replace('-', '')}",
                       rotation_deg=c["rotation_deg"], scale=c["scale"], k=c["k"],
                       tx=c["tx"] * size, ty=-c["tx"] * size / 2)
-    row = run_case(spec, work, threads, "tiff", STAGES[:3])
+    row = run_case(spec, work, threads, "tiff", STAGES[:3], keep=keep)
     row["case"] = case
     return row
 
@@ -68,7 +68,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for case in args.cases:
-            rows.append(run(size, case, args.work, args.threads))
+            rows.append(run(size, case, args.work, args.threads, args.keep))
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     print(save(args.out, "align_accuracy", table(rows), rows))
 

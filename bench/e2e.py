@@ -34,8 +34,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exo2micro.layout import PairLayout  # noqa: E402
+from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout  # noqa: E402
 from exo2micro.params import resolve  # noqa: E402
+from exo2micro.preflight import estimate_pair  # noqa: E402
 from exo2micro.synth import SynthSpec, generate_pair, load_truth, truth_tissue_mask_post  # noqa: E402
 from exo2micro.transform import TransformRecord, displacement_stats, grid_points  # noqa: E402
 
@@ -78,9 +79,9 @@ def bench_spec(size: int, layout: str = "strips", **changes: Any) -> SynthSpec:
 
 
 def run_case(spec: SynthSpec, work: Path, threads: int, fmt: str,
-             stages_to_run: tuple[str, ...] = STAGES) -> dict[str, Any]:
+             stages_to_run: tuple[str, ...] = STAGES, keep: bool = False) -> dict[str, Any]:
     """Generate (or reuse) the pair of ``spec`` under ``work`` and run ``stages_to_run`` on it,
-    each stage tool in its own process."""
+    each stage tool in its own process; the outputs are deleted afterwards unless ``keep``."""
     raw = work / "raw"
     names = spec.file_names()
     if not (raw / spec.sample / names["truth"]).is_file():
@@ -119,9 +120,16 @@ def run_case(spec: SynthSpec, work: Path, threads: int, fmt: str,
         k = json.loads(lay.result().read_text()).get("scale_estimate")
         out["k"] = k
         out["scale_error_pct"] = None if k is None else 100 * (k / truth["k"] - 1)
+    est = estimate_pair(raw / spec.sample / names["pre"], raw / spec.sample / names["post"],
+                        None, fmt, threads=threads, stages=range(1, len(stages_to_run) + 1))
+    for number, stage in enumerate(stages_to_run, start=1):
+        if stage in stages:
+            stages[stage]["model_mem_bytes"] = est.stages[number].mem_bytes
     out["wall_s"] = round(sum(s["wall_s"] for s in stages.values()), 1)
     out["peak_rss_bytes"] = max((s["peak_rss_bytes"] or 0) for s in stages.values())
     out["written_bytes"] = folder_bytes(pair_dir)
+    if not keep:  # a 30k-px pair writes ~8 GB: do not let a suite fill the disk
+        shutil.rmtree(pair_dir, ignore_errors=True)
     return out
 
 
@@ -132,6 +140,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/exo2micro-bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    ap.add_argument("--keep", action="store_true", help="keep each pair's outputs in --work")
     return ap
 
 
@@ -143,11 +152,19 @@ def save(out: Path, name: str, md: str, rows: list[dict[str, Any]]) -> str:
     return md
 
 
+def model_ratio(stages: dict[str, Any]) -> str:
+    """The pre-flight estimate over the measured peak RSS, per stage (``load/…/subtract``)."""
+    ratios = [f"{s['model_mem_bytes'] / s['peak_rss_bytes']:.2f}" for s in stages.values()
+              if s.get("model_mem_bytes") and s.get("peak_rss_bytes")]
+    return "/".join(ratios) or "–"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     gib = 2**30
     lines = ["| input | raw layout | format | wall s (load/bnd/int/sub) | peak RSS GiB (max stage) "
-             "| written GiB | align error mean/p95/max px | scale error % |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model / measured peak | written GiB | align error mean/p95/max px "
+             "| scale error % |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = r["stages"]
         walls = "/".join(f"{st[s]['wall_s']:.1f}" if s in st else "–" for s in STAGES)
@@ -157,7 +174,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['size'][0]} × {r['size'][1]} | {r['layout']} | {r['format']} | "
             f"{r['wall_s']:.1f} ({walls}) | {r['peak_rss_bytes'] / gib:.2f} | "
-            f"{r['written_bytes'] / gib:.2f} | {err_s} | "
+            f"{model_ratio(st)} | {r['written_bytes'] / gib:.2f} | {err_s} | "
             f"{'–' if se is None else f'{se:+.3f}'} |")
     return "\n".join(lines)
 
@@ -165,13 +182,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--layouts", nargs="+", default=["strips"], choices=sorted(LAYOUTS))
-    ap.add_argument("--formats", nargs="+", default=["tiff"], choices=["tiff", "fits", "both"])
+    ap.add_argument("--formats", nargs="+", default=["tiff"], choices=CHECKPOINT_FORMATS)
     args = ap.parse_args()
     rows = []
     for size in args.sizes:
         for layout in args.layouts:
             for fmt in args.formats:
-                rows.append(run_case(bench_spec(size, layout), args.work, args.threads, fmt))
+                rows.append(run_case(bench_spec(size, layout), args.work, args.threads, fmt,
+                                     keep=args.keep))
                 print(table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     print(save(args.out, "e2e", table(rows), rows))
 

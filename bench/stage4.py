@@ -105,6 +105,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
+    from exo2micro.layout import CHECKPOINT_FORMATS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", action="append", type=parse_size,
                     help="WIDTHxHEIGHT of the post image (repeatable; default 2000x1600 and "
@@ -114,7 +116,7 @@ def main() -> None:
     ap.add_argument("--coverage", type=float, default=0.02, help="microbe coverage (0–0.5)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--format", default="tiff", choices=["tiff", "fits", "both"])
+    ap.add_argument("--format", default="tiff", choices=CHECKPOINT_FORMATS)
     ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "stage4")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
