@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import click
 
 from exo2micro.errors import EXIT_INTERNAL, EXIT_USAGE, exit_code_for
-from exo2micro.layout import CHECKPOINT_FORMATS
+from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout
+from exo2micro.pipeline import prepare, run_stage
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,3 +116,25 @@ def setup_logging(verbose: bool = False) -> None:
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def run_pair_stage(stage: int, work: Callable[[PairLayout, int], dict[str, Any]], *,
+                   pair_dir: str, param_values: tuple[str, ...], threads: int | None,
+                   force: bool, checkpoint_format: str) -> tuple[PairLayout, dict[str, Any], bool]:
+    """The body every stage tool shares: logging, then parameters and thread pools
+    (:func:`exo2micro.pipeline.prepare`), then ``work(layout, n_threads)`` under
+    :func:`exo2micro.pipeline.run_stage` (resume check, stage record, peak RSS).
+
+    Returns the pair layout, the stage record and whether the stage was skipped as current.
+    """
+    setup_logging()
+    layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
+    rec, skipped = run_stage(stage, layout, lambda: work(layout, n), force=force,
+                             checkpoint_format=checkpoint_format)
+    return layout, rec, skipped
+
+
+def echo_stage_done(sample: str, dye: str, stage: int, skipped: bool, detail: str) -> None:
+    """The one stderr line a stage tool ends with: ``SAMPLE/DYE stage N done: detail``."""
+    state = "skipped (current)" if skipped else "done"
+    click.echo(f"{sample}/{dye} stage {stage} {state}: {detail}", err=True)

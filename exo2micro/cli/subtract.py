@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import click
 
-from exo2micro.cli.common import parse_param_options, run_tool, setup_logging, stage_options
-from exo2micro.pipeline import prepare, run_stage
+from exo2micro.cli.common import echo_stage_done, run_pair_stage, run_tool, stage_options
 from exo2micro.result import build_result, write_result
 from exo2micro.stages.subtract import run_subtract
 
@@ -36,17 +35,17 @@ def subtract(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force
     from the pair folder. Exit codes: 0 success, 2 usage error, 65 missing or unusable input,
     137 out of memory, 1 internal error.
     """
-    setup_logging()
     meta = parse_meta(meta_values)
-    layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
-    rec, skipped = run_stage(4, layout, lambda: run_subtract(
-        layout, sample=sample, dye=dye, threads=n, checkpoint_format=checkpoint_format,
-        meta=meta), force=force, checkpoint_format=checkpoint_format)
+    layout, rec, skipped = run_pair_stage(
+        4, lambda layout, n: run_subtract(layout, sample=sample, dye=dye, threads=n,
+                                          checkpoint_format=checkpoint_format, meta=meta),
+        pair_dir=pair_dir, param_values=param_values, threads=threads, force=force,
+        checkpoint_format=checkpoint_format)
     if skipped:
         # the outputs are current; result.json is cheap to rebuild and carries this call's meta
         write_result(layout, build_result(layout, sample, dye, "complete", meta))
     scales = rec.get("scales", {})
     extra = "".join(f", {kind} {scales[kind]:.4f}" for kind in ("percentile", "manual")
                     if scales.get(kind) is not None)
-    click.echo(f"{sample}/{dye} stage 4 {'skipped (current)' if skipped else 'done'}: "
-               f"k (Moffat) {scales.get('moffat', float('nan')):.4f}{extra}", err=True)
+    echo_stage_done(sample, dye, 4, skipped,
+                    f"k (Moffat) {scales.get('moffat', float('nan')):.4f}{extra}")
