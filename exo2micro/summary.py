@@ -383,9 +383,9 @@ th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:middle;text-align:
 th{background:#f2f2f2;cursor:pointer;user-select:none;position:sticky;top:0}
 th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-td img{display:block;max-width:160px;max-height:160px}
+td img{display:block;max-width:140px;max-height:140px}
 tr.error td.status{color:#a40000;font-weight:600}tr.skipped td.status{color:#8a5a00}
-td.reason{max-width:28em;font-size:.9em}
+td.reason{min-width:10em;max-width:22em;font-size:.9em;overflow-wrap:anywhere}
 """
 
 _JS = """
