@@ -22,4 +22,4 @@ def align_boundary(sample: str, dye: str, pair_dir: str, checkpoint_format: str,
         checkpoint_format=checkpoint_format)
     echo_stage_done(sample, dye, 2, skipped,
                     f"{rec['transform_status']}, rotation {rec['rotation_deg']:.3f}°, scale "
-                    f"{rec['scale']:.4f}{'; ' + rec['reason'] if rec.get('reason') else ''}")
+                    f"{rec['scale']:.4f}", rec.get("reason"))

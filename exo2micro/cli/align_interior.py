@@ -22,5 +22,4 @@ def align_interior(sample: str, dye: str, pair_dir: str, checkpoint_format: str,
         checkpoint_format=checkpoint_format)
     echo_stage_done(sample, dye, 3, skipped,
                     f"{rec['transform_status']}, estimated accuracy "
-                    f"{rec['estimated_accuracy_px']:.3f} px"
-                    f"{'; ' + rec['reason'] if rec.get('reason') else ''}")
+                    f"{rec['estimated_accuracy_px']:.3f} px", rec.get("reason"))

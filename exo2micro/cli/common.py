@@ -134,7 +134,10 @@ def run_pair_stage(stage: int, work: Callable[[PairLayout, int], dict[str, Any]]
     return layout, rec, skipped
 
 
-def echo_stage_done(sample: str, dye: str, stage: int, skipped: bool, detail: str) -> None:
-    """The one stderr line a stage tool ends with: ``SAMPLE/DYE stage N done: detail``."""
+def echo_stage_done(sample: str, dye: str, stage: int, skipped: bool, detail: str,
+                    reason: str | None = None) -> None:
+    """The one stderr line a stage tool ends with: ``SAMPLE/DYE stage N done: detail[; reason]``
+    (``reason``: why a stage kept a fallback result, from its record)."""
     state = "skipped (current)" if skipped else "done"
-    click.echo(f"{sample}/{dye} stage {stage} {state}: {detail}", err=True)
+    click.echo(f"{sample}/{dye} stage {stage} {state}: {detail}"
+               f"{'; ' + reason if reason else ''}", err=True)
