@@ -58,6 +58,12 @@ def mergeState(row) {
     return [row[0]] + merged
 }
 
+// A stage's state row holds its stage record (7th element) when the stage succeeded; a stage
+// that recorded a failure (failure.tsv) emits an empty one, and its pair stops there.
+def hasRecord(row) {
+    return !asList(row[6]).isEmpty()
+}
+
 def failureHeader() {
     return ['sample', 'dye', 'stage', 'exit_code', 'attempts', 'reason'].join('\t')
 }
@@ -78,15 +84,15 @@ def recordedFailureRow(meta, stage, record) {
     return [meta.sample, meta.dye, stage, fields[0], fields[1], reason].join('\t')
 }
 
-// A pair that stopped before stage 4 without a record: killed on its last attempt. The exit
-// code is not known here (empty); the trace has it.
+// A pair that stopped before stage 4 without a record: its task was killed on its last attempt
+// (errorStrategy ignores only the kill codes). Its exit code is in the trace, not here (empty).
 def killedRow(meta, stages_done, max_retries) {
     def stage = stages_done + 1
     def attempts = max_retries + 1
-    def reason = "${stageName(stage)} was killed on every attempt (out of memory, time limit or " +
-        "signal: exit code 104, 130-145 or 175; the exact code is in " +
-        "pipeline_info/execution_trace_*.txt). It is not cached: give it more memory or time " +
-        "and run again with -resume."
+    def reason = "${stageName(stage)} did not finish: its task was killed on the last of " +
+        "${attempts} attempts (out of memory, time limit or a signal); the exit code of each " +
+        "attempt is in pipeline_info/execution_trace_*.txt. Nothing of it is cached: give it " +
+        "more memory or time and run again with -resume."
     return [meta.sample, meta.dye, stage, '', attempts, reason].join('\t')
 }
 
@@ -105,13 +111,16 @@ workflow EXO2MICRO {
         .map { row -> pairFromRow(row) }
 
     LOAD(ch_pairs, stage_params[1], checkpoint_format)
-    ch_state1 = LOAD.out.state
+    ch_done1 = LOAD.out.state.filter { row -> hasRecord(row) }
+    ch_state1 = ch_done1
 
     ALIGN_BOUNDARY(ch_state1, stage_params[2], checkpoint_format)
-    ch_state2 = ch_state1.join(ALIGN_BOUNDARY.out.state).map { row -> mergeState(row) }
+    ch_done2 = ALIGN_BOUNDARY.out.state.filter { row -> hasRecord(row) }
+    ch_state2 = ch_state1.join(ch_done2).map { row -> mergeState(row) }
 
     ALIGN_INTERIOR(ch_state2, stage_params[3], checkpoint_format)
-    ch_state3 = ch_state2.join(ALIGN_INTERIOR.out.state).map { row -> mergeState(row) }
+    ch_done3 = ALIGN_INTERIOR.out.state.filter { row -> hasRecord(row) }
+    ch_state3 = ch_state2.join(ch_done3).map { row -> mergeState(row) }
 
     SUBTRACT(ch_state3, stage_params[4], checkpoint_format)
 
@@ -126,9 +135,9 @@ workflow EXO2MICRO {
     // progress marks per pair: 0 = discovered, k = stage k done, -1 = failure recorded
     ch_killed = ch_pairs.map { meta, _pre, _post -> [meta, 0] }
         .mix(
-            LOAD.out.state.map { row -> [row[0], 1] },
-            ALIGN_BOUNDARY.out.state.map { row -> [row[0], 2] },
-            ALIGN_INTERIOR.out.state.map { row -> [row[0], 3] },
+            ch_done1.map { row -> [row[0], 1] },
+            ch_done2.map { row -> [row[0], 2] },
+            ch_done3.map { row -> [row[0], 3] },
             SUBTRACT.out.result.map { meta, _json -> [meta, 4] },
             ch_recorded.map { meta, _stage, _record -> [meta, -1] },
         )

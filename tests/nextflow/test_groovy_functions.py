@@ -143,6 +143,6 @@ def test_failure_rows(groovy, tmp_path: Path) -> None:
     assert row == ["S01", "DAPI", "1", "65", "1", "load failed: raw_post/x.tif: file is truncated"]
     row = groovy("killedRow(m, 2, 2)", m=meta).split("\t")
     assert row[:5] == ["S01", "DAPI", "3", "", "3"]
-    assert "align_interior was killed" in row[5] and "-resume" in row[5]
+    assert "align_interior did not finish" in row[5] and "-resume" in row[5]
     header = groovy("failureHeader()").split("\t")
     assert header == ["sample", "dye", "stage", "exit_code", "attempts", "reason"]

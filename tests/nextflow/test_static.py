@@ -87,8 +87,8 @@ MUTATIONS = [
     Mutation(
         "wrong-process-emit",
         "workflows/exo2micro.nf",
-        "ch_state1 = LOAD.out.state",
-        "ch_state1 = LOAD.out.states",
+        "ch_done1 = LOAD.out.state.filter",
+        "ch_done1 = LOAD.out.states.filter",
         "emit",
     ),
     Mutation(

@@ -27,7 +27,7 @@ process ALIGN_INTERIOR {
         path('fits/*', arity: '0..*'),
         path('transforms/*', arity: '0..*'),
         path('pipeline_output/*', arity: '0..*'),
-        path('stages/03_align_interior*.json', optional: true),
+        path('stages/03_align_interior*.json', arity: '0..*'),  // empty when the stage recorded a failure
         emit: state
     tuple val(meta), path('failure.tsv'), optional: true, emit: failure
 
@@ -37,7 +37,8 @@ process ALIGN_INTERIOR {
     e2m_attempt=${task.attempt}
     e2m_record=stages/03_align_interior
     e2m_status=0
-    e2m-align-interior \\
+    # stderr goes to e2m.err and, as it is written, to the task's .command.err
+    { e2m-align-interior \\
         --sample ${shellQuote(meta.sample)} \\
         --dye ${shellQuote(meta.dye)} \\
         --pair-dir . \\
@@ -45,7 +46,7 @@ process ALIGN_INTERIOR {
         --checkpoint-format ${checkpoint_format} \\
         ${paramOptions(pipeline_params)} \\
         ${args} \\
-        2> e2m.err || e2m_status=\$?
+        2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?
     ${stageStatusHandler()}
     """
 

@@ -21,7 +21,7 @@ process LOAD {
         path('fits/*', arity: '0..*'),
         path('transforms/*', arity: '0..*'),
         path('pipeline_output/*', arity: '0..*'),
-        path('stages/01_load*.json', optional: true),
+        path('stages/01_load*.json', arity: '0..*'),  // empty when the stage recorded a failure
         emit: state
     tuple val(meta), path('failure.tsv'), optional: true, emit: failure
 
@@ -31,7 +31,8 @@ process LOAD {
     e2m_attempt=${task.attempt}
     e2m_record=stages/01_load
     e2m_status=0
-    e2m-load \\
+    # stderr goes to e2m.err and, as it is written, to the task's .command.err
+    { e2m-load \\
         --sample ${shellQuote(meta.sample)} \\
         --dye ${shellQuote(meta.dye)} \\
         --pre ${shellQuote(pre)} \\
@@ -41,7 +42,7 @@ process LOAD {
         --checkpoint-format ${checkpoint_format} \\
         ${paramOptions(pipeline_params)} \\
         ${args} \\
-        2> e2m.err || e2m_status=\$?
+        2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?
     ${stageStatusHandler()}
     """
 

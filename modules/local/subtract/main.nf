@@ -31,7 +31,7 @@ process SUBTRACT {
         path('fits/*', arity: '0..*'),
         path('transforms/*', arity: '0..*'),
         path('pipeline_output/*', arity: '0..*'),
-        path('stages/04_subtract*.json', optional: true),
+        path('stages/04_subtract*.json', arity: '0..*'),  // empty when the stage recorded a failure
         emit: state
     tuple val(meta), path('result.json'), optional: true, emit: result
     tuple val(meta), path('e2m_pair', type: 'dir'), optional: true, emit: report
@@ -45,7 +45,8 @@ process SUBTRACT {
     e2m_attempt=${task.attempt}
     e2m_record=stages/04_subtract
     e2m_status=0
-    e2m-subtract \\
+    # stderr goes to e2m.err and, as it is written, to the task's .command.err
+    { e2m-subtract \\
         --sample ${shellQuote(meta.sample)} \\
         --dye ${shellQuote(meta.dye)} \\
         --pair-dir . \\
@@ -54,7 +55,7 @@ process SUBTRACT {
         ${paramOptions(pipeline_params)} \\
         ${meta_args} \\
         ${args} \\
-        2> e2m.err || e2m_status=\$?
+        2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?
     ${stageStatusHandler()}
     ${reportBundle()}
     """
