@@ -97,6 +97,35 @@ def validateParameters(all_params, schema_file) {
     return errors
 }
 
+/*
+ * `nextflow run . --help`: every parameter of nextflow_schema.json, grouped as in the schema,
+ * with its type, description and default (hidden ones too, after the others of their group).
+ */
+def helpText(schema_file) {
+    def schema = new groovy.json.JsonSlurper().parseText(schema_file.text)
+    def lines = [
+        "${schema.title}: ${schema.description}",
+        '',
+        'Usage:',
+        '  nextflow run . --raw_dir raw/ --outdir results [--name value ...]',
+        '  nextflow run . --input samplesheet.csv --outdir results',
+        '  nextflow run . -profile test --outdir results-test',
+    ]
+    schema['$defs'].each { _group_name, group ->
+        lines << ''
+        lines << "${group.title}: ${group.description ?: ''}".toString().trim()
+        def entries = group['properties'].sort { entry -> entry.value.hidden ? 1 : 0 }
+        entries.each { name, spec ->
+            def shown = spec.containsKey('default') ? " [default: ${spec['default']}]" : ''
+            def allowed = spec['enum'] ? " (one of: ${spec['enum'].join(', ')})" : ''
+            lines << "  --${name.padRight(26)} ${(spec.type ?: '').padRight(8)} ${spec.description}${allowed}${shown}".toString()
+        }
+    }
+    lines << ''
+    lines << 'Documentation: docs/usage.md. Stage parameters: also `exo2micro params`.'
+    return lines.join('\n')
+}
+
 def rawLayoutHelp() {
     return '''
     Expected layout (one folder per sample; the dye is the text after the last '_'):
@@ -121,7 +150,12 @@ def samplesheetImages(sheet) {
 workflow {
 
     main:
-    def errors = validateParameters(params, file("${projectDir}/nextflow_schema.json"))
+    def schema_file = file("${projectDir}/nextflow_schema.json")
+    if (params.help) {
+        println(helpText(schema_file))
+        System.exit(0)
+    }
+    def errors = validateParameters(params, schema_file)
     if (errors) {
         error("Invalid parameters:\n  " + errors.join('\n  '))
     }

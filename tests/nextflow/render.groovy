@@ -1,7 +1,7 @@
 /*
- * Renders process scripts the way Nextflow does, for the emulated pipeline run of
- * test_emulated_run.py: a process's `script:` source (from checker.groovy --dump) is evaluated as
- * Groovy, after the functions it may call, with the task's variables bound (meta, task, inputs).
+ * Evaluates Groovy source with bound variables, for test_groovy_functions.py: the helper
+ * functions of main.nf and workflows/exo2micro.nf (from checker.groovy --dump), then an
+ * expression that calls them.
  *
  * Reads one JSON request per line on stdin:
  *     {"functions": ["def f() {...}", ...], "script": "def args = ...\n\"\"\"...\"\"\"",

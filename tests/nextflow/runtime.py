@@ -86,19 +86,19 @@ def run_pipeline(cwd: Path, *args: str, timeout: float = 600,
 
 def explain(proc: subprocess.CompletedProcess[str], cwd: Path | None = None) -> str:
     """The end of a run's output (and of its log), for assertion messages."""
-    text = f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+    text = (f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+            f"--- stderr\n{proc.stderr[-3000:]}")
     log = cwd / "nextflow.log" if cwd else None
     if log and log.is_file():
         text += f"\n--- nextflow.log\n{log.read_text(errors='replace')[-3000:]}"
     return text
 
 
-def trace_rows(outdir: Path) -> list[dict[str, str]]:
-    """Rows of the newest ``pipeline_info/execution_trace_*.txt`` (one per task attempt)."""
-    traces = sorted((outdir / "pipeline_info").glob("execution_trace_*.txt"),
-                    key=lambda p: p.stat().st_mtime_ns)
-    assert traces, f"no execution trace under {outdir / 'pipeline_info'}"
-    with traces[-1].open(newline="") as fh:
+def trace_rows(outdir: Path, suffix: str) -> list[dict[str, str]]:
+    """Rows of ``pipeline_info/execution_trace_<suffix>.txt`` (one per task attempt)."""
+    trace = outdir / "pipeline_info" / f"execution_trace_{suffix}.txt"
+    assert trace.is_file(), f"no {trace}"
+    with trace.open(newline="") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))
 
 

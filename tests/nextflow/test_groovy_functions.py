@@ -7,14 +7,45 @@ stand-in for Nextflow's file(); this checks what they compute, not only that the
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exo2micro.params import REGISTRY
 
-from .conftest import REPO
-from .emulate import Renderer
+from .conftest import JAVA_OPTIONS, REPO
+
+RENDER = Path(__file__).with_name("render.groovy")
+
+
+class Renderer:
+    """render.groovy as a server: one JVM, one JSON request/answer per line."""
+
+    def __init__(self, jar: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["java", *JAVA_OPTIONS, "-cp", str(jar.resolve()), "groovy.ui.GroovyMain", str(RENDER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def render(self, functions: list[str], script: str, binding: dict[str, Any]) -> str:
+        assert self.proc.stdin and self.proc.stdout
+        request = {"functions": functions, "script": script, "binding": binding}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        if "error" in answer:
+            raise AssertionError(f"rendering failed: {answer['error']}")
+        return answer["script"]
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 # Nextflow's file(path, checkIfExists: true) for plain Groovy.
 FILE_STANDIN = """
