@@ -35,12 +35,13 @@ def prepare(pair_dir: str | Path, overrides: Mapping[str, Any] | None,
 
 
 def run_stage(stage: int, layout: PairLayout, func: Callable[[], dict[str, Any]], *,
-              force: bool = False, checkpoint_format: str | None = None
-              ) -> tuple[dict[str, Any], bool]:
+              force: bool = False, checkpoint_format: str | None = None,
+              inputs: Mapping[str, Path] | None = None) -> tuple[dict[str, Any], bool]:
     """Run ``func`` (which writes stage ``stage``'s outputs and record) unless the stage is
-    current. Returns ``(record, skipped)``."""
+    current. ``inputs`` are the raw ``{"pre", "post"}`` TIFFs of stage 1 (their identity is
+    part of its resume check). Returns ``(record, skipped)``."""
     if not force:
-        current, why = stage_is_current(layout, stage, checkpoint_format)
+        current, why = stage_is_current(layout, stage, checkpoint_format, inputs)
         if current:
             log.info("stage %d (%s) is current: %s", stage, P.STAGE_NAMES[stage], why)
             return read_record(layout.record(stage)) or {}, True
@@ -105,7 +106,8 @@ def run_pair(sample: str, dye: str, pre_raw: str | Path, post_raw: str | Path,
         if on_stage:
             on_stage(stage, "start")
         record, skipped = run_stage(stage, layout, call, force=rerun or stage >= forced_from,
-                                    checkpoint_format=checkpoint_format)
+                                    checkpoint_format=checkpoint_format,
+                                    inputs={"pre": Path(pre_raw), "post": Path(post_raw)})
         rerun = rerun or not skipped
         if on_stage:
             on_stage(stage, "skipped" if skipped else "done")

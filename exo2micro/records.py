@@ -1,15 +1,25 @@
 """Stage records: the small JSON each stage writes last, and the resume check built on it.
 
-A record lists what the stage did (parameters, fingerprint, outputs, timings, peak RSS,
-warnings). It is written atomically *after* every output, so its presence with status
-``complete`` means the outputs were complete when it was written. :func:`stage_is_current`
-additionally re-checks that each output still exists and reads cleanly, and that the
-fingerprint matches the current parameters — the three conditions of SPEC §5 for skipping.
+A record lists what the stage did (parameters, fingerprint, outputs with their checksums,
+timings, peak RSS, warnings); stage 1's also lists the identity of both raw TIFFs. It is
+written atomically *after* every output, so its presence with status ``complete`` means the
+outputs were complete when it was written. :func:`stage_is_current` re-checks that the
+fingerprint matches the current parameters, that stage 1's raw inputs are still the same files
+(size and content hash), that the upstream stage was not re-run since, and that every output
+still has the size and checksum recorded — the resume rule of docs/contracts.md ("Resume").
+
+Checksums (:func:`file_checksum`) are BLAKE2b over the whole file up to
+:data:`FULL_HASH_BYTES`; beyond that over :data:`SAMPLED_BLOCKS` blocks of
+:data:`BLOCK_BYTES` evenly spaced from the first byte to the last (for a 1.5 GiB checkpoint
+16 MiB are read), plus the size. Raw inputs get the cheap form (:data:`RAW_BLOCKS` blocks: the
+header, the first and last strips or tiles and evenly spaced data in between, 1 MiB read).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,6 +32,62 @@ from exo2micro import params as P
 from exo2micro.atomic import write_json_atomic
 from exo2micro.layout import PairLayout, formats
 from exo2micro.resources import peak_rss_bytes
+
+#: Files up to this size (bytes) are hashed whole.
+FULL_HASH_BYTES = 64 << 20
+#: Size (bytes) of one sampled block of a larger file.
+BLOCK_BYTES = 64 << 10
+#: Blocks hashed of a large output (evenly spaced, first and last included).
+SAMPLED_BLOCKS = 256
+#: Blocks hashed of a raw input TIFF (its identity; cheap, survives copies).
+RAW_BLOCKS = 16
+
+
+def file_checksum(path: Path, blocks: int = SAMPLED_BLOCKS) -> str:
+    """``"blake2b:<hex>"`` of the file's size and content: the whole file when it is at most
+    :data:`FULL_HASH_BYTES` (and at most ``blocks`` × :data:`BLOCK_BYTES`), else ``blocks``
+    evenly spaced blocks of :data:`BLOCK_BYTES`, the first at byte 0 and the last ending at
+    the last byte. Raises :class:`OSError` when the file cannot be read."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        digest.update(size.to_bytes(8, "little"))
+        if size <= min(FULL_HASH_BYTES, blocks * BLOCK_BYTES):
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        else:
+            last = size - BLOCK_BYTES
+            for i in range(blocks):
+                digest.update(os.pread(fh.fileno(), BLOCK_BYTES, last * i // (blocks - 1)))
+    return f"blake2b:{digest.hexdigest()}"
+
+
+def raw_identity(path: Path) -> dict[str, Any]:
+    """Identity of a raw input TIFF: absolute path, size, mtime_ns and the cheap content hash.
+    Raises :class:`OSError` when it cannot be read."""
+    st = Path(path).stat()
+    return {"path": os.path.abspath(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "hash": file_checksum(Path(path), RAW_BLOCKS)}
+
+
+def inputs_changed(recorded: Mapping[str, Any], inputs: Mapping[str, Path]) -> str | None:
+    """Why the raw inputs differ from the identities recorded by stage 1, or ``None``.
+
+    A raw file is the same when its size and content hash are; a new path or mtime alone (the
+    raw folder was moved or copied) does not make a stage stale."""
+    for which in ("pre", "post"):
+        old = recorded.get(which) or {}
+        try:
+            new = raw_identity(inputs[which])
+        except (OSError, KeyError):
+            return f"the raw {which} image {inputs.get(which)} cannot be read"
+        if (old.get("bytes"), old.get("hash")) != (new["bytes"], new["hash"]):
+            same_path = old.get("path") == new["path"]
+            what = "was replaced or re-exported" if same_path else "is a different file"
+            return (f"the raw {which} image {new['path']} {what} since stage 1 ran "
+                    f"({old.get('bytes')} → {new['bytes']} bytes, content hash "
+                    f"{'same' if old.get('hash') == new['hash'] else 'differs'})")
+    return None
 
 
 def output_ok(path: Path) -> bool:
@@ -55,9 +121,13 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def stage_is_current(layout: PairLayout, stage: int, checkpoint_format: str | None = None
-                     ) -> tuple[bool, str]:
+def stage_is_current(layout: PairLayout, stage: int, checkpoint_format: str | None = None,
+                     inputs: Mapping[str, Path] | None = None) -> tuple[bool, str]:
     """Whether stage ``stage`` can be skipped, and why (or why not).
+
+    ``inputs`` (``{"pre": path, "post": path}``, stage 1 only) are the raw TIFFs this run
+    would read; without them stage 1's record is checked against the files it names. A
+    stage-1 record of exo2micro's loader without raw identities (an older version) is stale.
 
     With ``checkpoint_format``, a stage whose images come in that format (3, 4, and 2 with
     ``save_all_intermediates``) is current only if it wrote every format asked for now: a run
@@ -72,19 +142,36 @@ def stage_is_current(layout: PairLayout, stage: int, checkpoint_format: str | No
         return False, f"previous run ended with status {rec.get('status')!r}"
     if rec.get("fingerprint") != P.fingerprint(layout.params, stage):
         return False, "parameters or algorithm changed"
+    if stage == 1 and "inputs" in rec:
+        if not isinstance(rec.get("input_identity"), dict):
+            return False, "no identity of the raw images recorded (older exo2micro)"
+        raws = inputs or {w: Path(v) for w, v in (rec.get("inputs") or {}).items()}
+        changed = inputs_changed(rec["input_identity"], raws)
+        if changed:
+            return False, changed
     if stage > 1:
         upstream = read_record(layout.record(stage - 1)) or {}
         if rec.get("upstream_run_id") != upstream.get("run_id"):
             return False, f"stage {stage - 1} was re-run since"
     outputs = rec.get("outputs", [])
+    checksums = rec.get("checksums")
+    if not isinstance(checksums, dict):
+        return False, "no output checksums recorded (older exo2micro)"
     imaged = stage >= 3 or (stage == 2 and layout.params.get("save_all_intermediates"))
     if checkpoint_format is not None and imaged:
         for fmt in formats(checkpoint_format):
             if not any(rel.startswith(f"{fmt}/") for rel in outputs):
                 return False, f"no {fmt.upper()} images yet (checkpoint_format {checkpoint_format})"
     for rel in outputs:
-        if not output_ok(layout.root / rel):
+        path = layout.root / rel
+        if not output_ok(path):
             return False, f"output {rel} missing or unreadable"
+        try:
+            same = file_checksum(path) == checksums.get(rel)
+        except OSError:
+            same = False
+        if not same:
+            return False, f"output {rel} changed since it was written (checksum differs)"
     return True, "outputs present, fingerprint matches, files read cleanly"
 
 
@@ -127,6 +214,8 @@ class StageRun:
             "params": P.stage_params(self.layout.params, self.stage),
             "suffix": self.layout.sfx(self.stage),
             "outputs": [self.layout.relative(p) for p in self.outputs],
+            "checksums": {self.layout.relative(p): file_checksum(p) for p in self.outputs
+                          if p.is_file()},
             "timings_s": self.timings_s,
             "peak_rss_bytes": peak_rss_bytes(),
             "warnings": self.warnings,

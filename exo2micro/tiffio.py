@@ -27,6 +27,7 @@ Writing
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import threading
@@ -44,6 +45,9 @@ from exo2micro.errors import InputDataError, InsufficientMemoryError
 
 #: Largest accepted image side (px); larger headers are treated as corrupt.
 MAX_SIDE = 500_000
+#: Largest accepted pixel count (height × width): 2^33 px is ≈ 3 × a 30 000 × 25 000 image
+#: per side squared beyond anything a slide scanner writes; more is a hostile header.
+MAX_PIXELS = 2**33
 #: Default tile size (px) of the tiled checkpoints we write.
 TILE = 512
 #: Uncompressed size (bytes) above which :func:`write_tiled` writes a BigTIFF (classic TIFF
@@ -104,16 +108,17 @@ class TiffImage:
         self._cached = 0
         try:
             size = self.path.stat().st_size
+            with open(self.path, "rb") as fh:  # permission, folder, device: fail here, plainly
+                head = fh.read(8)
         except OSError as exc:
-            raise InputDataError(f"{self.path}: cannot read file ({exc.strerror})") from None
+            raise InputDataError(f"{self.path}: cannot read file "
+                                 f"({exc.strerror or type(exc).__name__})") from None
         if size == 0:
             raise InputDataError(f"{self.path}: file is empty (0 bytes)")
         with _tifffile_quiet():
             try:
                 self._tif = tifffile.TiffFile(self.path)
             except Exception as exc:
-                with open(self.path, "rb") as fh:
-                    head = fh.read(8)
                 raise InputDataError(f"{self.path}: not a readable TIFF file ({_short(exc)}; "
                                      f"first bytes {head!r})") from None
             try:
@@ -132,14 +137,26 @@ class TiffImage:
             if len(self._tif.pages) == 0:
                 raise InputDataError(f"{self.path}: TIFF contains no image")
             page = self._tif.pages.first
+            planes = _count_planes(self._tif, page)
         except InputDataError:
             raise
         except Exception as exc:
             raise InputDataError(f"{self.path}: corrupt TIFF header ({_short(exc)})") from None
+        if planes > 1:
+            raise InputDataError(
+                f"{self.path}: has {planes} image planes of {page.imagewidth}×"
+                f"{page.imagelength} px (a z-stack, time series or channel stack); exo2micro "
+                f"reads single-plane images: save the plane you want as its own file, e.g. "
+                f"`tifffile.imwrite('plane.tif', tifffile.imread(path, key=N))` for plane N "
+                f"(0 … {planes - 1}), or a maximum projection")
         h, w = int(page.imagelength), int(page.imagewidth)
         samples = int(page.samplesperpixel)
-        if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or h * w > MAX_PIXELS:
             raise InputDataError(f"{self.path}: implausible image size {w}×{h} px in header")
+        if not isinstance(page.compression, enum.Enum):
+            raise InputDataError(f"{self.path}: unsupported compression code "
+                                 f"{int(page.compression)} in header (re-save the image "
+                                 f"uncompressed, LZW, deflate or zstd)")
         if not 1 <= samples <= 8:
             raise InputDataError(f"{self.path}: implausible {samples} samples per pixel")
         if page.dtype is None or page.dtype.kind not in _SUPPORTED_KINDS or page.imagedepth != 1:
@@ -161,6 +178,10 @@ class TiffImage:
             seg = (int(page.tilelength), int(page.tilewidth))
         else:
             seg = (min(int(page.rowsperstrip), h), w)
+        if min(seg) <= 0:
+            raise InputDataError(f"{self.path}: corrupt header: "
+                                 f"{'tile size' if page.is_tiled else 'rows per strip'} "
+                                 f"{seg[0]}×{seg[1]}")
         self._seg = seg
         self._grid = (-(-h // seg[0]), -(-w // seg[1]))
         expected = self._grid[0] * self._grid[1] * (samples if planar_separate else 1)
@@ -370,6 +391,18 @@ def _tifffile_quiet() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(drop)
+
+
+def _count_planes(tif: tifffile.TiffFile, first: tifffile.TiffPage, limit: int = 10_000) -> int:
+    """Full-resolution planes of the first image's shape: 1 for a plain image. Pages that are
+    reduced-resolution copies (NewSubfileType bit 0), thumbnails or of another shape (the
+    levels of a pyramid file) do not count; a series in one page (ImageDepth > 1) does."""
+    planes = max(1, int(first.imagedepth))
+    for page in tif.pages[1:limit]:
+        if (int(getattr(page, "subfiletype", 0)) & 1 == 0
+                and page.shape == first.shape):
+            planes += 1
+    return planes
 
 
 def _short(exc: BaseException) -> str:

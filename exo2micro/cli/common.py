@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -120,17 +121,20 @@ def setup_logging(verbose: bool = False) -> None:
 
 def run_pair_stage(stage: int, work: Callable[[PairLayout, int], dict[str, Any]], *,
                    pair_dir: str, param_values: tuple[str, ...], threads: int | None,
-                   force: bool, checkpoint_format: str) -> tuple[PairLayout, dict[str, Any], bool]:
+                   force: bool, checkpoint_format: str,
+                   inputs: Mapping[str, Path] | None = None
+                   ) -> tuple[PairLayout, dict[str, Any], bool]:
     """The body every stage tool shares: logging, then parameters and thread pools
     (:func:`exo2micro.pipeline.prepare`), then ``work(layout, n_threads)`` under
     :func:`exo2micro.pipeline.run_stage` (resume check, stage record, peak RSS).
 
+    ``inputs`` are stage 1's raw ``{"pre", "post"}`` TIFFs (part of its resume check).
     Returns the pair layout, the stage record and whether the stage was skipped as current.
     """
     setup_logging()
     layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
     rec, skipped = run_stage(stage, layout, lambda: work(layout, n), force=force,
-                             checkpoint_format=checkpoint_format)
+                             checkpoint_format=checkpoint_format, inputs=inputs)
     return layout, rec, skipped
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from exo2micro.cli.common import echo_stage_done, run_pair_stage, run_tool, stage_options
@@ -24,7 +26,8 @@ def load(pre_raw: str, post_raw: str, sample: str, dye: str, pair_dir: str,
         1, lambda layout, n: run_load(pre_raw, post_raw, layout, threads=n,
                                       compression=tiff_compression(checkpoint_format)),
         pair_dir=pair_dir, param_values=param_values, threads=threads, force=force,
-        checkpoint_format=checkpoint_format)
+        checkpoint_format=checkpoint_format,
+        inputs={"pre": Path(pre_raw), "post": Path(post_raw)})
     shapes = {w: rec["images"][w]["shape"] for w in ("pre", "post")}
     echo_stage_done(sample, dye, 1, skipped,
                     f"pre {shapes['pre'][1]}×{shapes['pre'][0]}, post {shapes['post'][1]}×"

@@ -4,7 +4,8 @@ For each of pre and post this stage
 
 1. validates the TIFF header (corrupt, truncated, empty, absurd → :class:`InputDataError`);
 2. chooses the signal channel(s) *jointly* for the pair from evenly spaced row samples, so
-   pre and post always use the same channels (:func:`exo2micro.tiffio.choose_channels`);
+   pre and post use the same channels (:func:`exo2micro.tiffio.choose_channels`); when their
+   channel counts differ (a grayscale pre with an RGB post) each image gets its own choice;
 3. streams the raw image in 512-row blocks: each block is reduced to the single-channel signal
    (native dtype; summed channels are widened, never clipped), written as tiles of
    ``tiff/01_<which>_signal.tif`` and box-averaged into the first pyramid level;
@@ -33,7 +34,7 @@ from exo2micro.errors import InputDataError
 from exo2micro.footprint import footprint_stats, tissue_mask
 from exo2micro.layout import PairLayout
 from exo2micro.pyramid import Pyramid, box_reduce, first_factor
-from exo2micro.records import StageRun
+from exo2micro.records import StageRun, raw_identity
 from exo2micro.tiffio import (
     TILE,
     ChannelChoice,
@@ -49,6 +50,18 @@ WHICH = ("pre", "post")
 #: A footprint covering less of the frame than this is not a sample (a speck, a hot pixel);
 #: nor is one whose median is no brighter than the background's.
 MIN_TISSUE_FRACTION = 0.001
+#: Smallest accepted side (px) of a raw image: below it there is no footprint to align.
+MIN_SIDE = 32
+
+
+def _choose(strengths: dict[str, np.ndarray]) -> dict[str, ChannelChoice]:
+    """The signal channel(s) of pre and post: chosen jointly when both have the same number
+    of colour channels (so they use the same ones), else each on its own (a grayscale pre
+    with an RGB post: the one channel of pre, the strongest of post)."""
+    if len({len(s) for s in strengths.values()}) == 1:
+        joint = choose_channels(list(strengths.values()))
+        return {w: joint for w in strengths}
+    return {w: choose_channels([s]) for w, s in strengths.items()}
 
 
 def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out: Path,
@@ -108,26 +121,30 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
     try:
         for which in WHICH:
             images[which] = TiffImage(raws[which])
+        # identities before reading: a file replaced while we read makes the next run redo it
+        identity = {w: raw_identity(raws[w]) for w in WHICH}
         whole = any(images[w].decodes_whole for w in WHICH)
+        for which in WHICH:
+            h, w = images[which].shape
+            if min(h, w) < MIN_SIDE:
+                raise InputDataError(f"{raws[which]}: image is {w}×{h} px; exo2micro needs at "
+                                     f"least {MIN_SIDE} px on each side to find and align "
+                                     f"the sample")
         with run.timed("channel_choice"):
-            strengths = []
+            strengths = {}
             for which in WHICH:
-                strengths.append(channel_signal(images[which]))
+                strengths[which] = channel_signal(images[which])
                 if which != WHICH[-1]:
                     images[which].drop_cache()
-            choice = choose_channels(strengths)
+            choices = _choose(strengths)
         counts = {w: len(images[w].color_channels()) for w in WHICH}
         if counts["pre"] != counts["post"]:
-            run.warn(f"pre has {counts['pre']} colour channels and post {counts['post']}; "
-                     f"using channels {list(choice.channels)} of both")
-        for which in WHICH:
-            missing = [c for c in choice.channels if c >= images[which].samples]
-            if missing:
-                raise InputDataError(f"{raws[which]}: has no channel {missing[0]} (the signal "
-                                     f"channel chosen for this pair)")
+            run.warn(f"pre has {counts['pre']} colour channel(s) and post {counts['post']}; "
+                     f"using channel(s) {list(choices['pre'].channels)} of pre and "
+                     f"{list(choices['post'].channels)} of post")
 
         def one(which: str) -> dict[str, Any]:
-            out = _stream_signal(images[which], choice, layout.signal(which),
+            out = _stream_signal(images[which], choices[which], layout.signal(which),
                                  layout.pyramid(which), compression)
             images[which].drop_cache()
             return out
@@ -151,6 +168,8 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
         for img in images.values():
             img.close()
     run.add_outputs(outputs)
-    run.info.update({"inputs": {w: str(raws[w]) for w in WHICH},
-                     "channels": choice.to_json(), "images": meta})
+    run.info.update({"inputs": {w: str(raws[w]) for w in WHICH}, "input_identity": identity,
+                     "channels": choices["post"].to_json(),
+                     "channels_per_image": {w: choices[w].to_json() for w in WHICH},
+                     "images": meta})
     return run.record()
