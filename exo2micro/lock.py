@@ -17,6 +17,14 @@ On filesystems without flock support (some network mounts) the lock falls back t
 pid: a holder on the same host that is still alive blocks; anything else is taken over with a
 warning.
 
+The lock file is never followed or replaced when it is not a plain file: it is created with
+``O_CREAT | O_EXCL | O_NOFOLLOW`` (or, when a finished run left it, opened with ``O_NOFOLLOW``
+after checking it is a regular file), so a planted symbolic link cannot make a run overwrite
+the file it points to, and a directory or link at the lock path is refused with a message. A
+lock file this process created or took over is removed on every exit path, including a failure
+to write the holder line (a full disk); only a SIGKILL can leave one, and the next run takes
+it over.
+
 Within one process the lock is re-entrant (a per-path count), so library code may nest runs.
 """
 
@@ -29,6 +37,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -91,7 +100,9 @@ class OutputLock:
         self._key = ""
 
     def acquire(self) -> OutputLock:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        from exo2micro.oserrors import check_output_dir
+
+        check_output_dir(self.output_dir)
         self._key = os.path.realpath(self.path)
         with _held_guard:
             if self._key in _held:
@@ -102,9 +113,47 @@ class OutputLock:
             _held[self._key] = (fd, 1)
         return self
 
+    def _open(self) -> int | None:
+        """Open the lock file without ever following a link: create it exclusively, or open
+        the regular file a finished (or killed) run left; None when it vanished meanwhile."""
+        from exo2micro.oserrors import storage_error
+
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, self.output_dir) from None
+        try:
+            mode = os.lstat(self.path).st_mode
+            if not stat.S_ISREG(mode):
+                raise self._not_a_file(mode)
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # replaced by a link between lstat and open
+                raise self._not_a_file(stat.S_IFLNK) from None
+            raise storage_error(exc, self.output_dir) from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise self._not_a_file(mode)
+        return fd
+
+    def _not_a_file(self, mode: int) -> LockError:
+        what = ("a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode)
+                else "not a regular file")
+        return LockError(f"lock path {self.path} is {what}; exo2micro never follows or "
+                         f"replaces it: remove it (no exo2micro run creates it this way) and "
+                         f"run again")
+
     def _lock_file(self) -> int:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self._open()
+            if fd is None:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -112,17 +161,31 @@ class OutputLock:
                 raise self._refusal() from None
             except OSError as exc:
                 if exc.errno not in _NO_FLOCK:
-                    os.close(fd)
+                    self._discard(fd)
                     raise
                 self._check_pid_fallback()
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 same = False
-            if same:
+            if not same:
+                os.close(fd)  # locked a file that a releasing run just unlinked: try again
+                continue
+            try:
                 self._write_holder(fd)
-                return fd
-            os.close(fd)  # locked a file that a releasing run just unlinked: try again
+            except OSError as exc:
+                from exo2micro.oserrors import storage_error
+
+                self._discard(fd)  # never leave an empty lock file behind
+                raise storage_error(exc, self.output_dir) from None
+            return fd
+
+    def _discard(self, fd: int) -> None:
+        """Remove the lock file this process holds (or created) and close it."""
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino:
+                self.path.unlink()
+        os.close(fd)
 
     def _refusal(self) -> LockError:
         return LockError(
@@ -158,9 +221,7 @@ class OutputLock:
                 _held[self._key] = (fd, count - 1)
                 return
             del _held[self._key]
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            os.close(fd)
+            self._discard(fd)
 
     def __enter__(self) -> OutputLock:
         return self.acquire()

@@ -8,21 +8,19 @@ import os
 import signal
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-from exo2micro import parallel
 from exo2micro import params as P
 from exo2micro.discover import DiscoveryError, discover
 from exo2micro.errors import ParameterError
 from exo2micro.layout import PairLayout
 from exo2micro.parallel import (
     SUBPROCESS_KILLED,
-    TEST_KILL_ENV,
-    TEST_SLEEP_ENV,
     WORKER_DIED,
     build_task_list,
     choose_auto_mode,
@@ -33,6 +31,7 @@ from exo2micro.parallel import (
 )
 from exo2micro.records import read_record
 from exo2micro.sampledye import SampleDye
+from tests.faults import kill_pair, sleep_pair
 from tests.runner_helpers import child_env, exo2micro_cmd, make_raw
 
 
@@ -107,12 +106,11 @@ def test_modes_complete_every_pair(mode: str, raw3: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize("mode, expected", [("process", WORKER_DIED),
                                             ("subprocess", SUBPROCESS_KILLED)])
 def test_sigkilled_task_is_reported_and_the_batch_goes_on(
-        mode: str, expected: str, raw3: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(TEST_KILL_ENV, "SYN02/SybrGld")  # the OOM killer, simulated
+        mode: str, expected: str, raw3: Path, tmp_path: Path) -> None:
     t0 = time.monotonic()
     results = _by_key(run_batch(None, None, parallel=mode, n_workers=2, output_dir=tmp_path,
-                                raw_dir=raw3, to_stage=1, **_quiet()))
+                                raw_dir=raw3, to_stage=1,  # the OOM killer, simulated:
+                                task_fn=partial(kill_pair, "SYN02/SybrGld"), **_quiet()))
     assert time.monotonic() - t0 < 120  # never hangs
     assert results["SYN02/SybrGld"]["status"] == f"error: {expected}"
     assert results["SYN01/SybrGld"]["status"] == "complete"
@@ -127,24 +125,15 @@ def test_sigkilled_task_is_reported_and_the_batch_goes_on(
     assert "SYN02/SybrGld" in problems and expected in problems
 
 
-def test_subprocess_timeout_kills_the_wedged_task(raw3: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(TEST_SLEEP_ENV, "SYN01/SybrGld=60")
+def test_subprocess_timeout_kills_the_wedged_task(raw3: Path, tmp_path: Path) -> None:
     t0 = time.monotonic()
     results = _by_key(run_batch(["SYN01", "SYN02"], None, parallel="subprocess",
                                 output_dir=tmp_path, raw_dir=raw3, to_stage=1,
-                                timeout_per_task=3, **_quiet()))
+                                timeout_per_task=3,
+                                task_fn=partial(sleep_pair, "SYN01/SybrGld", 60), **_quiet()))
     assert time.monotonic() - t0 < 45
     assert results["SYN01/SybrGld"]["status"] == "error: timed out after 3s"
     assert results["SYN02/SybrGld"]["status"] == "complete"
-
-
-def test_test_hooks_never_act_in_the_calling_process(raw3: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(TEST_KILL_ENV, "SYN01/SybrGld")
-    results = run_batch(["SYN01"], None, output_dir=tmp_path, raw_dir=raw3, to_stage=1,
-                        **_quiet())
-    assert results[0]["status"] == "complete"
 
 
 # ------------------------------------------------------------------------------ CPU budget
@@ -193,13 +182,13 @@ def test_threads_reach_every_task(raw3: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
     seen: list[int | None] = []
-    real = parallel.SampleDye.execute
+    real = SampleDye.execute
 
     def spy(self: SampleDye, *args: object, **kw: object) -> dict:
         seen.append(kw.get("threads"))  # type: ignore[arg-type]
         return real(self, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(parallel.SampleDye, "execute", spy)
+    monkeypatch.setattr(SampleDye, "execute", spy)
     results = run_batch(["SYN01", "SYN02"], None, parallel="thread", n_workers=2,
                         output_dir=tmp_path, raw_dir=raw3, to_stage=1, **_quiet())
     assert seen == [1, 1]  # 2 CPUs / 2 workers
