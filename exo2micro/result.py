@@ -1,4 +1,8 @@
-"""``result.json``: the one-file answer for a pair (SPEC §6), assembled from stage records.
+"""``result.json``: the one-file answer for a pair (docs/output.md), assembled from stage records.
+
+A pair that ran to the end is ``complete``, or ``needs-review`` when the consistency check of
+stage 4 (:mod:`exo2micro.review`) failed: finished, but its alignment (and so k) is doubtful;
+``review.problems`` says why in plain words.
 
 Written by stage 4 on success and by the orchestrators when a pair fails, so every pair that
 was attempted has one. Paths inside are relative to the pair folder.
@@ -16,6 +20,9 @@ from exo2micro.errors import exit_code_for
 from exo2micro.layout import PairLayout
 from exo2micro.records import read_record
 from exo2micro.transform import TransformRecord
+
+#: Status of a finished pair whose consistency check failed.
+NEEDS_REVIEW = "needs-review"
 
 
 def _alignment(layout: PairLayout) -> dict[str, Any]:
@@ -55,10 +62,14 @@ def build_result(layout: PairLayout, sample: str, dye: str, status: str,
         warnings.extend(f"stage {stage}: {w}" for w in rec.get("warnings", []))
     sub = read_record(layout.record(4)) or {}
     scales = sub.get("scales", {})
+    review = sub.get("review") if isinstance(sub.get("review"), dict) else None
+    if status == "complete" and review and review.get("problems"):
+        status = NEEDS_REVIEW
     return {
         "sample": sample,
         "dye": dye,
         "status": status,
+        "review": review,
         "scale_estimate": scales.get("moffat"),
         "scale_percentile_value": scales.get("percentile"),
         "manual_scale": scales.get("manual"),

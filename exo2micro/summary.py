@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ FILES = ("summary.tsv", "summary.md", "manifest.json", "report.html")
 #: Reason of an expected pair without a result (and without a recorded failure).
 NO_RESULT = "no result: the pair did not finish (no result.json was written)"
 STAGE_KEYS = ("load", "align_boundary", "align_interior", "subtract")
+#: Row states; ``needs-review``: finished, but a consistency check failed (exo2micro.review).
+STATES = ("complete", "needs-review", "error", "skipped")
 
 
 # ------------------------------------------------------------------------------ rows
@@ -52,7 +55,7 @@ class PairRow:
 
     sample: str
     dye: str
-    state: str                       # "complete", "error" or "skipped"
+    state: str                       # one of STATES
     reason: str = ""                 # full reason for error/skipped
     moffat: float | None = None
     percentile: float | None = None
@@ -116,20 +119,33 @@ def _int(value: Any) -> int | None:
     return None if v is None else int(v)
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (a result of the wrong shape)."""
+    return value if isinstance(value, dict) else {}
+
+
 def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> PairRow:
-    """A summary row from a ``result.json`` dict (complete or error)."""
+    """A summary row from a ``result.json`` dict (complete, needs-review or error).
+
+    Raises ``TypeError``/``ValueError``/``AttributeError`` for a result of the wrong shape;
+    :func:`collect_rows` turns that into an error row."""
     sample, dye = str(result.get("sample", "?")), str(result.get("dye", "?"))
     status = str(result.get("status", "error: no status in result"))
-    state = "complete" if status == "complete" else "error"
+    state = status if status in ("complete", "needs-review") else "error"
     reason = status.split(":", 1)[1].strip() if ":" in status and state == "error" else ""
+    if state == "needs-review":
+        problems = _dict(result.get("review")).get("problems") or []
+        reason = "; ".join(str(p) for p in problems) or "a consistency check failed"
     alignment = result.get("alignment") or {}
     stages = result.get("stages") or {}
     error = result.get("error") or {}
     runner = result.get("runner") or {}
-    timings = {k: _num((v or {}).get("timings_s", {}).get("total")) for k, v in stages.items()}
-    peaks = {k: _int((v or {}).get("peak_rss_bytes")) for k, v in stages.items()}
+    stages = {str(k): _dict(v) for k, v in _dict(stages).items()}
+    alignment, error, runner = _dict(alignment), _dict(error), _dict(runner)
+    timings = {k: _num(_dict(v.get("timings_s")).get("total")) for k, v in stages.items()}
+    peaks = {k: _int(v.get("peak_rss_bytes")) for k, v in stages.items()}
     done = [i + 1 for i, k in enumerate(STAGE_KEYS)
-            if (stages.get(k) or {}).get("status") == "complete"]
+            if stages.get(k, {}).get("status") == "complete"]
     wall = _num(runner.get("wall_s"))
     if wall is None and any(v is not None for v in timings.values()):
         wall = sum(v for v in timings.values() if v is not None)
@@ -140,21 +156,44 @@ def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> 
         percentile=_num(result.get("scale_percentile_value")),
         manual=_num(result.get("manual_scale")),
         accuracy_px=_num(alignment.get("estimated_accuracy_px")),
-        stage2=str((alignment.get("stage2") or {}).get("status", "")),
-        stage3=str((alignment.get("stage3") or {}).get("status", "")),
+        stage2=str(_dict(alignment.get("stage2")).get("status", "")),
+        stage3=str(_dict(alignment.get("stage3")).get("status", "")),
         last_stage=_int(runner.get("last_stage")) or (max(done) if done else None),
         wall_s=wall,
         peak_rss_bytes=max((v for v in peaks.values() if v is not None), default=None),
         attempts=_int(error.get("attempts")) or _int(runner.get("attempts")),
         exit_code=_int(error.get("exit_code")), error_class=str(error.get("class", "")),
         error_stage=_int(error.get("stage")), fingerprint=str(result.get("fingerprint", "")),
-        params=dict(result.get("params") or {}),
-        meta={str(k): str(v) for k, v in (result.get("meta") or {}).items()},
+        params=_dict(result.get("params")),
+        meta={str(k): str(v) for k, v in _dict(result.get("meta")).items()},
         timings_s={k: v for k, v in timings.items() if v is not None},
         stage_peaks={k: v for k, v in peaks.items() if v is not None},
-        outputs=[f"{base}/{o}" for o in result.get("outputs") or []],
+        outputs=[f"{base}/{o}" for o in result.get("outputs") or [] if isinstance(o, str)],
         result_path=f"{base}/result.json", pair_dir=pair_dir,
         suffix=str(result.get("suffix", "")))
+
+
+def _safe_row(result: Any, pair_dir: Path | None) -> PairRow:
+    """:func:`row_from_result`, or an error row saying why the result could not be read (a
+    list, missing keys, text where numbers belong): one bad file never stops a summary."""
+    data = _dict(result)
+    sample = str(data.get("sample") or (pair_dir.parent.name if pair_dir else "?"))
+    dye = str(data.get("dye") or (pair_dir.name if pair_dir else "?"))
+    where = f"{sample}/{dye}/result.json"
+    if not isinstance(result, dict):
+        return PairRow(sample, dye, "error", f"{where} is not a JSON object "
+                                             f"(a {type(result).__name__}); re-run the pair",
+                       pair_dir=pair_dir, result_path=where)
+    if not isinstance(result.get("status"), str):
+        return PairRow(sample, dye, "error", f"{where} has no status; re-run the pair",
+                       pair_dir=pair_dir, result_path=where)
+    try:
+        row = row_from_result({**result, "sample": sample, "dye": dye}, pair_dir)
+    except (TypeError, ValueError, AttributeError) as exc:
+        return PairRow(sample, dye, "error", f"{where} has an unexpected shape ({exc}); "
+                                             f"re-run the pair", pair_dir=pair_dir,
+                       result_path=where)
+    return row
 
 
 @dataclass(frozen=True)
@@ -180,7 +219,7 @@ def collect_rows(results: Iterable[tuple[Mapping[str, Any], Path | None]],
     seen: set[tuple[str, str]] = set()
     extras = {(s, d): dict(m) for s, d, m in expected}
     for result, pair_dir in results:
-        row = row_from_result(result, pair_dir)
+        row = _safe_row(result, pair_dir)
         row.meta = {**extras.get((row.sample, row.dye), {}), **row.meta}
         rows.append(row)
         seen.add((row.sample, row.dye))
@@ -237,11 +276,9 @@ def format_text(rows: Sequence[PairRow]) -> str:
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*cells) for cells in body]
-    problems = [r for r in rows if r.state != "complete"]
-    counts = _counts(rows)
+    problems = _problems(rows)
     lines.append("")
-    lines.append(f"{len(rows)} pair(s): {counts['complete']} complete, {counts['error']} "
-                 f"failed, {counts['skipped']} skipped")
+    lines.append(_counts_line(rows))
     if problems:
         lines.append("")
         lines.append(f"Problems ({len(problems)}):")
@@ -250,7 +287,18 @@ def format_text(rows: Sequence[PairRow]) -> str:
 
 
 def _counts(rows: Sequence[PairRow]) -> dict[str, int]:
-    return {s: sum(r.state == s for r in rows) for s in ("complete", "error", "skipped")}
+    return {s: sum(r.state == s for r in rows) for s in STATES}
+
+
+def _counts_line(rows: Sequence[PairRow]) -> str:
+    counts = _counts(rows)
+    return (f"{len(rows)} pair(s): {counts['complete']} complete, {counts['needs-review']} "
+            f"need review, {counts['error']} failed, {counts['skipped']} skipped")
+
+
+def _problems(rows: Sequence[PairRow]) -> list[PairRow]:
+    """Rows for the Problems section: those needing review first, then failed, skipped."""
+    return sorted((r for r in rows if r.state != "complete"), key=lambda r: STATES.index(r.state))
 
 
 def _meta_columns(rows: Sequence[PairRow]) -> list[str]:
@@ -289,9 +337,7 @@ def _md(text: str) -> str:
 
 
 def format_markdown(rows: Sequence[PairRow], title: str = "exo2micro batch summary") -> str:
-    counts = _counts(rows)
-    out = [f"# {title}", "", f"{len(rows)} pair(s): {counts['complete']} complete, "
-           f"{counts['error']} failed, {counts['skipped']} skipped.", ""]
+    out = [f"# {title}", "", f"{_counts_line(rows)}.", ""]
     if rows:
         header, body = _table_cells(rows)
         out.append("| " + " | ".join(header) + " |")
@@ -299,7 +345,7 @@ def format_markdown(rows: Sequence[PairRow], title: str = "exo2micro batch summa
         out += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in body]
     else:
         out.append("No runnable pairs.")
-    problems = [r for r in rows if r.state != "complete"]
+    problems = _problems(rows)
     if problems:
         out += ["", f"## Problems ({len(problems)})", ""]
         out += [f"- {_md(r.problem())}" for r in problems]
@@ -323,6 +369,8 @@ def manifest(rows: Sequence[PairRow], extra: Mapping[str, Any] | None = None) ->
             "peak_rss_bytes": {**r.stage_peaks, "max": r.peak_rss_bytes},
             "attempts": r.attempts, "fingerprint": r.fingerprint or None, "params": r.params,
             "meta": r.meta}
+        if r.state == "needs-review":
+            entry["review"] = r.reason
         if r.state == "error":
             entry["error"] = {"class": r.error_class or None, "stage": r.error_stage,
                               "exit_code": r.exit_code, "attempts": r.attempts,
@@ -384,7 +432,8 @@ th{background:#f2f2f2;cursor:pointer;user-select:none;position:sticky;top:0}
 th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td img{display:block;max-width:140px;max-height:140px}
-tr.error td.status{color:#a40000;font-weight:600}tr.skipped td.status{color:#8a5a00}
+tr.error td.status{color:#a40000;font-weight:600}.needs-review{background:#fbe3f7}
+tr.needs-review td.status{color:#8a0070;font-weight:600}tr.skipped td.status{color:#8a5a00}
 td.reason{min-width:10em;max-width:22em;font-size:.9em;overflow-wrap:anywhere}
 """
 
@@ -431,7 +480,7 @@ def _thumbnail_cell(row: PairRow, name: str, label: str, output_dir: Path) -> st
     if found is None:
         return "<td></td>"
     path, link = found
-    href = html.escape(link)
+    href = html.escape(urllib.parse.quote(link))
     try:
         data = base64.b64encode(thumbnail_png(path)).decode()
     except (OSError, ValueError, SyntaxError):  # unreadable PNG: link only
@@ -479,7 +528,7 @@ def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
                   _cell(r.attempts, "num"), *(_cell(r.meta.get(m)) for m in meta),
                   _cell(r.reason, "reason")]
         trs.append(f'<tr class="{r.state}">' + "".join(cells) + "</tr>")
-    problems = [r for r in rows if r.state != "complete"]
+    problems = _problems(rows)
     prob_html = ""
     if problems:
         items = "".join(f"<li><b>{html.escape(r.key)}</b> "
@@ -497,6 +546,7 @@ def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
             f"<h1>{html.escape(title)}</h1><p>Created {created}. Paths are relative to this "
             f"page's folder; click a thumbnail for the full image, a column header to sort."
             f'</p><p class="counts"><span class="complete">{counts["complete"]} complete</span>'
+            f'<span class="needs-review">{counts["needs-review"]} need review</span>'
             f'<span class="error">{counts["error"]} failed</span>'
             f'<span class="skipped">{counts["skipped"]} skipped</span></p>{prob_html}'
             f"<h2>Pairs</h2>{table}<script>{_JS}</script></body></html>\n")

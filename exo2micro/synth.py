@@ -993,3 +993,37 @@ def _broken_pair(raw_dir: str | os.PathLike[str], spec: SynthSpec) -> SynthResul
 def _record_defect(result: SynthResult) -> None:
     result.truth["defect"] = result.defect
     write_json_atomic(result.truth_path, result.truth)
+
+
+#: Ways :func:`spoil_pre` can make a pair whose pre image does not match its post as stated:
+#: the sample re-mounted (rotated by 90°/180°/270° or mirrored) or an unrelated pre image.
+PRE_DEFECTS: tuple[str, ...] = ("rot90", "rot180", "rot270", "mirror", "unrelated")
+
+
+def spoil_pre(result: SynthResult, how: str) -> SynthResult:
+    """Replace the pre TIFF of a generated pair by a re-mounted or unrelated one (``how`` in
+    :data:`PRE_DEFECTS`), record the defect in its truth JSON and return the result.
+
+    ``rot*`` turn the pre pixel grid counter-clockwise as displayed, ``mirror`` flips it left
+    to right, ``unrelated`` renders the pre of another seed. The whole pre image is held in
+    memory (meant for test-sized pairs).
+    """
+    _check_choice("how", how, PRE_DEFECTS)
+    pre = result.pre_path
+    if how == "unrelated":
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=pre.parent) as tmp_dir:
+            other = generate_pair(replace(result.spec, seed=result.spec.seed + 7919), tmp_dir,
+                                  with_post=False)
+            data = tifffile.imread(other.pre_path)
+    else:
+        data = tifffile.imread(pre)
+        data = np.fliplr(data) if how == "mirror" else np.rot90(data, int(how[3:]) // 90)
+    with atomic_path(pre) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(data), photometric=(
+            "rgb" if data.ndim == 3 and data.shape[2] >= 3 else "minisblack"), metadata=None)
+    result.defect = {"mirror": "pre image mirrored", "unrelated": "pre image of another sample"
+                     }.get(how, f"pre image rotated by {how[3:]}°")
+    _record_defect(result)
+    return result

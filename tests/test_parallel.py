@@ -76,7 +76,7 @@ def test_lenient_skips_reports_and_runs_the_rest(raw3: Path, tmp_path: Path,
     for skipped in ("SYN01/DAPI: skipped", "NOPE/SybrGld: skipped", "NOPE/DAPI: skipped"):
         assert skipped in problems
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"complete": 1, "error": 0, "skipped": 3}
+    assert manifest["counts"] == {"complete": 1, "needs-review": 0, "error": 0, "skipped": 3}
     assert not (out / ".exo2micro.lock").exists()
 
 
@@ -85,7 +85,7 @@ def test_zero_runnable_pairs_writes_an_empty_summary(raw3: Path, tmp_path: Path)
     assert run_batch(["NOPE"], None, output_dir=out, raw_dir=raw3, strict_dyes=False,
                      **_quiet()) == []
     counts = json.loads((out / "manifest.json").read_text())["counts"]
-    assert counts == {"complete": 0, "error": 0, "skipped": 1}
+    assert counts == {"complete": 0, "needs-review": 0, "error": 0, "skipped": 1}
     assert "NOPE" in (out / "report.html").read_text()
 
 
@@ -317,4 +317,4 @@ def test_killed_batch_resumes_to_the_same_outputs(tmp_path: Path) -> None:
         assert _transforms(a) == _transforms(b)
         assert not list(b.rglob(".*.tmp-*"))
     manifest = json.loads((resumed / "manifest.json").read_text())
-    assert manifest["counts"] == {"complete": 2, "error": 0, "skipped": 0}
+    assert manifest["counts"] == {"complete": 2, "needs-review": 0, "error": 0, "skipped": 0}

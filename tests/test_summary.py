@@ -81,7 +81,7 @@ def test_files_written(tmp_path: Path) -> None:
 
 def test_batch_summary_files(batch: Path) -> None:
     manifest = json.loads((batch / "manifest.json").read_text())
-    assert manifest["counts"] == {"complete": 2, "error": 1, "skipped": 1}
+    assert manifest["counts"] == {"complete": 2, "needs-review": 0, "error": 1, "skipped": 1}
     by_key = {f"{p['sample']}/{p['dye']}": p for p in manifest["pairs"]}
     ok = by_key["SYN01/SybrGld"]
     assert ok["status"] == "complete" and ok["scales"]["moffat"] > 0

@@ -76,6 +76,7 @@ from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
 from exo2micro.records import StageRun
 from exo2micro.result import build_result, write_result
+from exo2micro.review import Review, review_alignment
 from exo2micro.tiffio import TILE, TiffImage, read_info, write_tiled
 from exo2micro.transform import TransformRecord
 
@@ -642,6 +643,10 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
         post_pyr, pre_pyr = Pyramid.load(inputs.post_pyramid), Pyramid.load(inputs.pre_pyramid)
         thr = tissue_thresholds(post_pyr, pre_pyr)
         k0 = coarse_scale(post_pyr, pre_pyr, post_to_pre, thr)
+    with run.timed("review"):
+        review = _review(layout, pre_pyr, post_pyr, post_to_pre)
+    for problem in review.problems:
+        run.warn(f"needs review: {problem}")
     n = max(1, int(threads))
     pool = ThreadPoolExecutor(max_workers=n) if n >= 2 else None
     try:
@@ -697,10 +702,20 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                    "aligned_pre": layout.relative(inputs.aligned),
                    "transform": layout.relative(inputs.transform_path)},
         "estimated_accuracy_px": inputs.accuracy_px,
+        "review": review.to_json(),
     })
     record = run.record()
     write_result(layout, build_result(layout, sample, dye, "complete", meta))
     return record
+
+
+def _review(layout: PairLayout, pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre: np.ndarray
+            ) -> Review:
+    """The consistency check of the final alignment (:mod:`exo2micro.review`)."""
+    stage2 = layout.boundary_transform()
+    tr2 = TransformRecord.load(stage2) if stage2.is_file() else None
+    return review_alignment(pre_pyr, post_pyr, post_to_pre,
+                            tr2.status if tr2 else "not run", tr2.reason if tr2 else "")
 
 
 def _fit_histogram(p1: Pass1, run: StageRun) -> scale.Histogram:

@@ -1,0 +1,151 @@
+"""Consistency checks of a finished alignment: is the pair fit to be called ``complete``?
+
+Stage 2 matches outlines and stage 3 refines from interior texture, but an outline that is
+nearly symmetric also overlays itself when the sample was re-mounted the other way round
+(rotated by 180° or 90°, mirrored), and an unrelated pre image can overlay a post footprint
+well enough. Such a pair runs to the end with a confident-looking transform and a wrong k.
+:func:`review_alignment` checks the final transform with a measure the alignment did not
+optimise: the **interior texture correlation** between post and the warped pre on a coarse
+pyramid level (longer side ≤ :data:`CHECK_SIDE` px), for the final transform and for the
+seven other orientations of the dihedral group (rotations by 90°, 180°, 270° and their
+mirror images about the post tissue centroid), each at its best shift within
+±:data:`MAX_SHIFT` level px. A pair needs review when
+
+* another orientation matches the texture clearly better (by :data:`BETTER_FACTOR` and
+  above :data:`MIN_CORRELATION`): the pre image is most likely re-mounted;
+* the texture does not match in any orientation (below :data:`MIN_CORRELATION`) while the
+  outline match was only approximate (stage 2 ``grid_only`` or ``suspect``): most likely
+  pre and post are not images of the same sample;
+* stage 2 judged its own result ``suspect`` (poor overlap, or a scale far from 1).
+
+Texture is the band-passed log intensity of :func:`exo2micro.stages.align_boundary.band_pass`.
+Coordinates follow :mod:`exo2micro.transform` (``post_to_pre``, x = column, y = row).
+Memory: a few images of ≤ 512 px side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from exo2micro.footprint import tissue_mask
+from exo2micro.pyramid import Pyramid
+
+#: Longer side (px) of the pyramid level the check works on.
+CHECK_SIDE = 512
+#: Largest shift (level px) searched around each orientation's placement.
+MAX_SHIFT = 24
+#: A texture correlation below this is no evidence of a match (a right alignment of textured
+#: tissue scores ≈ 0.9–1; a wrong one, the best of many shifts of unrelated texture, ≤ 0.3).
+MIN_CORRELATION = 0.5
+#: Another orientation must match this many times better to call the final one wrong.
+BETTER_FACTOR = 1.5
+#: Band-pass scale (level px) of the compared texture.
+SIGMA = 1.5
+
+ORIENTATIONS: tuple[tuple[str, int, bool], ...] = tuple(
+    (f"{'mirrored and ' if m else ''}rotated by {r}°" if r else
+     ("mirrored" if m else "as aligned"), r, m) for m in (False, True) for r in (0, 90, 180, 270))
+
+
+@dataclass
+class Review:
+    """The outcome: ``problems`` (plain sentences; empty = passed) and the measurements."""
+
+    problems: list[str] = field(default_factory=list)
+    correlation: float | None = None
+    best_other: tuple[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": not self.problems, "problems": self.problems,
+                "texture_correlation": self.correlation,
+                "best_other_orientation": (None if self.best_other is None else
+                                           {"orientation": self.best_other[0],
+                                            "correlation": self.best_other[1]})}
+
+
+def _orientation(centre: tuple[float, float], degrees: int, mirror: bool) -> np.ndarray:
+    """3×3 map of post level pixels: rotate by ``degrees`` (counter-clockwise as displayed)
+    and optionally mirror left-right, about ``centre`` (x, y)."""
+    cx, cy = centre
+    t = np.radians(degrees)
+    c, s = round(np.cos(t)), round(np.sin(t))
+    rot = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]], float)
+    if mirror:
+        rot = rot @ np.diag([-1.0, 1.0, 1.0])
+    shift = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]], float)
+    return shift @ rot @ np.linalg.inv(shift)
+
+
+def _best_shift_correlation(a: np.ndarray, b: np.ndarray, max_shift: int) -> float:
+    """Largest normalised cross-correlation of two zero-mean masked images over shifts of up
+    to ``max_shift`` px in x and y (FFT, zero padded)."""
+    h, w = a.shape
+    fh, fw = cv2.getOptimalDFTSize(h + max_shift), cv2.getOptimalDFTSize(w + max_shift)
+    corr = np.fft.irfft2(np.fft.rfft2(a, s=(fh, fw)) * np.conj(np.fft.rfft2(b, s=(fh, fw))),
+                         s=(fh, fw))
+    window = np.concatenate([corr[:max_shift + 1], corr[-max_shift:]], axis=0)
+    window = np.concatenate([window[:, :max_shift + 1], window[:, -max_shift:]], axis=1)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(window.max() / norm) if norm > 0 else 0.0
+
+
+def texture_correlations(pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre: np.ndarray
+                         ) -> list[tuple[str, float]]:
+    """(orientation, texture correlation) for the final transform first, then the seven
+    other orientations (see the module docstring)."""
+    from exo2micro.stages.align_boundary import band_pass, common_level, to_level
+
+    pre_l, post_l, f = common_level(pre_pyr, post_pyr, CHECK_SIDE)
+    mask = tissue_mask(post_l)
+    mask = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    ys, xs = np.nonzero(mask)
+    centre = (float(xs.mean()), float(ys.mean())) if xs.size else (
+        (post_l.shape[1] - 1) / 2, (post_l.shape[0] - 1) / 2)
+    tex_post, tex_pre = band_pass(post_l, SIGMA), band_pass(pre_l, SIGMA)
+    a_level = to_level(post_to_pre, f, f)
+    h, w = post_l.shape
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    out = []
+    for name, degrees, mirror in ORIENTATIONS:
+        m = (a_level @ _orientation(centre, degrees, mirror))[:2]
+        warped = cv2.warpAffine(tex_pre, m, (w, h), flags=flags)
+        inside = cv2.warpAffine(np.ones(pre_l.shape, np.uint8), m, (w, h),
+                                flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+        region = mask & inside
+        if region.sum() < 64:
+            out.append((name, 0.0))
+            continue
+        a = np.where(region, tex_post - tex_post[region].mean(), 0.0)
+        b = np.where(region, warped - warped[region].mean(), 0.0)
+        out.append((name, _best_shift_correlation(a, b, MAX_SHIFT)))
+    return out
+
+
+def review_alignment(pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre: np.ndarray,
+                     stage2_status: str, stage2_reason: str = "") -> Review:
+    """Check a final ``post_to_pre`` (full-resolution) against the interior texture."""
+    scores = texture_correlations(pre_pyr, post_pyr, post_to_pre)
+    (_, own), others = scores[0], scores[1:]
+    best_name, best = max(others, key=lambda s: s[1])
+    review = Review(correlation=round(own, 4), best_other=(best_name, round(best, 4)))
+    why = f": {stage2_reason}" if stage2_reason else ""
+    outline = f"stage 2 {stage2_status}{why}"
+    if best >= MIN_CORRELATION and best >= BETTER_FACTOR * own:
+        review.problems.append(
+            f"the pre image seems {best_name} relative to post: its interior texture matches "
+            f"post far better that way (correlation {best:.2f} vs {own:.2f} as aligned); was "
+            f"the sample re-mounted? Turn or flip the pre image (or widen angle_range) and "
+            f"re-run; k and the difference image of this run are not trustworthy")
+    elif own < MIN_CORRELATION and stage2_status in ("grid_only", "suspect"):
+        review.problems.append(
+            f"the interior texture of pre does not match post in any of the 8 orientations "
+            f"tried (best correlation {max(own, best):.2f} < {MIN_CORRELATION}) and the "
+            f"outline match was only approximate ({outline}): the pre image may be turned or "
+            f"mirrored, or show another sample or area")
+    elif stage2_status == "suspect":
+        review.problems.append(f"the outline alignment is doubtful ({outline})")
+    return review
