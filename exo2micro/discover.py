@@ -146,6 +146,7 @@ class SampleFolder:
     path: Path
     tiffs: list[FileVerdict] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    error: str = ""                 # why the folder could not be listed
 
 
 @dataclass
@@ -178,10 +179,21 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
+#: Names at the top of an output folder: a sample folder of the same name would collide.
+RESERVED_SAMPLE_NAMES = frozenset({"summary.tsv", "summary.md", "manifest.json", "report.html",
+                                   "pipeline_info", "synthetic_raw"})
+
+
 def _name_problem(column: str, value: str) -> str | None:
-    """Return the schema's error message if ``value`` is not a valid ``sample``/``dye`` name."""
+    """Return the schema's error message if ``value`` is not a valid ``sample``/``dye`` name,
+    or why a sample name is reserved (it names a batch-level output, docs/output.md)."""
     prop = load_schema()["items"]["properties"][column]
-    return None if re.search(prop["pattern"], value) else prop["errorMessage"]
+    if not re.search(prop["pattern"], value):
+        return str(prop["errorMessage"])
+    if column == "sample" and value.lower() in RESERVED_SAMPLE_NAMES:
+        return (f"'{value}' is reserved: the output folder holds a batch file of that name "
+                f"(reserved: {', '.join(sorted(RESERVED_SAMPLE_NAMES))})")
+    return None
 
 
 def is_tiff_name(name: str) -> bool:
@@ -286,7 +298,13 @@ def scan_raw_dir(raw_dir: str | os.PathLike[str]) -> RawScan:
         scan = RawScan(root=raw, folders={})
         for entry in entries:
             if entry.is_dir():
-                scan.folders[entry.name] = _scan_folder(entry.name, Path(entry.path))
+                try:
+                    scan.folders[entry.name] = _scan_folder(entry.name, Path(entry.path))
+                except OSError as exc:  # unlistable, a symlink loop: that sample's problem
+                    scan.folders[entry.name] = SampleFolder(
+                        entry.name, Path(entry.path),
+                        error=f"cannot list folder '{shown}/{entry.name}' "
+                              f"({exc.strerror or type(exc).__name__})")
             elif is_tiff_name(entry.name):
                 scan.loose_tiffs.append(entry.name)
             else:
@@ -303,7 +321,7 @@ def scan_raw_dir(raw_dir: str | os.PathLike[str]) -> RawScan:
                 f"each sample's images into '{shown}/<sample>/'")
         raise _layout_error(raw, f"raw directory '{shown}' has no sample folders "
                                  f"(only {_short_list(scan.ignored, 3)})")
-    if not any(f.tiffs for f in scan.folders.values()):
+    if not any(f.tiffs or f.error for f in scan.folders.values()):
         raise _layout_error(
             raw, f"none of the {len(scan.folders)} sample folder(s) in '{shown}' contains a "
             f".tif/.tiff file ({_short_list(list(scan.folders), 5)})")
@@ -377,6 +395,8 @@ def _folder_problem(folder: SampleFolder, raw_shown: str) -> str | None:
     problem = _name_problem("sample", folder.name)
     if problem:
         return f"folder name '{folder.name}' is not a valid sample id: {problem}; rename it"
+    if folder.error:
+        return folder.error
     if not folder.tiffs:
         other = f" (only {_short_list(folder.ignored, 3)})" if folder.ignored else ""
         return f"folder '{where}' contains no .tif/.tiff file{other}"
@@ -599,6 +619,9 @@ def load_samplesheet(
                   for role, p in (("pre", pre), ("post", post)) if not p.is_file()]
         if pre == post:
             absent.append("pre and post are the same file")
+        reserved = _name_problem("sample", row["sample"])
+        if reserved:
+            absent.append(f"sample name {reserved}")
         extra = {k: v for k, v in row.items()
                  if k and k not in SAMPLESHEET_COLUMNS and k not in ESTIMATE_COLUMNS}
         found.setdefault(key[0], {})[key[1]] = (

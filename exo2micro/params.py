@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -192,7 +193,43 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise ParameterError(
             f"scale_min ({values['scale_min']:g}) must not exceed scale_max "
             f"({values['scale_max']:g})")
+    check_grid(values)
     return values
+
+
+#: Most rotation × scale cells stage 2's grid search may try. The defaults need 41 × 7 = 287;
+#: each cell costs one FFT correlation at the search level (≈1000 px), so the cap bounds
+#: stage 2 to roughly 70 times its default time instead of days.
+MAX_GRID_CELLS = 20_000
+
+
+def _grid_count(low: float, high: float, step: float) -> int:
+    """Values of stage 2's grid from ``low`` to ``high`` by ``step`` (``high`` included)."""
+    n = max(0, math.floor((high - low) / step + 1e-9))
+    return n + 1 + (1 if low + step * n < high - 1e-9 else 0)
+
+
+def grid_cells(values: Mapping[str, Any]) -> tuple[int, int]:
+    """``(rotations, scales)`` that stage 2's grid search tries for resolved ``values``."""
+    angles = (_grid_count(-values["angle_range"], values["angle_range"], values["angle_step"])
+              if values["rotation_search"] else 1)
+    scales = (_grid_count(values["scale_min"], values["scale_max"], values["scale_step"])
+              if values["scale_search"] else 1)
+    return angles, scales
+
+
+def check_grid(values: Mapping[str, Any]) -> None:
+    """Refuse a stage-2 grid larger than :data:`MAX_GRID_CELLS` (it would run for days)."""
+    angles, scales = grid_cells(values)
+    if angles * scales > MAX_GRID_CELLS:
+        raise ParameterError(
+            f"stage 2's grid search would try {angles * scales} rotation × scale cells "
+            f"({angles} rotations from angle_range={values['angle_range']:g}, "
+            f"angle_step={values['angle_step']:g} × {scales} scales from "
+            f"scale_min={values['scale_min']:g}..scale_max={values['scale_max']:g}, "
+            f"scale_step={values['scale_step']:g}), more than the limit of {MAX_GRID_CELLS}; "
+            f"raise angle_step or scale_step, or narrow angle_range or scale_min..scale_max "
+            f"(the result is refined beyond the grid)")
 
 
 def ignored_notices(values: Mapping[str, Any]) -> list[str]:
@@ -217,13 +254,30 @@ def format_value(value: Any) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+#: Longest suffix (characters) spelled out; a longer one becomes ``_H<12 hex digits>`` so
+#: that every output name stays far below the 255-byte limit of a file name.
+MAX_SUFFIX = 120
+HASHED_MARK = "H"
+
+
+def spelled_suffix(values: Mapping[str, Any], stage: int) -> str:
+    """The suffix of :func:`suffix` spelled out in full, whatever its length (the form
+    :func:`params_from_suffix` parses)."""
+    return "".join(f"_{BY_NAME[n].abbr}{format_value(v)}"
+                   for n, v in non_default(values, stage).items() if not BY_NAME[n].ignored)
+
+
 def suffix(values: Mapping[str, Any], stage: int) -> str:
     """The cascading filename suffix of stage ``stage``: ``_<abbr><value>`` per non-default
     parameter of stages ≤ ``stage``, in registry order; ``""`` when all are default.
     Ignored parameters are left out: they cannot change an output, so they must not rename it
-    (which would force a needless re-run)."""
-    return "".join(f"_{BY_NAME[n].abbr}{format_value(v)}"
-                   for n, v in non_default(values, stage).items() if not BY_NAME[n].ignored)
+    (which would force a needless re-run). A suffix longer than :data:`MAX_SUFFIX` is
+    shortened to ``_H`` + the first 12 hex digits of its SHA-256 (the parameters are in every
+    stage record)."""
+    text = spelled_suffix(values, stage)
+    if len(text) <= MAX_SUFFIX:
+        return text
+    return f"_{HASHED_MARK}{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def params_from_suffix(text: str) -> dict[str, Any]:
@@ -235,6 +289,10 @@ def params_from_suffix(text: str) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for token in filter(None, text.split("_")):
+        if re.fullmatch(f"{HASHED_MARK}[0-9a-f]{{12}}", token):
+            raise ParameterError(f"suffix token {token!r} is a shortened suffix (more than "
+                                 f"{MAX_SUFFIX} characters of parameters); read the "
+                                 f"parameters from the stage record stages/0N_*{token}.json")
         for abbr in sorted(BY_ABBR, key=len, reverse=True):
             if not token.startswith(abbr) or len(token) == len(abbr):
                 continue

@@ -90,7 +90,7 @@ def test_prefix_colliding_abbreviations_round_trip(overrides: dict[str, Any]) ->
 
 def test_all_parameters_at_once_round_trip() -> None:
     values = P.resolve({p.name: non_default_value(p) for p in P.REGISTRY})
-    text = P.suffix(values, 4)
+    text = P.spelled_suffix(values, 4)
     used = [p for p in P.REGISTRY if not p.ignored]
     assert [t for t in text.split("_") if t] == [
         f"{p.abbr}{P.format_value(values[p.name])}" for p in used]
