@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+from exo2micro.atomic import TMP_MARK
 from exo2micro.errors import ResourceError
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -59,6 +60,8 @@ def free_bytes(path: str | os.PathLike[str]) -> int | None:
 def describe_os_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
     """One sentence saying why ``path`` (default: the error's file name) cannot be written."""
     where = Path(path if path is not None else (exc.filename or "."))
+    if where.name.startswith(".") and TMP_MARK in where.name:  # an atomic write's temp name
+        where = where.parent
     code = exc.errno
     if code in _FULL:
         free = free_bytes(where)

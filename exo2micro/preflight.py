@@ -238,6 +238,14 @@ class Estimate:
                 "stages": {str(s): vars(e) for s, e in self.stages.items()}}
 
 
+def grid_time_factor(values: Mapping[str, Any]) -> float:
+    """How many times longer than at the default grid stage 2 runs for ``values``: its time
+    is dominated by the rotation × scale grid search (:func:`exo2micro.params.grid_cells`),
+    so it grows with the number of cells (never estimated below the fitted default)."""
+    default = math.prod(P.grid_cells(P.DEFAULTS))
+    return max(1.0, math.prod(P.grid_cells(values)) / default)
+
+
 def estimate_pair(pre: str | os.PathLike[str] | ImageInfo, post: str | os.PathLike[str] | ImageInfo,
                   params: Mapping[str, Any] | None = None, checkpoint_format: str = "tiff", *,
                   threads: int | None = None, stages: Iterable[int] = P.STAGE_NAMES,
@@ -261,6 +269,8 @@ def estimate_pair(pre: str | os.PathLike[str] | ImageInfo, post: str | os.PathLi
     for stage in stages:
         mem = sum(c * feats[f] for f, c in model.memory.get(stage, {}).items())
         secs = sum(c * time_feats[f] for f, c in model.time.get(stage, {}).items())
+        if stage == 2:  # the model was fitted at the default grid; time follows its size
+            secs *= grid_time_factor(values)
         per_stage[stage] = StageEstimate(
             int(max(mem, model.baseline_bytes)),
             stage_disk_bytes(stage, pre_i, post_i, values, checkpoint_format, model), secs)

@@ -202,8 +202,11 @@ class SampleDye:
         """The error result of a failed run (``status = "error: <reason>"``), written to
         ``result.json`` when ``layout`` is known and writable."""
         from exo2micro.errors import exit_code_for
+        from exo2micro.oserrors import is_storage_error, storage_error
         from exo2micro.result import error_result
 
+        if is_storage_error(exc):  # disk full, read-only...: say so, not "[Errno 28] …/tmp-x"
+            exc = storage_error(exc)  # type: ignore[arg-type]
         if layout is not None:
             try:
                 return error_result(layout, self.sample, self.dye, exc, stage=stage,

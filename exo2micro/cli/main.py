@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Sequence
+from typing import Any
 
 import click
+
+from exo2micro.cli.entry import standalone
 
 #: subcommand name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
@@ -26,7 +30,18 @@ COMMANDS: dict[str, str] = {
 
 
 class LazyGroup(click.Group):
-    """A click group that imports a subcommand's module only when it is used."""
+    """A click group that imports a subcommand's module only when it is used; a usage error
+    of the group or of a subcommand prints the error as its first stderr line."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        def call() -> Any:
+            return super(LazyGroup, self).main(args, prog_name, complete_var,
+                                               standalone_mode=False, **extra)
+        if not standalone_mode:
+            return call()
+        standalone(call)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(name for name in COMMANDS if _available(name))
