@@ -297,18 +297,12 @@ def scan_raw_dir(raw_dir: str | os.PathLike[str]) -> RawScan:
         entries = _list_dir(raw)
         scan = RawScan(root=raw, folders={})
         for entry in entries:
-            if entry.is_dir():
-                try:
-                    scan.folders[entry.name] = _scan_folder(entry.name, Path(entry.path))
-                except OSError as exc:  # unlistable, a symlink loop: that sample's problem
-                    scan.folders[entry.name] = SampleFolder(
-                        entry.name, Path(entry.path),
-                        error=f"cannot list folder '{shown}/{entry.name}' "
-                              f"({exc.strerror or type(exc).__name__})")
-            elif is_tiff_name(entry.name):
+            if is_tiff_name(entry.name) and not _is_dir(entry):
                 scan.loose_tiffs.append(entry.name)
-            else:
+            elif not _is_dir(entry) and not entry.is_symlink():
                 scan.ignored.append(entry.name)
+            else:  # a folder, or a link that cannot be followed (a loop): a sample folder
+                scan.folders[entry.name] = _scan_sample(entry.name, Path(entry.path), shown)
     except OSError as exc:
         raise _layout_error(raw, f"cannot read raw directory '{shown}': {exc}") from exc
     if not entries:
@@ -330,13 +324,31 @@ def scan_raw_dir(raw_dir: str | os.PathLike[str]) -> RawScan:
     return scan
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()``, False when it cannot be told (a symlink loop, no permission)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _scan_sample(name: str, path: Path, shown: str) -> SampleFolder:
+    """:func:`_scan_folder`, or a folder whose ``error`` says why it cannot be listed (no
+    permission, a symlink loop): that sample's problem, never the whole raw folder's."""
+    try:
+        return _scan_folder(name, path)
+    except OSError as exc:
+        return SampleFolder(name, path, error=f"cannot list folder '{shown}/{name}' "
+                                              f"({exc.strerror or type(exc).__name__})")
+
+
 def _scan_folder(name: str, path: Path) -> SampleFolder:
     folder = SampleFolder(name=name, path=path)
     for entry in _list_dir(path):
-        if not entry.is_dir() and is_tiff_name(entry.name):
+        if not _is_dir(entry) and is_tiff_name(entry.name):
             folder.tiffs.append(classify_filename(entry.name))
         else:
-            folder.ignored.append(entry.name + ("/" if entry.is_dir() else ""))
+            folder.ignored.append(entry.name + ("/" if _is_dir(entry) else ""))
             log.debug("ignored %s", path / entry.name)
     return folder
 
