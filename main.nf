@@ -70,7 +70,7 @@ def validateParameters(all_params, schema_file) {
     schema['$defs'].each { _group_name, group -> properties.putAll(group['properties']) }
     def errors = []
     def unknown = all_params.keySet().findAll { name ->
-        !properties.containsKey(name) && !properties.containsKey(name.replaceAll(/([A-Z])/, '_$1').toLowerCase())
+        !properties.containsKey(name) && !properties.containsKey(name.replaceAll(/([A-Z])/, '_$1').toLowerCase()) && !isSiteParameter(name)
     }
     unknown.each { name ->
         errors << "unknown parameter --${name}; valid parameters: ${properties.keySet().sort().join(', ')}"
@@ -126,6 +126,48 @@ def helpText(schema_file) {
     return lines.join('\n')
 }
 
+// Parameters that institutional configs (nf-core/configs style, `-profile <site>`) set.
+def isSiteParameter(name) {
+    return name ==~ /^(config_profile_|custom_config_|institutional_config_).*/
+}
+
+/*
+ * The code every task runs: the package version plus a SHA-256 over the sources of the package
+ * and of bin/ (path and content of each file, in sorted order). It is part of every task's
+ * inputs (meta.code), so `-resume` re-runs what an update of the code may change, even when
+ * bin/ and the container name stay the same.
+ */
+def codeVersion(root, version) {
+    def digest = java.security.MessageDigest.getInstance('SHA-256')
+    def base = root.toString()
+    def sources = []
+    ['exo2micro', 'bin'].each { folder ->
+        java.nio.file.Files.walk(root.resolve(folder)).withCloseable { stream ->
+            stream.forEach { path -> sources << path }
+        }
+    }
+    def wanted = sources.findAll { path ->
+        java.nio.file.Files.isRegularFile(path) && !path.toString().contains('__pycache__') && !path.toString().endsWith('.pyc')
+    }
+    wanted.sort { path -> path.toString() }.each { path ->
+        digest.update(path.toString().substring(base.length()).getBytes('UTF-8'))
+        digest.update(java.nio.file.Files.readAllBytes(path))
+    }
+    return "${version}+${digest.digest().encodeHex().toString().take(16)}".toString()
+}
+
+// The parameters that differ from nextflow.config's defaults, for the log at start-up.
+def nonDefaultParameters(all_params, schema_file) {
+    def schema = new groovy.json.JsonSlurper().parseText(schema_file.text)
+    def defaults = [:]
+    schema['$defs'].each { _group_name, group ->
+        group['properties'].each { name, spec -> defaults[name] = spec['default'] }
+    }
+    return all_params.findAll { name, value ->
+        defaults.containsKey(name) && name != 'trace_report_suffix' && value != defaults[name]
+    }
+}
+
 def rawLayoutHelp() {
     return '''
     Expected layout (one folder per sample; the dye is the text after the last '_'):
@@ -159,13 +201,19 @@ workflow {
     if (errors) {
         error("Invalid parameters:\n  " + errors.join('\n  '))
     }
+    params.keySet().findAll { name -> isSiteParameter(name) }.each { name ->
+        log.warn("--${name} is a site (institutional) config parameter: accepted, not used by exo2micro")
+    }
+    def code_version = codeVersion(projectDir, workflow.manifest.version)
+    def changed = nonDefaultParameters(params, schema_file)
+    log.info("exo2micro ${code_version}" + (changed ? '; parameters that differ from the defaults:\n' + changed.collect { name, value -> "  --${name} ${value}" }.join('\n') : '; every parameter at its default'))
     def sources = [params.input, params.raw_dir, params.synth_pairs > 0 ? 'synth' : null].findAll { value -> value }
     if (sources.size() != 1) {
         error("Give exactly one of --raw_dir (a raw directory) or --input (a samplesheet)," +
             " or use -profile test.\n" + rawLayoutHelp())
     }
 
-    def batch = [id: 'batch']
+    def batch = [id: 'batch', code: code_version]
     def stage_params = stageParameters(params)
 
     if (params.synth_pairs > 0) {
@@ -202,13 +250,28 @@ workflow {
     ]
     DISCOVER(ch_source, discover_opts)
 
+    def provenance = [
+        code_version: code_version,
+        commit: workflow.commitId ?: '',
+        revision: workflow.revision ?: '',
+        container: workflow.containerEngine ? "${workflow.containerEngine}:${params.container}" : '',
+        nextflow: workflow.nextflow.version.toString(),
+        run_name: workflow.runName,
+        session_id: workflow.sessionId.toString(),
+        profile: workflow.profile,
+    ]
     EXO2MICRO(
         DISCOVER.out.pairs,
         DISCOVER.out.skipped,
         stage_params,
         params.checkpoint_format,
         params.max_retries,
+        provenance,
     )
+
+    // provenance in pipeline_info/: the parameters of this run
+    channel.of(groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(params)) + '\n')
+        .collectFile(name: "params_${params.trace_report_suffix}.json", storeDir: "${params.outdir}/pipeline_info")
 
     workflow.onComplete = {
         if (workflow.success) {

@@ -24,17 +24,19 @@ def reservedColumns() {
 }
 
 /*
- * One samplesheet row -> [ meta, pre, post ]. Extra columns go to meta.extra (-> result.json).
+ * One samplesheet row -> [ meta, pre, post ]. Extra columns go to meta.extra (-> result.json);
+ * meta.code is the code version (main.nf codeVersion), an input of every task for -resume.
  * Image paths are resolved to their real location: DISCOVER saw the raw directory through a link
  * in its own work folder, which changes from run to run (it is never cached), and the stage tasks
  * must see the same input paths on every run for -resume to reuse them.
  */
-def pairFromRow(row) {
+def pairFromRow(row, code) {
     def reserved = reservedColumns()
     def meta = [
         id: "${row.sample}/${row.dye}".toString(),
         sample: row.sample,
         dye: row.dye,
+        code: code,
         mem_bytes: row.mem_bytes ? Math.ceil(row.mem_bytes.toDouble()) as long : null,
         time_s: row.time_s ? Math.ceil(row.time_s.toDouble()) as long : null,
         extra: row.findAll { key, _value -> !(key in reserved) },
@@ -99,16 +101,17 @@ def killedRow(meta, stages_done, max_retries) {
 workflow EXO2MICRO {
 
     take:
-    ch_samplesheet    // channel: [ meta, pairs.csv ]  resolved samplesheet from DISCOVER
+    ch_samplesheet    // channel: [ meta, pairs.csv ]  resolved samplesheet from DISCOVER (meta.code: code version)
     ch_skipped        // channel: [ meta, skipped.tsv ]
     stage_params      // map: stage number (1-4) -> [ name: value ] of the parameters of stages <= it
     checkpoint_format // string: tiff, fits or both
     max_retries       // integer: retries of a killed task (memory and time grow with each attempt)
+    provenance        // map: code version, commit, container, ... for manifest.json
 
     main:
     ch_pairs = ch_samplesheet
-        .flatMap { _meta, csv -> csv.splitCsv(header: true, strip: true) }
-        .map { row -> pairFromRow(row) }
+        .flatMap { meta, csv -> csv.splitCsv(header: true, strip: true).collect { row -> [row, meta.code] } }
+        .map { row, code -> pairFromRow(row, code) }
 
     LOAD(ch_pairs, stage_params[1], checkpoint_format)
     ch_done1 = LOAD.out.state.filter { row -> hasRecord(row) }
@@ -159,10 +162,11 @@ workflow EXO2MICRO {
         .collect(sort: true)
         .ifEmpty([])
 
-    SUMMARY(ch_samplesheet.join(ch_skipped), ch_failures, ch_reports)
+    SUMMARY(ch_samplesheet.join(ch_skipped), ch_failures, ch_reports, provenance)
 
     emit:
     summary  = SUMMARY.out.tsv      // channel: [ meta, summary.tsv ]
     report   = SUMMARY.out.html     // channel: [ meta, report.html ]
+    versions = SUMMARY.out.versions // channel: [ meta, versions.yml ] software of the tasks
     results  = SUBTRACT.out.result  // channel: [ meta, result.json ] per completed pair
 }

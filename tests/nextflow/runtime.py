@@ -77,10 +77,10 @@ def run_nextflow(args: Sequence[str], cwd: Path, timeout: float = 600,
                           stdin=subprocess.DEVNULL)
 
 
-def run_pipeline(cwd: Path, *args: str, timeout: float = 600,
+def run_pipeline(cwd: Path, *args: str, timeout: float = 600, project: Path = REPO,
                  **env: str) -> subprocess.CompletedProcess[str]:
-    """``nextflow run <repo> ARGS`` with the log in ``cwd/nextflow.log``."""
-    return run_nextflow(["-log", str(cwd / "nextflow.log"), "run", str(REPO), *args],
+    """``nextflow run <project> ARGS`` with the log in ``cwd/nextflow.log``."""
+    return run_nextflow(["-log", str(cwd / "nextflow.log"), "run", str(project), *args],
                         cwd=cwd, timeout=timeout, **env)
 
 

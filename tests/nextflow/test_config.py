@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -34,12 +35,23 @@ def test_retry_codes_agree_between_config_and_stage_scripts() -> None:
     assert "maxRetries    = params.max_retries" in base
 
 
-def test_container_tag_is_the_package_version() -> None:
+def test_container_is_fully_qualified_and_versioned_with_the_package() -> None:
+    """One image name, in params.container: pulled by Docker as it is, by Singularity and
+    Apptainer from the same registry (docker://); its tag is the package version."""
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     config = (REPO / "nextflow.config").read_text()
-    assert f"container = 'exo2micro:{version}'" in config
+    image = re.search(r"^\s*container\s*=\s*'([^']+)'", config, flags=re.M)
+    assert image, "params.container missing in nextflow.config"
+    assert re.fullmatch(r"[a-z0-9.-]+\.[a-z]+/[a-z0-9._-]+/exo2micro:" + re.escape(version),
+                        image.group(1)), image.group(1)
+    schema = json.loads((REPO / "nextflow_schema.json").read_text())
+    spec = schema["$defs"]["generic_options"]["properties"]["container"]
+    assert spec["default"] == image.group(1) and re.fullmatch(spec["pattern"], image.group(1))
+    profiles = config[config.index("profiles {"):]
+    assert "process.container      = params.container" in profiles
+    assert profiles.count('process.container      = "docker://${params.container}"') == 2
     assert f"version         = '{version}'" in config
-    assert f"docker build -t exo2micro:{version} ." in (REPO / "Dockerfile").read_text()
+    assert f"ARG VERSION={version}" in (REPO / "Dockerfile").read_text()
 
 
 def test_profiles(project_dump: dict) -> None:
@@ -101,20 +113,6 @@ def test_dockerfile() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", text, flags=re.M)
     assert "procps" in text, "Nextflow needs ps in the container for its trace metrics"
     assert "pip install" in text and "bin:${PATH}" in text.replace('"', "")
-
-
-def test_environment_yml_has_every_dependency() -> None:
-    env = yaml.safe_load((REPO / "environment.yml").read_text())
-    conda = [d for d in env["dependencies"] if isinstance(d, str)]
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "." in pip, "environment.yml must install this repository"
-    names = {re.split(r"[<>=! ]", d)[0].lower() for d in conda + pip}
-    aliases = {"matplotlib": "matplotlib-base"}
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    for dep in deps:
-        name = re.split(r"[<>=!;\[ ]", dep)[0].lower()
-        assert aliases.get(name, name) in names, f"{name} is missing from environment.yml"
-    assert any(d.startswith("python=3.11") for d in conda)
 
 
 def test_tower_yml_lists_the_batch_reports() -> None:

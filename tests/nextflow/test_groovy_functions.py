@@ -144,12 +144,13 @@ def test_pair_from_row(groovy, tmp_path: Path) -> None:
         "site": "core 3",
     }
     meta, pre, post = groovy(
-        "pairFromRow(r).collect { v -> v instanceof Map ? v : v.toString() }", r=row
+        "pairFromRow(r, '0.1.0+abc').collect { v -> v instanceof Map ? v : v.toString() }", r=row
     )
     assert meta == {
         "id": "CD070/DAPI",
         "sample": "CD070",
         "dye": "DAPI",
+        "code": "0.1.0+abc",
         "mem_bytes": 1500000000,
         "time_s": 13,
         "extra": {"site": "core 3"},

@@ -50,6 +50,8 @@ class Run:
     cwd: Path
     outdir: Path
     label: str
+    #: manifest.json as this run left it (later runs may share the output folder)
+    final_manifest: dict | None
 
     def explain(self) -> str:
         return explain(self.proc, self.cwd)
@@ -59,14 +61,29 @@ class Run:
         return trace_rows(self.outdir, self.label)
 
     def manifest(self) -> dict:
-        return json.loads((self.outdir / "manifest.json").read_text())
+        assert self.final_manifest is not None, f"no manifest.json:\n{self.explain()}"
+        return self.final_manifest
 
 
-def nextflow_run(cwd: Path, *args: str, outdir: str = "results", label: str = "run") -> Run:
-    """``nextflow run <repo> ARGS`` in ``cwd``; ``label`` names its pipeline_info reports."""
+def nextflow_run(cwd: Path, *args: str, outdir: str = "results", label: str = "run",
+                 project: Path = REPO) -> Run:
+    """``nextflow run <project> ARGS`` in ``cwd``; ``label`` names its pipeline_info reports."""
     cwd.mkdir(parents=True, exist_ok=True)
-    proc = run_pipeline(cwd, *args, "--outdir", outdir, "--trace_report_suffix", label)
-    return Run(proc, cwd, cwd / outdir, label)
+    proc = run_pipeline(cwd, *args, "--outdir", outdir, "--trace_report_suffix", label,
+                        project=project)
+    manifest = cwd / outdir / "manifest.json"
+    final = json.loads(manifest.read_text()) if manifest.is_file() else None
+    return Run(proc, cwd, cwd / outdir, label, final)
+
+
+def copy_project(target: Path) -> Path:
+    """The pipeline's files (and the package sources it hashes) copied to ``target``."""
+    for name in ["main.nf", "nextflow.config", "nextflow_schema.json"]:
+        shutil.copy2(REPO / name, target / name)
+    for name in ["conf", "modules", "workflows", "bin", "exo2micro"]:
+        shutil.copytree(REPO / name, target / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
 
 
 def pair_files(folder: Path) -> set[str]:
@@ -98,7 +115,9 @@ def pair_tasks(run: Run) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def test_profile(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return nextflow_run(tmp_path_factory.mktemp("profile-test"), "-profile", "test")
+    # with the intermediates, so that the published tree can equal the local runner's
+    return nextflow_run(tmp_path_factory.mktemp("profile-test"), "-profile", "test",
+                        "--save_intermediates", "true")
 
 
 def test_profile_test_completes_every_good_pair(test_profile: Run) -> None:
@@ -268,16 +287,23 @@ def resumed_result(run: Run, pair: str) -> dict:
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    """One batch run four times in the same launch folder: first, -resume with nothing changed,
-    -resume with a stage-4 parameter changed, -resume after one raw TIFF was replaced."""
+    """One batch run five times in the same launch folder, from a copy of the pipeline: first,
+    -resume with nothing changed, -resume with a stage-4 parameter changed, -resume after one
+    raw pair was replaced, -resume after a change of the package's code."""
     root = tmp_path_factory.mktemp("resume")
+    project = root / "project"
+    project.mkdir()
+    copy_project(project)
     raw = root / "raw"
     make_raw(raw, n=2)
     launch = root / "launch"
-    runs = {"first": nextflow_run(launch, "--raw_dir", str(raw), label="first")}
-    runs["same"] = nextflow_run(launch, "--raw_dir", str(raw), "-resume", label="same")
-    runs["stage4"] = nextflow_run(launch, "--raw_dir", str(raw), "-resume",
-                                  "--scale_percentile", "99", label="stage4")
+
+    def run(label: str, *args: str) -> Run:
+        return nextflow_run(launch, "--raw_dir", str(raw), *args, label=label, project=project)
+
+    runs = {"first": run("first")}
+    runs["same"] = run("same", "-resume")
+    runs["stage4"] = run("stage4", "-resume", "--scale_percentile", "99")
     # SYN02 re-exported with another true k: the same file names, new content
     result = resumed_result(runs["stage4"], "SYN02/SybrGld")
     assert result["scale_estimate"] != pytest.approx(1.6, rel=0.01), "pick another k"
@@ -287,11 +313,23 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         target = raw / "SYN02" / image.name
         assert target.exists(), sorted(p.name for p in (raw / "SYN02").iterdir())
         shutil.copyfile(image, target)
-    runs["replaced"] = nextflow_run(launch, "--raw_dir", str(raw), "-resume",
-                                    "--scale_percentile", "99", label="replaced")
+    runs["replaced"] = run("replaced", "-resume", "--scale_percentile", "99")
+    # a `git pull` that changes the library: the same bin/ wrappers and container name
+    with (project / "exo2micro" / "scale.py").open("a") as fh:
+        fh.write("\n# a change of the code\n")
+    runs["code"] = run("code", "-resume", "--scale_percentile", "99")
     for name, run in runs.items():
         assert run.proc.returncode == 0, f"{name} run:\n{run.explain()}"
     return runs
+
+
+def test_only_results_are_published_by_default(resumed: dict[str, Run]) -> None:
+    folder = resumed["first"].outdir / "SYN01" / "SybrGld"
+    names = pair_files(folder)
+    assert "result.json" in names and "transforms/03_interior.json" in names, sorted(names)
+    assert any(n.startswith("tiff/04_difference") for n in names), sorted(names)
+    intermediates = [n for n in names if n.startswith(("cache/", "tiff/01_", "tiff/03_"))]
+    assert not intermediates, f"published without --save_intermediates: {intermediates}"
 
 
 def test_an_identical_rerun_submits_no_pair_task(resumed: dict[str, Run]) -> None:
@@ -319,6 +357,16 @@ def test_a_replaced_raw_tiff_reruns_its_pair_from_stage1(resumed: dict[str, Run]
 
 # ------------------------------------------------------------------------------------------
 # stub run, help, parameter errors
+
+
+def test_a_code_change_reruns_every_task(resumed: dict[str, Run]) -> None:
+    rows = resumed["code"].trace()
+    assert {process_name(r) for r in rows} >= {"DISCOVER", *STAGES, "SUMMARY"}, rows
+    cached = [(process_name(r), r["tag"]) for r in rows if r["status"] == "CACHED"]
+    assert not cached, f"reused after the code changed: {cached}"
+    code = resumed["code"].manifest()["provenance"]["code_version"]
+    before = resumed["replaced"].manifest()["provenance"]["code_version"]
+    assert code != before and code.startswith("0.1.0+"), (before, code)
 
 
 def test_stub_run_of_the_whole_workflow(tmp_path: Path) -> None:

@@ -157,6 +157,7 @@ MUTATIONS = [
         "    printf '# exo2micro summary\\\\n' > summary.md\n"
         "    printf '{\"pairs\": []}\\\\n' > manifest.json\n"
         "    printf '<html><body>exo2micro summary</body></html>\\\\n' > report.html\n"
+        "    printf 'exo2micro: stub\\\\n' > versions.yml\n"
         '    """\n',
         "",
         "process-stub",
@@ -181,8 +182,8 @@ MUTATIONS = [
     Mutation(
         "implicit-it",
         "workflows/exo2micro.nf",
-        ".map { row -> pairFromRow(row) }",
-        ".map { pairFromRow(it) }",
+        ".map { row, code -> pairFromRow(row, code) }",
+        ".map { pairFromRow(it[0], it[1]) }",
         "implicit-it",
     ),
     Mutation(

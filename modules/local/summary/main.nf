@@ -3,6 +3,8 @@
  * stage, exit code and attempts), the Problems section, manifest.json and report.html.
  * Tool: e2m-summary (exo2micro/cli/summary.py).
  */
+include { shellQuote } from '../utils'
+
 process SUMMARY {
     tag "${meta.id}"
     label 'process_single'
@@ -13,23 +15,29 @@ process SUMMARY {
     // One folder per finished pair (result.json + pipeline_output/*.png), staged as
     // pairs/<n>/e2m_pair since they share one name.
     path pairs, stageAs: 'pairs/*/e2m_pair', arity: '0..*'
+    // code version, commit, container, ... (main.nf): written into manifest.json
+    val provenance
 
     output:
     tuple val(meta), path('summary.tsv'), emit: tsv
     tuple val(meta), path('summary.md'), emit: md
     tuple val(meta), path('manifest.json'), emit: manifest
     tuple val(meta), path('report.html'), emit: html
+    tuple val(meta), path('versions.yml'), emit: versions
 
     script:
     def args = task.ext.args ?: ''
     def failures_option = failures ? "--failures ${failures}" : ''
     def results = pairs.collect { pair -> "${pair}/result.json" }.join(' ')
+    def provenance_options = provenance.collect { key, value -> '--provenance ' + shellQuote("${key}=${value}") }.join(' ')
     """
     e2m-summary \\
         --outdir . \\
         --samplesheet ${samplesheet} \\
         --skipped ${skipped} \\
         ${failures_option} \\
+        ${provenance_options} \\
+        --versions versions.yml \\
         --threads ${task.cpus} \\
         ${args} \\
         ${results}
@@ -41,5 +49,6 @@ process SUMMARY {
     printf '# exo2micro summary\\n' > summary.md
     printf '{"pairs": []}\\n' > manifest.json
     printf '<html><body>exo2micro summary</body></html>\\n' > report.html
+    printf 'exo2micro: stub\\n' > versions.yml
     """
 }
