@@ -53,7 +53,16 @@ def raise_in_stage(key: str, err: int, task: Task,
     return process_one(task, failing)
 
 
-def wait_forever(task: Task, on_stage: StageCallback | None = None) -> dict[str, Any]:
-    """Never finish (a task still running when the runner is killed)."""
+def tick_forever(task: Task, on_stage: StageCallback | None = None) -> dict[str, Any]:
+    """Never finish: every 0.1 s rewrite ``<output_dir>/<sample>-<dye>.alive`` (this pid and a
+    counter; a process still writing into the output folder) and report a stage start (a
+    stage boundary, where a thread-mode task can be stopped)."""
+    alive = os.path.join(task[2]["output_dir"], f"{task[0]}-{task[1]}.alive")
+    n = 0
     while True:
-        time.sleep(1)
+        n += 1
+        with open(alive, "w") as fh:
+            fh.write(f"{os.getpid()} {n}\n")
+        if on_stage is not None:
+            on_stage(1, "start")
+        time.sleep(0.1)

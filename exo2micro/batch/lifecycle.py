@@ -25,15 +25,15 @@ The ``__main__`` guard
 Spawned workers import the parent's script as ``__mp_main__``. A script that calls
 ``run_batch(parallel=True)`` at top level would start a batch in every worker.
 :func:`refuse_worker_reentry`, called first by ``run_batch``, detects that it runs inside such
-an import, leaves a note for the parent in the pool's status folder (``EXO2MICRO_POOL_DIR``)
-and exits the worker; the parent turns the note into :class:`UnguardedMainError` (exit code 2).
+an import (a calling frame's module is ``__mp_main__``), leaves a note for the parent in the
+pool's status folder (``EXO2MICRO_POOL_DIR``) and exits the worker; the parent turns the note
+into :class:`UnguardedMainError` (exit code 2).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import multiprocessing
 import os
 import signal
 import sys
@@ -115,10 +115,12 @@ def guard_message(script: str) -> str:
 def refuse_worker_reentry() -> None:
     """Exit this process if it is a spawned worker importing its parent's script (module
     docstring); do nothing anywhere else."""
-    main = sys.modules.get("__main__")
-    if multiprocessing.parent_process() is None or getattr(main, "__name__", "") != "__mp_main__":
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") != "__mp_main__":
+        frame = frame.f_back
+    if frame is None:
         return
-    message = guard_message(str(getattr(main, "__file__", None) or "the main script"))
+    message = guard_message(str(frame.f_globals.get("__file__") or "the main script"))
     folder = os.environ.get(POOL_DIR_ENV)
     if folder:
         with contextlib.suppress(OSError):
