@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def describe_os_error(exc: OSError, path: str | os.PathLike[str] | None = None) 
     where = Path(path if path is not None else (exc.filename or "."))
     if where.name.startswith(".") and TMP_MARK in where.name:  # an atomic write's temp name
         where = where.parent
-    code = exc.errno
+    code = errno.ENOSPC if exc.errno is None and _SHORT_WRITE.match(str(exc)) else exc.errno
     if code in _FULL:
         free = free_bytes(where)
         shown = f"{free} bytes" if free is not None else "unknown bytes"
@@ -84,10 +85,17 @@ def storage_error(exc: OSError, path: str | os.PathLike[str] | None = None) -> S
     return StorageError(describe_os_error(exc, path), exc.errno)
 
 
+#: numpy's ``tofile`` (used by tifffile) reports a short write without an errno.
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+
+
 def is_storage_error(exc: BaseException) -> bool:
-    """True for the OS errors :func:`describe_os_error` explains (full, read-only, not a folder)."""
-    return isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.errno in (
-        _FULL | _READ_ONLY | _DENIED | _NOT_A_FOLDER)
+    """True for the OS errors :func:`describe_os_error` explains (full, read-only, not a
+    folder), including a short write reported without an errno (a full disk)."""
+    if not isinstance(exc, OSError) or isinstance(exc, StorageError):
+        return False
+    return exc.errno in (_FULL | _READ_ONLY | _DENIED | _NOT_A_FOLDER) or (
+        exc.errno is None and bool(_SHORT_WRITE.match(str(exc))))
 
 
 def check_output_dir(output_dir: str | os.PathLike[str]) -> Path:

@@ -206,7 +206,8 @@ class SampleDye:
         from exo2micro.result import error_result
 
         if is_storage_error(exc):  # disk full, read-only...: say so, not "[Errno 28] …/tmp-x"
-            exc = storage_error(exc)  # type: ignore[arg-type]
+            exc = storage_error(  # type: ignore[arg-type]
+                exc, None if getattr(exc, "filename", None) else self.pair_dir)
         if layout is not None:
             try:
                 return error_result(layout, self.sample, self.dye, exc, stage=stage,

@@ -34,7 +34,7 @@ STAGES = click.IntRange(1, 4)
               help="Raw directory: one folder per sample holding its pre/post TIFFs.")
 @click.option("--input", "sheet", type=click.Path(path_type=Path), default=None,
               help="Samplesheet CSV (sample,dye,pre,post) instead of --raw-dir.")
-@click.option("--outdir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--outdir", type=click.Path(path_type=Path),
               default=Path("processed"), show_default=True, help="Output folder.")
 @click.option("--samples", "-s", multiple=True, metavar="A,B,...",
               help="Samples to process (comma-separated, repeatable); default: all found.")
