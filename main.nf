@@ -60,9 +60,12 @@ def typeMatches(type, value) {
 
 /*
  * Check params against nextflow_schema.json: unknown names (listing the valid ones), types,
- * ranges and allowed values. Returns a list of messages (empty when everything is valid).
- * The pipeline does not need the nf-schema plugin (no download at run time); the stage tools
- * validate the parameters again with exo2micro's registry.
+ * ranges, allowed values, and as nf-schema 2 does: `required` (per group), `pattern` (a regular
+ * expression searched in the value, JSON Schema style), and for `format: file-path` /
+ * `directory-path` a path of the wrong kind, or a missing one where `exists: true`. Returns a
+ * list of messages (empty when everything is valid). The pipeline does not need the nf-schema
+ * plugin (no download at run time); the stage tools validate the parameters again with
+ * exo2micro's registry.
  */
 def validateParameters(all_params, schema_file) {
     def schema = new groovy.json.JsonSlurper().parseText(schema_file.text)
@@ -75,10 +78,19 @@ def validateParameters(all_params, schema_file) {
     unknown.each { name ->
         errors << "unknown parameter --${name}; valid parameters: ${properties.keySet().sort().join(', ')}"
     }
+    schema['$defs'].each { _group_name, group ->
+        (group['required'] ?: []).findAll { name -> all_params[name] == null || all_params[name] == '' }.each { name ->
+            errors << "--${name} is required: ${group['properties'][name]?.description ?: ''}".toString().trim()
+        }
+    }
     properties.each { name, spec ->
         def value = all_params[name]
         if (value == null) {
             return
+        }
+        errors.addAll(pathErrors(name, spec, value))
+        if (spec.pattern && value instanceof CharSequence && !(value =~ spec.pattern).find()) {
+            errors << "--${name} = '${value}' does not match the pattern ${spec.pattern}: ${spec.description}"
         }
         if (spec.type && !typeMatches(spec.type, value)) {
             errors << "--${name} must be of type ${spec.type}, got '${value}'"
@@ -124,6 +136,21 @@ def helpText(schema_file) {
     lines << ''
     lines << 'Documentation: docs/usage.md. Stage parameters: also `exo2micro params`.'
     return lines.join('\n')
+}
+
+// nf-schema's path formats: a path of the wrong kind, or a missing one where `exists: true`.
+def pathErrors(name, spec, value) {
+    def kinds = ['file-path': 'file', 'directory-path': 'directory']
+    def kind = kinds[spec.format]
+    if (!kind || !(value instanceof CharSequence)) {
+        return []
+    }
+    def path = file(value.toString())
+    if (!path.exists()) {
+        return spec.exists ? ["--${name} ${value} does not exist (expected a ${kind})".toString()] : []
+    }
+    def is_dir = path.isDirectory()
+    return (kind == 'directory') == is_dir ? [] : ["--${name} ${value} is not a ${kind}".toString()]
 }
 
 // Parameters that institutional configs (nf-core/configs style, `-profile <site>`) set.

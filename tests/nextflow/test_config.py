@@ -188,3 +188,17 @@ def test_docs_describe_every_output_and_parameter() -> None:
         "--lenient",
     ]:
         assert topic in usage, f"docs/usage.md does not mention {topic}"
+
+
+@pytest.mark.parametrize("published", [
+    "CD070/SybrGld/pipeline_output/registration.png",
+    "CD070/SybrGld/pipeline_output/registration_bw20.png",
+    "CD070/SybrGld/pipeline_output/difference_image_sp99.5_msc1.2.png",
+])
+def test_tower_yml_globs_match_suffixed_names(published: str) -> None:
+    """Non-default parameters add a suffix to every file name (docs/output.md): the report
+    globs of Seqera Platform must still find the per-pair plots."""
+    from pathlib import PurePosixPath
+
+    tower = yaml.safe_load((REPO / "tower.yml").read_text())
+    assert any(PurePosixPath(published).match(glob) for glob in tower["reports"]), published

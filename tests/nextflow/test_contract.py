@@ -16,6 +16,7 @@ import glob
 import os
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +326,19 @@ def test_handler_fails_on_a_missing_stage_record(project_dump: dict, tmp_path: P
     assert run.returncode == 70
     assert not (tmp_path / "failure.tsv").exists()
     assert "stages/02_align_boundary" in run.stderr
+
+
+def test_tools_run_the_installed_package_not_a_checkout_beside_them(tmp_path: Path) -> None:
+    """A bin/ tool next to an `exo2micro/` folder (the checkout, under Singularity's bind of the
+    project) must still import the environment's package: the container's code, not the
+    checkout's, runs under the container's name."""
+    (tmp_path / "bin").mkdir()
+    shutil.copy2(REPO / "bin" / "e2m-discover", tmp_path / "bin" / "e2m-discover")
+    fake = tmp_path / "exo2micro"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the checkout beside bin/ was used')\n")
+    proc = subprocess.run([sys.executable, str(tmp_path / "bin" / "e2m-discover"), "--help"],
+                          cwd=tmp_path / "bin", capture_output=True, text=True, timeout=60,
+                          check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "beside bin/ was used" not in proc.stderr

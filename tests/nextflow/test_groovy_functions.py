@@ -178,3 +178,33 @@ def test_failure_rows(groovy, tmp_path: Path) -> None:
     assert "align_interior did not finish" in row[5] and "-resume" in row[5]
     header = groovy("failureHeader()").split("\t")
     assert header == ["sample", "dye", "stage", "exit_code", "attempts", "reason"]
+
+
+def _error_strategies() -> list[str]:
+    """The errorStrategy closures of conf/base.config: process-wide, then process_pair."""
+    import re
+
+    text = (REPO / "conf" / "base.config").read_text()
+    found = re.findall(r"errorStrategy\s*=\s*(\{.*?\})\n", text)
+    assert len(found) == 2, found
+    return found
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+@pytest.mark.parametrize("exit_status", [1, 2, 65, 70, 104, 125, 127, 130, 137, 140, 143, 145,
+                                         146, 175, 255])
+def test_error_strategy_for_every_exit_code_and_attempt(
+    groovy, exit_status: int, attempt: int
+) -> None:
+    """The closures evaluated by Groovy with max_retries = 2 (3 attempts): the pair stages
+    retry every failure, then ignore a pair killed on its last attempt and stop the run for
+    anything else; the batch tasks retry only the kill codes (docs/usage.md, "Retries")."""
+    process_wide, pair = _error_strategies()
+    task = {"exitStatus": exit_status, "attempt": attempt}
+    params = {"max_retries": 2}
+    killed = exit_status in {104, 175, *range(130, 146)}
+    got_pair = groovy(f"({pair})()", task=task, params=params)
+    got_batch = groovy(f"({process_wide})()", task=task, params=params)
+    last = attempt > 2
+    assert got_pair == ("retry" if not last else "ignore" if killed else "finish")
+    assert got_batch == ("retry" if killed and not last else "finish")

@@ -396,3 +396,19 @@ def test_an_unknown_parameter_fails_with_the_valid_names(tmp_path: Path) -> None
     assert "unknown parameter --scale_percentil; valid parameters:" in text, run.explain()
     assert "scale_percentile" in text.split("valid parameters:", 1)[1]
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--input", "pairs.txt"], "--input = 'pairs.txt' does not match the pattern"),
+    (["--input", "missing.csv"], "--input missing.csv does not exist (expected a file)"),
+    (["--raw_dir", "a_file.csv"], "--raw_dir a_file.csv is not a directory"),
+    (["-profile", "test", "--container", "no tag"], "--container = 'no tag' does not match"),
+    (["-profile", "test", "-params-file", "no-outdir.json"], "--outdir is required"),
+])
+def test_schema_rules_as_nf_schema_checks_them(args: list[str], message: str,
+                                               tmp_path: Path) -> None:
+    (tmp_path / "a_file.csv").write_text("sample,dye,pre,post\n")
+    (tmp_path / "no-outdir.json").write_text('{"outdir": null}\n')
+    proc = run_pipeline(tmp_path, *args)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and message in text, explain(proc, tmp_path)
