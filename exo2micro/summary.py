@@ -11,7 +11,10 @@ Every path written is relative to the output folder. ``report.html`` is one self
 page: inline CSS and vanilla JavaScript (sort by any column, filter by text), and per pair
 small thumbnails of the difference image and key diagnostics, embedded as base64 PNGs made by
 box-averaging the full PNGs (matplotlib's PNG reader/writer, no other imaging dependency), each
-linking to the full-size file.
+linking to the full-size file. The embedded thumbnails share a byte budget
+(:data:`EMBED_BUDGET_BYTES`), filled column by column (every pair's difference image first):
+past it a cell links to the full PNG without a thumbnail, so the page of a batch of thousands of
+pairs stays under Seqera Platform's 10 MB preview limit and opens quickly.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ THUMBNAILS: tuple[tuple[str, str], ...] = (
 )
 #: Longest side (px) of a thumbnail.
 THUMB_SIDE = 160
+#: Bytes of base64 thumbnails one report embeds at most (Seqera Platform previews reports up
+#: to 10 MB; the table itself takes about 1 kB a pair).
+EMBED_BUDGET_BYTES = 7_000_000
 FILES = ("summary.tsv", "summary.md", "manifest.json", "report.html")
 #: Reason of an expected pair without a result (and without a recorded failure).
 NO_RESULT = "no result: the pair did not finish (no result.json was written)"
@@ -474,32 +480,48 @@ def _cell(value: Any, kind: str = "", fmt: str = "{}") -> str:
     return f'<td class="{kind}" data-v="{html.escape(str(value))}">{html.escape(shown)}</td>'
 
 
-def _thumbnail_cell(row: PairRow, name: str, label: str, output_dir: Path) -> str:
-    """A table cell with the embedded thumbnail of a diagnostic, linking to the full PNG."""
+def _thumbnail_cell(row: PairRow, name: str, label: str, output_dir: Path,
+                    embed: bool = True) -> str:
+    """A table cell with the embedded thumbnail of a diagnostic (``embed``), or a plain link,
+    linking to the full PNG."""
     found = _find_png(row, name, output_dir)
     if found is None:
         return "<td></td>"
     path, link = found
     href = html.escape(urllib.parse.quote(link))
+    plain = f'<td><a href="{href}">{html.escape(label)}</a></td>'
+    if not embed:
+        return plain
     try:
         data = base64.b64encode(thumbnail_png(path)).decode()
     except (OSError, ValueError, SyntaxError):  # unreadable PNG: link only
-        return f'<td><a href="{href}">{html.escape(label)}</a></td>'
+        return plain
     return (f'<td><a href="{href}"><img alt="{html.escape(label)} of {html.escape(row.key)}" '
             f'src="data:image/png;base64,{data}"></a></td>')
 
 
-def _thumbnail_cells(rows: Sequence[PairRow], output_dir: Path, threads: int
-                     ) -> list[list[str]]:
-    """The thumbnail cells of every row; PNG decoding and encoding run in ``threads`` threads
-    (zlib and the block averages release the GIL), which matters for hundreds of pairs."""
+def _thumbnail_cells(rows: Sequence[PairRow], output_dir: Path, threads: int,
+                     budget: int = EMBED_BUDGET_BYTES) -> list[list[str]]:
+    """The thumbnail cells of every row, column by column until the embedded thumbnails reach
+    ``budget`` bytes; the cells after that are plain links (and cost no decoding). PNG decoding
+    and encoding run in ``threads`` threads, a batch of ``threads`` cells at a time (zlib and the
+    block averages release the GIL), which matters for hundreds of pairs."""
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = [(r, name, label) for r in rows for name, label in THUMBNAILS]
+    jobs = [(c, i) for c in range(len(THUMBNAILS)) for i in range(len(rows))]
+    cells: dict[tuple[int, int], str] = {}
+    used = 0
+    step = max(1, threads) * 4
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        cells = list(pool.map(lambda job: _thumbnail_cell(*job, output_dir), jobs))
-    n = len(THUMBNAILS)
-    return [cells[i:i + n] for i in range(0, len(cells), n)]
+        for start in range(0, len(jobs), step):
+            chunk = jobs[start:start + step]
+            embed = used < budget
+            made = pool.map(lambda job, embed=embed: _thumbnail_cell(
+                rows[job[1]], *THUMBNAILS[job[0]], output_dir, embed), chunk)
+            for job, cell in zip(chunk, made):
+                cells[job] = cell
+                used += len(cell) if embed else 0
+    return [[cells[(c, i)] for c in range(len(THUMBNAILS))] for i in range(len(rows))]
 
 
 def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -139,8 +141,11 @@ def test_report_renders_in_chromium(batch: Path, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ CLI
 def _summary_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROOT / "bin" / "e2m-summary"), *args], capture_output=True,
-                          text=True, env=child_env(), timeout=120, check=False)
+    """bin/e2m-summary run by this interpreter (its shebang's ``python3`` may be another one
+    on PATH, without exo2micro's dependencies)."""
+    return subprocess.run([sys.executable, str(ROOT / "bin" / "e2m-summary"), *args],
+                          capture_output=True, text=True, env=child_env(), timeout=120,
+                          check=False)
 
 
 def test_summary_cli_from_result_files(batch: Path, tmp_path: Path) -> None:
@@ -187,3 +192,28 @@ def test_summary_cli_default_glob_and_zero_pairs(batch: Path, tmp_path: Path) ->
     assert "No pairs were run" in proc.stdout
     assert json.loads((empty / "manifest.json").read_text())["pairs"] == []
     assert np.all([(empty / f).is_file() for f in S.FILES])
+
+
+def test_report_stays_under_the_platform_preview_limit_at_1000_pairs(tmp_path: Path) -> None:
+    """1 000 pairs with real diagnostic PNGs: the embedded thumbnails stop at the budget, every
+    pair keeps its links, and the page stays under Seqera Platform's 10 MB preview limit."""
+    png_dir = tmp_path / "png"
+    png_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for name, _label in S.THUMBNAILS:  # noisy 640x512 colour plots: thumbnails that do not shrink
+        mpimg.imsave(png_dir / f"{name}.png", rng.random((512, 640, 3)))
+    results = []
+    for i in range(1000):
+        folder = tmp_path / f"S{i:04d}" / "DAPI"
+        (folder / "pipeline_output").mkdir(parents=True)
+        for name, _label in S.THUMBNAILS:
+            os.link(png_dir / f"{name}.png", folder / "pipeline_output" / f"{name}.png")
+        results.append(({"sample": f"S{i:04d}", "dye": "DAPI", "status": "complete",
+                         "scale_estimate": 1.3}, folder))
+    rows = S.collect_rows(results, (), (), ())
+    page = S.render_html(rows, tmp_path, threads=2)
+    assert len(page.encode()) < 10_000_000, len(page.encode())
+    embedded = page.count("data:image/png;base64,")
+    assert 50 < embedded < 3 * 1000, embedded  # noise: the largest thumbnails there are
+    # every pair links its difference image, embedded or not
+    assert page.count('pipeline_output/difference_image.png"') == 1000
