@@ -76,7 +76,9 @@ def validateParameters(all_params, schema_file) {
         !properties.containsKey(name) && !properties.containsKey(name.replaceAll(/([A-Z])/, '_$1').toLowerCase()) && !isSiteParameter(name)
     }
     unknown.each { name ->
-        errors << "unknown parameter --${name}; valid parameters: ${properties.keySet().sort().join(', ')}"
+        def near = closestName(name, properties.keySet())
+        def hint = near ? " (did you mean --${near}?)" : ''
+        errors << "unknown parameter --${name}${hint}; valid parameters: ${properties.keySet().sort().join(', ')}"
     }
     schema['$defs'].each { _group_name, group ->
         (group['required'] ?: []).findAll { name -> all_params[name] == null || all_params[name] == '' }.each { name ->
@@ -136,6 +138,26 @@ def helpText(schema_file) {
     lines << ''
     lines << 'Documentation: docs/usage.md. Stage parameters: also `exo2micro params`.'
     return lines.join('\n')
+}
+
+// Levenshtein distance of two strings (insertions, deletions, substitutions).
+def editDistance(a, b) {
+    def previous = (0..b.length()).toList()
+    a.eachWithIndex { ca, i ->
+        def current = [i + 1]
+        b.eachWithIndex { cb, j ->
+            current << [previous[j + 1] + 1, current[j] + 1, previous[j] + (ca == cb ? 0 : 1)].min()
+        }
+        previous = current
+    }
+    return previous[b.length()]
+}
+
+// The valid name closest to a mistyped one (at most a third of its letters off), or null.
+def closestName(name, valid) {
+    def scored = valid.collect { candidate -> [editDistance(name.toLowerCase(), candidate.toLowerCase()), candidate] }
+    def best = scored.min { pair -> pair[0] }
+    return best && best[0] <= Math.max(1, (int) (name.length() / 3)) ? best[1] : null
 }
 
 // nf-schema's path formats: a path of the wrong kind, or a missing one where `exists: true`.

@@ -36,7 +36,6 @@ messages are line numbers of the file (the header is row 1).
 from __future__ import annotations
 
 import csv
-import difflib
 import functools
 import io
 import json
@@ -53,6 +52,7 @@ import jsonschema
 
 from exo2micro.atomic import write_text_atomic
 from exo2micro.errors import LayoutError
+from exo2micro.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -360,14 +360,6 @@ def _quoted(names: Iterable[str]) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """``"; did you mean 'X'?"`` for a case-insensitive or close match, else ``""``."""
-    pool = list(candidates)
-    same_case = [c for c in pool if c.lower() == word.lower()]
-    close = same_case or difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def _dye_with_underscore_hint(dye: str, found_dyes: Iterable[str]) -> str:
     last = dye.rsplit("_", 1)[1]
     dashed = dye.replace("_", "-")
@@ -453,7 +445,7 @@ def _resolve(
                         for d in (dyes or [ALL_DYES])]
             continue
         if sample not in found:
-            reason = missing_sample(sample) + _did_you_mean(sample, all_samples)
+            reason = missing_sample(sample) + did_you_mean(sample, all_samples)
             skipped += [SkippedPair(sample, d, reason) for d in (dyes or [ALL_DYES])]
             continue
         have = found[sample]
@@ -466,7 +458,7 @@ def _resolve(
             elif "_" in dye:
                 skipped.append(SkippedPair(sample, dye, _dye_with_underscore_hint(dye, have)))
             else:
-                reason = missing_dye(sample, dye) + _did_you_mean(dye, have)
+                reason = missing_dye(sample, dye) + did_you_mean(dye, have)
                 skipped.append(SkippedPair(sample, dye, reason))
     return pairs, skipped
 
@@ -605,9 +597,13 @@ def load_samplesheet(
     header, rows = _read_rows(sheet)
     missing = [c for c in SAMPLESHEET_COLUMNS if c not in header]
     if missing:
+        hints = "".join(did_you_mean(c, [h for h in header if h not in SAMPLESHEET_COLUMNS])
+                        .replace("; did you mean", f"; for '{c}', did you mean", 1)
+                        for c in missing)
         raise DiscoveryError(
             f"samplesheet '{sheet}' lacks column(s) {_quoted(missing)}; its header is "
-            f"'{','.join(header)}', expected {','.join(SAMPLESHEET_COLUMNS)} (+ extra columns)")
+            f"'{','.join(header)}', expected {','.join(SAMPLESHEET_COLUMNS)} (+ extra columns)"
+            f"{hints}")
     errors: list[str] = []
     validator = jsonschema.Draft202012Validator(load_schema()["items"])
     seen: dict[tuple[str, str], int] = {}

@@ -185,8 +185,12 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     values = dict(DEFAULTS)
     unknown = sorted(set(overrides or {}) - set(BY_NAME))
     if unknown:
+        from exo2micro.suggest import closest
+
+        named = [f"{name} (did you mean {near}?)" if (near := closest(name, BY_NAME)) else name
+                 for name in unknown]
         raise ParameterError(
-            f"unknown parameter(s) {', '.join(unknown)}; valid names: {', '.join(BY_NAME)}")
+            f"unknown parameter(s) {', '.join(named)}; valid names: {', '.join(BY_NAME)}")
     for name, value in (overrides or {}).items():
         values[name] = _coerce(BY_NAME[name], value)
     if values["scale_min"] > values["scale_max"]:

@@ -161,8 +161,14 @@ def test_unknown_name_lists_every_valid_name() -> None:
     with pytest.raises(ParameterError) as info:
         P.resolve({"boundry_width": 20, "pad": 3})
     text = str(info.value)
-    assert "unknown parameter(s) boundry_width" in text
+    assert "unknown parameter(s) boundry_width (did you mean boundary_width?)" in text
     assert all(name in text for name in P.BY_NAME)
+
+
+def test_unknown_name_without_a_close_one_gets_no_guess() -> None:
+    with pytest.raises(ParameterError) as info:
+        P.resolve({"xyz": 1})
+    assert "unknown parameter(s) xyz;" in str(info.value)
 
 
 def test_ignored_parameter_gives_one_notice_and_keeps_the_fingerprint(

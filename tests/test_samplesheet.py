@@ -176,6 +176,12 @@ def test_missing_column(tmp_path: Path) -> None:
     assert "lacks column(s) 'post'" in first and "expected sample,dye,pre,post" in first
 
 
+def test_misspelled_column_is_suggested(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "s.csv", "sample,dye,pre,psot\nCD070,DAPI,a.tif,b.tif\n")
+    first = sheet_error(sheet).splitlines()[0]
+    assert "lacks column(s) 'post'" in first and "for 'post', did you mean 'psot'?" in first
+
+
 def test_empty_sample_and_bad_values_all_listed(images: Path) -> None:
     sheet = write_sheet(images / "samplesheet.csv",
                         "sample,dye,pre,post\n"

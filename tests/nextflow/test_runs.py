@@ -393,7 +393,8 @@ def test_an_unknown_parameter_fails_with_the_valid_names(tmp_path: Path) -> None
     run = nextflow_run(tmp_path, "-profile", "test", "--scale_percentil", "99")
     assert run.proc.returncode == 1, run.explain()
     text = run.proc.stdout + run.proc.stderr
-    assert "unknown parameter --scale_percentil; valid parameters:" in text, run.explain()
+    assert ("unknown parameter --scale_percentil (did you mean --scale_percentile?); valid "
+            "parameters:") in text, run.explain()
     assert "scale_percentile" in text.split("valid parameters:", 1)[1]
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
 
