@@ -12,10 +12,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2
   "$PY" -m venv .venv
 fi
+QUIET_EDITABLE="ignore:Editable installation"
 stamp=.venv/.exo2micro-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing exo2micro and test tools into .venv" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[test]'
+  # setuptools warns on every editable install that a folder named like the package may shadow
+  # it; that is the point of an editable install here, so the known, harmless warning is hidden.
+  PYTHONWARNINGS="$QUIET_EDITABLE" .venv/bin/python -m pip install --quiet -e '.[test]'
   touch "$stamp"
 fi
