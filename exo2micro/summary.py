@@ -164,7 +164,9 @@ def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> 
         accuracy_px=_num(alignment.get("estimated_accuracy_px")),
         stage2=str(_dict(alignment.get("stage2")).get("status", "")),
         stage3=str(_dict(alignment.get("stage3")).get("status", "")),
-        last_stage=_int(runner.get("last_stage")) or (max(done) if done else None),
+        # the last stage that completed (the runner's `last_stage` is the one it was asked to
+        # reach); a failure's own stage is `error_stage`
+        last_stage=max(done) if done else None,
         wall_s=wall,
         peak_rss_bytes=max((v for v in peaks.values() if v is not None), default=None),
         attempts=_int(error.get("attempts")) or _int(runner.get("attempts")),

@@ -4,6 +4,7 @@ report (rendered in headless Chromium when available) and the ``e2m-summary`` to
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -217,3 +218,20 @@ def test_report_stays_under_the_platform_preview_limit_at_1000_pairs(tmp_path: P
     assert 50 < embedded < 3 * 1000, embedded  # noise: the largest thumbnails there are
     # every pair links its difference image, embedded or not
     assert page.count('pipeline_output/difference_image.png"') == 1000
+
+
+def test_last_stage_is_the_last_completed_one_and_the_failure_has_its_own() -> None:
+    """A pair that failed in stage 1 of a run asked to reach stage 4 completed no stage."""
+    failed = {"sample": "S1", "dye": "DAPI", "status": "error: truncated",
+              "stages": {"load": {"status": "error"}},
+              "error": {"stage": 1, "exit_code": 65, "class": "InputDataError"},
+              "runner": {"last_stage": 4}}
+    partial = {"sample": "S2", "dye": "DAPI", "status": "error: boom",
+               "stages": {"load": {"status": "complete"}, "align_boundary": {"status": "complete"},
+                          "align_interior": {"status": "error"}},
+               "error": {"stage": 3, "exit_code": 1}, "runner": {"last_stage": 4}}
+    rows = {r.sample: r for r in S.collect_rows([(failed, None), (partial, None)])}
+    assert (rows["S1"].last_stage, rows["S1"].error_stage) == (None, 1)
+    assert (rows["S2"].last_stage, rows["S2"].error_stage) == (2, 3)
+    tsv = list(csv.DictReader(io.StringIO(S.format_tsv(list(rows.values()))), delimiter="\t"))
+    assert [(r["last_stage"], r["error_stage"]) for r in tsv] == [("", "1"), ("2", "3")]
