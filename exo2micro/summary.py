@@ -266,6 +266,13 @@ def _scale_columns(rows: Sequence[PairRow]) -> list[tuple[str, str]]:
     return cols
 
 
+#: What the scale columns mean, printed under every table that shows them.
+SCALE_LEGEND = ("k is how much brighter the mineral's autofluorescence is in post than in pre "
+                "(post/pre); Moffat: fitted to the histogram of log10(post/pre), and the k of "
+                "the main difference image; Percentile / Manual: the k asked for with "
+                "scale_percentile / manual_scale.")
+
+
 def _table_cells(rows: Sequence[PairRow]) -> tuple[list[str], list[list[str]]]:
     scales = _scale_columns(rows)
     header = ["Sample", "Dye", *(h for h, _ in scales), "Status"]
@@ -285,8 +292,7 @@ def format_text(rows: Sequence[PairRow]) -> str:
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*cells) for cells in body]
     problems = _problems(rows)
-    lines.append("")
-    lines.append(_counts_line(rows))
+    lines += ["", SCALE_LEGEND, "", _counts_line(rows)]
     if problems:
         lines.append("")
         lines.append(f"Problems ({len(problems)}):")
@@ -351,6 +357,7 @@ def format_markdown(rows: Sequence[PairRow], title: str = "exo2micro batch summa
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         out += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in body]
+        out += ["", SCALE_LEGEND]
     else:
         out.append("No runnable pairs.")
     problems = _problems(rows)
@@ -573,7 +580,8 @@ def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
             f'<span class="needs-review">{counts["needs-review"]} need review</span>'
             f'<span class="error">{counts["error"]} failed</span>'
             f'<span class="skipped">{counts["skipped"]} skipped</span></p>{prob_html}'
-            f"<h2>Pairs</h2>{table}<script>{_JS}</script></body></html>\n")
+            f"<h2>Pairs</h2>{table}<p>{html.escape(SCALE_LEGEND)}</p>"
+            f"<script>{_JS}</script></body></html>\n")
 
 
 # ------------------------------------------------------------------------------ files

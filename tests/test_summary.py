@@ -4,6 +4,7 @@ report (rendered in headless Chromium when available) and the ``e2m-summary`` to
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import os
@@ -235,3 +236,15 @@ def test_last_stage_is_the_last_completed_one_and_the_failure_has_its_own() -> N
     assert (rows["S2"].last_stage, rows["S2"].error_stage) == (2, 3)
     tsv = list(csv.DictReader(io.StringIO(S.format_tsv(list(rows.values()))), delimiter="\t"))
     assert [(r["last_stage"], r["error_stage"]) for r in tsv] == [("", "1"), ("2", "3")]
+
+
+def test_every_table_explains_its_k_columns() -> None:
+    """'Moffat' alone means nothing to a newcomer: the text table, summary.md and report.html
+    say what k is and where each scale comes from."""
+    row = {"sample": "S1", "dye": "DAPI", "status": "complete", "scale_estimate": 1.3,
+           "scale_percentile_value": 1.4}
+    rows = S.collect_rows([(row, None)])
+    for text in (S.format_text(rows), S.format_markdown(rows)):
+        assert "Moffat" in text and S.SCALE_LEGEND in text
+    assert html.escape(S.SCALE_LEGEND) in S.render_html(rows, Path("."))
+    assert "brighter" in S.SCALE_LEGEND and "log10(post/pre)" in S.SCALE_LEGEND
