@@ -15,8 +15,12 @@ from typing import Any
 
 from exo2micro.params import STAGE_NAMES, suffix
 
-#: Image formats of checkpoints and difference images: TIFF, FITS or both; a ``-zstd`` or
-#: ``-deflate`` suffix compresses the TIFF tiles (FITS stays uncompressed, for memory mapping).
+#: Default codec of the TIFF images: zstd at level 1 costs about as much time as writing the
+#: uncompressed bytes would (docs/benchmarks.md) and every reader of docs/output.md decodes it.
+DEFAULT_TIFF_CODEC = "zstd"
+#: Image formats of checkpoints and difference images: TIFF, FITS or both. TIFF tiles are
+#: compressed: with zstd (level 1) by default and with ``-zstd``, with deflate for ``-deflate``
+#: (for readers without zstd); FITS stays uncompressed, for memory mapping (docs/output.md).
 CHECKPOINT_FORMATS = ("tiff", "fits", "both", "tiff-zstd", "tiff-deflate", "both-zstd",
                       "both-deflate")
 SCALE_KINDS = ("moffat", "percentile", "manual")
@@ -95,7 +99,8 @@ def formats(checkpoint_format: str) -> tuple[str, ...]:
 
 
 def tiff_compression(checkpoint_format: str) -> str | None:
-    """The tifffile codec of the TIFF checkpoints ('zstd', 'deflate') or ``None``."""
+    """The tifffile codec of the TIFF checkpoints: 'deflate' for ``*-deflate``, else
+    :data:`DEFAULT_TIFF_CODEC`."""
     formats(checkpoint_format)  # validates
     _, _, codec = checkpoint_format.partition("-")
-    return codec or None
+    return codec or DEFAULT_TIFF_CODEC

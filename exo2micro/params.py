@@ -39,8 +39,9 @@ STAGE_NAMES: dict[int, str] = {1: "load", 2: "align_boundary", 3: "align_interio
 class Param:
     """One tunable parameter.
 
-    ``kind`` is ``bool``, ``int`` or ``float``; ``low``/``high`` bound numeric values
-    (inclusive); ``optional`` allows ``None``. ``ignored`` marks a reference parameter that our
+    ``kind`` is ``bool``, ``int``, ``float`` or ``str``; ``low``/``high`` bound numeric values
+    (inclusive); ``optional`` allows ``None``; ``words`` are strings a numeric parameter also
+    accepts (``manual_scale=exposure``). ``ignored`` marks a reference parameter that our
     design does not use: it is accepted, reported once, and leaves outputs unchanged.
     """
 
@@ -54,6 +55,7 @@ class Param:
     high: float | None = None
     optional: bool = False
     ignored: bool = False
+    words: tuple[str, ...] = ()
 
 
 REGISTRY: tuple[Param, ...] = (
@@ -126,7 +128,23 @@ REGISTRY: tuple[Param, ...] = (
           "Also subtract with k = 10^percentile(log10 post/pre) at this percentile.", 0.0, 100.0,
           optional=True),
     Param("manual_scale", None, "msc", 4, float,
-          "Also subtract with this fixed k.", 1e-6, 1e6, optional=True),
+          "Also subtract with this fixed k, or with 'exposure': the post/pre exposure-time "
+          "ratio.", 1e-6, 1e6, optional=True, words=("exposure",)),
+    # --- image metadata (issue #20): physical pixel size, channel, exposure times
+    Param("pixel_size_um", None, "px", 1, float,
+          "Physical pixel size (µm) of both raw images, overriding what their metadata says "
+          "(OME-XML, ImageJ, resolution tags); None: read from the files.", 1e-4, 1e4,
+          optional=True),
+    Param("channel", None, "ch", 1, str,
+          "The raw images' signal channel: an index (0, 1, …) or an OME channel name (letters, "
+          "digits, . + -); None: the channel named after the dye, else the strongest.",
+          optional=True),
+    Param("pre_exposure_s", None, "pexp", 4, float,
+          "Exposure time (s) of the pre image, overriding its OME-XML.", 1e-9, 1e5,
+          optional=True),
+    Param("post_exposure_s", None, "qexp", 4, float,
+          "Exposure time (s) of the post image, overriding its OME-XML.", 1e-9, 1e5,
+          optional=True),
 )
 
 BY_NAME: dict[str, Param] = {p.name: p for p in REGISTRY}
@@ -143,6 +161,14 @@ def _coerce(param: Param, value: Any) -> Any:
         if param.optional:
             return None
         raise ParameterError(f"parameter {param.name!r} cannot be None ({param.help})")
+    if isinstance(value, str) and value.strip().lower() in param.words:
+        return value.strip().lower()
+    if param.kind is str:
+        text = str(value).strip()
+        if not re.fullmatch(r"[A-Za-z0-9.+-]+", text):
+            raise ParameterError(f"parameter {param.name!r} = {value!r} must be letters, "
+                                 f"digits, '.', '+' or '-' ({param.help})")
+        return text
     if param.kind is bool:
         if isinstance(value, bool):
             return value
@@ -252,7 +278,7 @@ def format_value(value: Any) -> str:
     """Format a parameter value for a filename suffix (shortest exact round-trip form)."""
     if isinstance(value, bool):
         return "True" if value else "False"
-    if isinstance(value, int):
+    if isinstance(value, (int, str)):
         return str(value)
     text = repr(float(value))
     return text[:-2] if text.endswith(".0") else text
@@ -328,7 +354,9 @@ def markdown_table(params: Iterable[Param] = REGISTRY) -> str:
     """The parameter table of the README, generated from the registry."""
     rows = ["| name | stage | default | abbr | range | meaning |", "|---|---|---|---|---|---|"]
     for p in params:
-        rng = "true/false" if p.kind is bool else f"{_fmt(p.low)} … {_fmt(p.high)}"
+        rng = ("true/false" if p.kind is bool else "text" if p.kind is str
+               else f"{_fmt(p.low)} … {_fmt(p.high)}")
+        rng += "".join(f" or `{w}`" for w in p.words)
         if p.optional:
             rng += " or None"
         rows.append(f"| `{p.name}` | {p.stage} | `{p.default}` | `{p.abbr}` | {rng} | {p.help} |")

@@ -61,7 +61,7 @@ def _stage_call(stage: int, layout: PairLayout, pre_raw: Path, post_raw: Path, *
         from exo2micro.stages.load import run_load
 
         return lambda: run_load(pre_raw, post_raw, layout, threads=threads,
-                                compression=tiff_compression(checkpoint_format))
+                                compression=tiff_compression(checkpoint_format), dye=dye)
     if stage == 2:
         from exo2micro.stages.align_boundary import run_align_boundary
 

@@ -50,7 +50,7 @@ import numpy as np
 
 from exo2micro import params as P
 from exo2micro.errors import InputDataError, ResourceError
-from exo2micro.layout import PairLayout, formats, tiff_compression
+from exo2micro.layout import PairLayout, formats
 from exo2micro.pyramid import first_factor
 from exo2micro.records import stage_is_current
 from exo2micro.resources import available_memory, current_rss_bytes
@@ -458,9 +458,6 @@ def _disk_remedies(needed: int, free: int, output_dir: str | os.PathLike[str],
     if len(formats(checkpoint_format)) == 2:
         out.append("write one image format only: checkpoint_format='tiff' or 'fits' "
                    f"(currently '{checkpoint_format}'; halves the image bytes)")
-    if tiff_compression(checkpoint_format) is None and "tiff" in formats(checkpoint_format):
-        out.append("compress the TIFF checkpoints: checkpoint_format='tiff-zstd' (the estimate "
-                   "assumes no compression; see docs/benchmarks.md for what it saves and costs)")
     if values["save_all_intermediates"]:
         out.append("set save_all_intermediates=False (currently True; skips the stage-2 "
                    "aligned image)")

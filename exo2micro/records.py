@@ -32,6 +32,7 @@ from exo2micro import params as P
 from exo2micro.atomic import write_json_atomic
 from exo2micro.layout import PairLayout, formats
 from exo2micro.resources import peak_rss_bytes
+from exo2micro.tiffio import OmeMeta
 
 #: Files up to this size (bytes) are hashed whole.
 FULL_HASH_BYTES = 64 << 20
@@ -245,3 +246,17 @@ def require_stage(layout: PairLayout, stage: int) -> dict[str, Any]:
             f"{layout.root}: stage {stage} ({P.STAGE_NAMES[stage]}) has not completed here "
             f"(no {layout.relative(layout.record(stage))}); run it first")
     return rec
+
+
+def stage1_physical(layout: PairLayout, which: str) -> dict[str, Any]:
+    """Stage 1's physical facts of ``which`` ('pre' or 'post'): ``pixel_size_um`` (µm) and
+    ``exposure_s`` (s), ``None`` when unknown or stage 1 has no record."""
+    image = ((read_record(layout.record(1)) or {}).get("images") or {}).get(which) or {}
+    return {"pixel_size_um": image.get("pixel_size_um"), "exposure_s": image.get("exposure_s")}
+
+
+def product_ome(layout: PairLayout, name: str, dye: str, description: str | None = None
+                ) -> OmeMeta:
+    """The OME-XML facts of an output image in the post frame: its name, the dye as channel
+    name and the post image's pixel size (docs/output.md)."""
+    return OmeMeta(name, dye, stage1_physical(layout, "post")["pixel_size_um"], description)

@@ -18,7 +18,7 @@ from exo2micro import params as P
 from exo2micro.atomic import write_json_atomic
 from exo2micro.errors import exit_code_for
 from exo2micro.layout import PairLayout
-from exo2micro.records import read_record
+from exo2micro.records import read_record, stage1_physical
 from exo2micro.transform import TransformRecord
 
 #: Status of a finished pair whose consistency check failed.
@@ -73,6 +73,8 @@ def build_result(layout: PairLayout, sample: str, dye: str, status: str,
         "scale_estimate": scales.get("moffat"),
         "scale_percentile_value": scales.get("percentile"),
         "manual_scale": scales.get("manual"),
+        "pixel_size_um": stage1_physical(layout, "post")["pixel_size_um"],
+        "exposure": sub.get("exposure"),
         "alignment": _alignment(layout),
         "params": P.non_default(layout.params),
         "suffix": layout.sfx(4),

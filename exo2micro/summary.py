@@ -67,6 +67,7 @@ class PairRow:
     percentile: float | None = None
     manual: float | None = None
     accuracy_px: float | None = None
+    pixel_size_um: float | None = None   # post frame, µm; None when unknown
     stage2: str = ""
     stage3: str = ""
     last_stage: int | None = None
@@ -162,6 +163,7 @@ def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> 
         percentile=_num(result.get("scale_percentile_value")),
         manual=_num(result.get("manual_scale")),
         accuracy_px=_num(alignment.get("estimated_accuracy_px")),
+        pixel_size_um=_num(result.get("pixel_size_um")),
         stage2=str(_dict(alignment.get("stage2")).get("status", "")),
         stage3=str(_dict(alignment.get("stage3")).get("status", "")),
         # the last stage that completed (the runner's `last_stage` is the one it was asked to
@@ -320,7 +322,8 @@ def _meta_columns(rows: Sequence[PairRow]) -> list[str]:
 
 
 TSV_COLUMNS = ("sample", "dye", "status", "reason", "scale_moffat", "scale_percentile",
-               "manual_scale", "accuracy_px", "stage2", "stage3", "last_stage", "wall_s",
+               "manual_scale", "accuracy_px", "pixel_size_um",
+               "stage2", "stage3", "last_stage", "wall_s",
                "peak_rss_bytes", "attempts", "exit_code", "error_class", "error_stage",
                "fingerprint", "result")
 
@@ -339,7 +342,8 @@ def format_tsv(rows: Sequence[PairRow]) -> str:
     lines = ["\t".join(names)]
     for r in rows:
         values = [r.sample, r.dye, r.state, r.reason, r.moffat, r.percentile, r.manual,
-                  r.accuracy_px, r.stage2, r.stage3, r.last_stage, r.wall_s, r.peak_rss_bytes,
+                  r.accuracy_px, r.pixel_size_um,
+                  r.stage2, r.stage3, r.last_stage, r.wall_s, r.peak_rss_bytes,
                   r.attempts, r.exit_code, r.error_class, r.error_stage, r.fingerprint,
                   r.result_path, *(r.meta.get(m) for m in meta)]
         lines.append("\t".join(_tsv_value(v) for v in values))

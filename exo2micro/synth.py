@@ -161,6 +161,8 @@ class SynthSpec:
     microbes (0 to 0.5). ``signal_channels`` (e.g. ``"g"`` or ``"rg"``) overrides the RGB
     channel(s) chosen from the dye. ``noise`` scales the noise (0 = quantisation only).
     ``tissue_offset`` shifts the tissue centre (pre px) so part of it can leave the frames.
+    ``pixel_size_um`` (µm per post pixel; pre pixels are ``scale`` times larger, so the
+    sizes imply the true magnification) is written as resolution tags (px per cm).
     ``layout``/``compression`` choose the TIFF structure (see :data:`LAYOUTS`); a compressed
     ``single-strip`` file is one strip that readers must decode whole (writing it holds the
     whole image in memory, as the microscope software that makes such files does).
@@ -186,6 +188,7 @@ class SynthSpec:
     tissue_offset: tuple[float, float] = (0.0, 0.0)
     layout: str = "strips"
     compression: str | None = None
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
         _check_name("sample", self.sample)
@@ -202,6 +205,8 @@ class SynthSpec:
         _check_range("k", self.k, 0.01, 100.0)
         _check_range("microbe_coverage", self.microbe_coverage, 0.0, 0.5)
         _check_range("noise", self.noise, 0.0, 100.0)
+        if self.pixel_size_um is not None:
+            _check_range("pixel_size_um", self.pixel_size_um, 1e-4, 1e4)
         if len(self.tissue_offset) != 2:
             raise ParameterError(f"tissue_offset {self.tissue_offset!r} must be (dx, dy)")
         shifts = {"tx": self.tx, "ty": self.ty, "tissue_offset dx": self.tissue_offset[0],
@@ -689,9 +694,10 @@ def _band_rows(spec: SynthSpec, width: int, height: int) -> int:
 
 
 def _write_tiff(path: Path, bands: Iterator[np.ndarray], spec: SynthSpec, width: int,
-                height: int) -> None:
+                height: int, pixel_size_um: float | None = None) -> None:
     """Stream bands (full width, a whole number of strips/tiles each) into a TIFF with the
-    spec's layout and compression, atomically."""
+    spec's layout and compression, atomically; ``pixel_size_um`` (µm) becomes the
+    X/YResolution tags in px per cm."""
     mode = spec.mode
     shape = (height, width, mode.channels) if mode.channels > 1 else (height, width)
     nbytes = height * width * mode.channels * mode.dtype.itemsize
@@ -700,6 +706,9 @@ def _write_tiff(path: Path, bands: Iterator[np.ndarray], spec: SynthSpec, width:
         "shape": shape, "dtype": mode.dtype, "metadata": None,
         "photometric": "rgb" if mode.colours == 3 else "minisblack",
         "compression": codec_tag}
+    if pixel_size_um is not None:
+        options.update(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um),
+                       resolutionunit="CENTIMETER")
     if mode.alpha:
         options["extrasamples"] = ("unassalpha",)
     data: Iterator[np.ndarray] | Iterator[bytes]
@@ -814,12 +823,14 @@ def generate_pair(spec: SynthSpec, raw_dir: str | os.PathLike[str], with_post: b
     pre_path, post_path = folder / names["pre"], folder / names["post"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         jobs = [pool.submit(_write_tiff, pre_path,
-                            iter_pre_bands(scene, _band_rows(spec, pw, ph)), spec, pw, ph)]
+                            iter_pre_bands(scene, _band_rows(spec, pw, ph)), spec, pw, ph,
+                            None if spec.pixel_size_um is None
+                            else spec.pixel_size_um * spec.scale)]
         if with_post:
             jobs.append(pool.submit(
                 _write_tiff, post_path,
                 iter_post_bands(scene, _band_rows(spec, spec.width, spec.height), tally=tally),
-                spec, spec.width, spec.height))
+                spec, spec.width, spec.height, spec.pixel_size_um))
         for job in jobs:
             job.result()
     truth = _truth(scene, tally if with_post else None)

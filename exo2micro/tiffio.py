@@ -30,12 +30,13 @@ import contextlib
 import enum
 import logging
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import tifffile
@@ -94,16 +95,23 @@ READER_CACHE_BYTES = 256 << 20
 
 
 class TiffImage:
-    """Read-only, lazy access to the first image of a TIFF file.
+    """Read-only, lazy access to the full-resolution image of a TIFF file.
+
+    The image is the largest series (:func:`_select_planes`); its colour channels are the
+    samples of one page (RGB) or one page per channel (OME-TIFF ``CYX``, ImageJ hyperstacks,
+    and a plain multi-page TIFF with ``pages_as_channels``). :attr:`physical` holds the pixel
+    size, channel names and exposure times its metadata states.
 
     Raises :class:`InputDataError` (exit 65) naming the file when it is empty, not a TIFF,
-    truncated, or has an absurd or unsupported header. Use as a context manager.
+    truncated, a z-stack or time series, or has an absurd or unsupported header. Use as a
+    context manager.
     """
 
-    def __init__(self, path: str | os.PathLike[str], cache_bytes: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], cache_bytes: int | None = None, *,
+                 pages_as_channels: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes = READER_CACHE_BYTES if cache_bytes is None else cache_bytes
         self._cached = 0
         try:
@@ -122,7 +130,7 @@ class TiffImage:
                 raise InputDataError(f"{self.path}: not a readable TIFF file ({_short(exc)}; "
                                      f"first bytes {head!r})") from None
             try:
-                self._page = self._validate(size)
+                self._page = self._validate(size, pages_as_channels)
             except InputDataError:
                 self._tif.close()
                 raise
@@ -132,25 +140,26 @@ class TiffImage:
             self._offset = int(self._page.dataoffsets[0])
 
     # ----------------------------------------------------------------------------- header
-    def _validate(self, file_bytes: int) -> tifffile.TiffPage:
+    def _validate(self, file_bytes: int, pages_as_channels: bool) -> tifffile.TiffPage:
         try:
             if len(self._tif.pages) == 0:
                 raise InputDataError(f"{self.path}: TIFF contains no image")
-            page = self._tif.pages.first
-            planes = _count_planes(self._tif, page)
+            series, pages = _select_planes(self.path, self._tif, pages_as_channels)
         except InputDataError:
             raise
         except Exception as exc:
             raise InputDataError(f"{self.path}: corrupt TIFF header ({_short(exc)})") from None
-        if planes > 1:
-            raise InputDataError(
-                f"{self.path}: has {planes} image planes of {page.imagewidth}×"
-                f"{page.imagelength} px (a z-stack, time series or channel stack); exo2micro "
-                f"reads single-plane images: save the plane you want as its own file, e.g. "
-                f"`tifffile.imwrite('plane.tif', tifffile.imread(path, key=N))` for plane N "
-                f"(0 … {planes - 1}), or a maximum projection")
+        page = pages[0]
+        for other in pages[1:]:
+            if (other.shape != page.shape or other.dtype != page.dtype
+                    or other.is_tiled != page.is_tiled or other.samplesperpixel != 1
+                    or other.rowsperstrip != page.rowsperstrip
+                    or (other.tilelength, other.tilewidth) != (page.tilelength, page.tilewidth)):
+                raise InputDataError(f"{self.path}: its channel pages differ in size, pixel "
+                                     f"type or layout; save each channel as its own file")
+        self._pages = pages
         h, w = int(page.imagelength), int(page.imagewidth)
-        samples = int(page.samplesperpixel)
+        samples = int(page.samplesperpixel) if len(pages) == 1 else len(pages)
         if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or h * w > MAX_PIXELS:
             raise InputDataError(f"{self.path}: implausible image size {w}×{h} px in header")
         if not isinstance(page.compression, enum.Enum):
@@ -163,14 +172,15 @@ class TiffImage:
             raise InputDataError(f"{self.path}: unsupported pixel format "
                                  f"({page.bitspersample}-bit, sample format {page.sampleformat},"
                                  f" depth {page.imagedepth})")
-        offsets, counts = page.dataoffsets, page.databytecounts
+        offsets = [int(o) for p in pages for o in p.dataoffsets]
+        counts = [int(c) for p in pages for c in p.databytecounts]
         if len(offsets) == 0 or len(offsets) != len(counts):
             raise InputDataError(f"{self.path}: TIFF has no pixel data")
-        end = max(int(o) + int(c) for o, c in zip(offsets, counts))
+        end = max(o + c for o, c in zip(offsets, counts))
         if end > file_bytes:
             raise InputDataError(f"{self.path}: file is truncated (pixel data needs {end} bytes, "
                                  f"file has {file_bytes})")
-        planar_separate = page.planarconfig == 2 and samples > 1
+        planar_separate = (page.planarconfig == 2 or len(pages) > 1) and samples > 1
         self._separate = planar_separate
         self._file_dtype = np.dtype(self._tif.byteorder + page.dtype.char)
         self._normal_shape = (h, w, samples)
@@ -185,6 +195,8 @@ class TiffImage:
         self._seg = seg
         self._grid = (-(-h // seg[0]), -(-w // seg[1]))
         expected = self._grid[0] * self._grid[1] * (samples if planar_separate else 1)
+        if len(pages) > 1:
+            expected = self._grid[0] * self._grid[1] * len(pages)
         if len(offsets) != expected:
             raise InputDataError(f"{self.path}: corrupt header: {len(offsets)} strips/tiles for "
                                  f"a {w}×{h} image that needs {expected}")
@@ -193,13 +205,15 @@ class TiffImage:
             raise InputDataError(f"{self.path}: corrupt header: uncompressed pixel data holds "
                                  f"{sum(int(c) for c in counts)} bytes, a {w}×{h}×{samples} "
                                  f"image needs {need}")
-        memmappable = bool(page.is_memmappable) and not planar_separate and page.compression == 1
+        memmappable = (bool(page.is_memmappable) and not planar_separate
+                       and page.compression == 1 and len(pages) == 1)
         self.info = ImageInfo(
             path=str(self.path), height=h, width=w, samples=samples,
             dtype=str(page.dtype), photometric=page.photometric.name,
             compression=page.compression.name, tiled=bool(page.is_tiled), segment_shape=seg,
             n_segments=len(offsets), memmappable=memmappable, file_bytes=file_bytes)
         self._extrasamples = tuple(int(e) for e in (page.extrasamples or ()))
+        self.physical = read_physical(self._tif, series, page, samples)
         return page
 
     @property
@@ -282,13 +296,18 @@ class TiffImage:
         return out
 
     def _segment(self, ty: int, tx: int, plane: int) -> np.ndarray:
-        """Decoded segment (rows, cols, samples) at grid position (ty, tx) of sample ``plane``."""
-        index = plane * self._grid[0] * self._grid[1] + ty * self._grid[1] + tx
-        page = self._page
+        """Decoded segment (rows, cols, samples) at grid position (ty, tx) of sample ``plane``
+        (of a planar-separate page, or the page of channel ``plane``)."""
+        if len(self._pages) > 1:
+            page, index = self._pages[plane], ty * self._grid[1] + tx
+        else:
+            page = self._page
+            index = plane * self._grid[0] * self._grid[1] + ty * self._grid[1] + tx
+        key = (plane, index)
         with self._lock:  # the cache and the file position are shared between threads
-            cached = self._cache.get(index)
+            cached = self._cache.get(key)
             if cached is not None:
-                self._cache.move_to_end(index)
+                self._cache.move_to_end(key)
                 return cached
             if self.decodes_whole:
                 self._check_memory_for_segment(int(page.databytecounts[index]))
@@ -304,7 +323,7 @@ class TiffImage:
             arr = np.zeros((1, *self._seg, 1 if self._separate else self.samples), self.dtype)
         seg = np.asarray(arr).reshape(arr.shape[-3:])
         with self._lock:
-            self._cache[index] = seg
+            self._cache[key] = seg
             self._cached += seg.nbytes
             while self._cached > self._cache_bytes and len(self._cache) > 1:
                 _, old = self._cache.popitem(last=False)
@@ -393,16 +412,167 @@ def _tifffile_quiet() -> Iterator[None]:
         logger.removeFilter(drop)
 
 
-def _count_planes(tif: tifffile.TiffFile, first: tifffile.TiffPage, limit: int = 10_000) -> int:
-    """Full-resolution planes of the first image's shape: 1 for a plain image. Pages that are
-    reduced-resolution copies (NewSubfileType bit 0), thumbnails or of another shape (the
-    levels of a pyramid file) do not count; a series in one page (ImageDepth > 1) does."""
-    planes = max(1, int(first.imagedepth))
-    for page in tif.pages[1:limit]:
-        if (int(getattr(page, "subfiletype", 0)) & 1 == 0
-                and page.shape == first.shape):
-            planes += 1
-    return planes
+#: Axes of a tifffile series that hold planes of unknown meaning (plain multi-page TIFFs).
+_UNKNOWN_AXES = "IQ"
+_AXIS_NAMES = {"Z": "z-slices", "T": "time points", "C": "channels", "I": "pages", "Q": "pages",
+               "R": "tiles/positions", "A": "angles", "H": "phases", "E": "lambdas"}
+
+
+def _main_series(tif: tifffile.TiffFile) -> tuple[int, tifffile.TiffPageSeries]:
+    """The series of the full image: the one with the most pixels per plane (the first of
+    equals). Label, macro and thumbnail series are smaller; a pyramidal series counts at its
+    full resolution (its sub-resolution levels are not planes)."""
+    sizes = [int(np.prod([n for a, n in zip(s.axes, s.shape) if a in "YX"]))
+             for s in tif.series]
+    index = int(np.argmax(sizes))
+    return index, tif.series[index]
+
+
+def _select_planes(path: Path, tif: tifffile.TiffFile, pages_as_channels: bool
+                   ) -> tuple[int, list[tifffile.TiffPage]]:
+    """(series index, its full-resolution pages, one per channel) of the image to read.
+
+    Channels stored as pages (``CYX``: OME-TIFF from ASHLAR or palom, ImageJ hyperstacks)
+    give one page per channel; channels stored as samples of one page give that page. A
+    plain multi-page TIFF's pages count as channels only with ``pages_as_channels`` (the
+    ``channel`` parameter is set). Z-stacks, time series and unlabelled stacks are refused
+    with how to pick one plane.
+    """
+    index, series = _main_series(tif)
+    extra = {a: int(n) for a, n in zip(series.axes, series.shape) if a not in "YXS" and n > 1}
+    channel_axes = {"C", *(_UNKNOWN_AXES if pages_as_channels else "")}
+    channel = [a for a in extra if a in channel_axes]
+    other = {a: n for a, n in extra.items() if a not in channel_axes}
+    planes = int(np.prod(list(extra.values()))) if extra else 1
+    first = series.pages[0] if series.pages else tif.pages.first
+    if other or len(channel) > 1 or (channel and "S" in series.axes):
+        sizes = ", ".join(f"{n} {_AXIS_NAMES.get(a, a)}" for a, n in extra.items())
+        what = ("a z-stack, time series or channel stack"
+                if set(other) <= set(_UNKNOWN_AXES) else "more than one plane per channel")
+        raise InputDataError(
+            f"{path}: has {planes} image planes of {first.imagewidth}×{first.imagelength} px "
+            f"({sizes}: {what}); exo2micro reads one plane per channel: for pages that are "
+            f"channels set the parameter channel=N (index) or channel=NAME; otherwise save "
+            f"the plane you want as its own file, e.g. "
+            f"`tifffile.imwrite('plane.tif', tifffile.imread(path, key=N))` for plane N "
+            f"(0 … {planes - 1}), or a maximum projection")
+    pages = [p.aspage() for p in series.pages] if channel else [first.aspage()]
+    if len(pages) != (extra[channel[0]] if channel else 1):
+        raise InputDataError(f"{path}: corrupt header: series of shape {series.shape} has "
+                             f"{len(pages)} pages")
+    return index, pages
+
+
+# ------------------------------------------------------------------------ physical metadata
+@dataclass(frozen=True)
+class Physical:
+    """What an image's metadata says about its physical meaning.
+
+    ``pixel_size_um``: size of one pixel along x (µm; ``None`` unknown) and ``source`` where
+    it came from (``"OME-XML"``, ``"ImageJ"``, ``"resolution tags"`` or ``""``);
+    ``channel_names`` and ``exposure_s`` (seconds) per colour channel, ``""``/``None`` where
+    not stated.
+    """
+
+    pixel_size_um: float | None = None
+    source: str = ""
+    channel_names: tuple[str, ...] = ()
+    exposure_s: tuple[float | None, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pixel_size_um": self.pixel_size_um, "pixel_size_source": self.source or None,
+                "channel_names": list(self.channel_names), "exposure_s": list(self.exposure_s)}
+
+
+#: Length units (OME ``UnitsLength`` symbols and ImageJ spellings) in µm.
+LENGTH_UM = {"pm": 1e-6, "Å": 1e-4, "nm": 1e-3, "µm": 1.0, "μm": 1.0, "um": 1.0,
+             "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+#: Time units (OME ``UnitsTime``) in s.
+TIME_S = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+#: Resolutions (px per inch) that image software writes when it knows nothing: not a size.
+DEFAULT_DPI = (1.0, 72.0, 96.0, 150.0, 300.0, 600.0)
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _ome_physical(xml: str, image: int, n_channels: int) -> Physical:
+    """Pixel size, channel names and exposure times of OME Image ``image``."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return Physical()
+    images = [e for e in root if _local(e.tag) == "Image"]
+    if not images:
+        return Physical()
+    pixels = next((e for e in images[min(image, len(images) - 1)] if _local(e.tag) == "Pixels"),
+                  None)
+    if pixels is None:
+        return Physical()
+    size = None
+    if pixels.get("PhysicalSizeX"):
+        factor = LENGTH_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
+        with contextlib.suppress(ValueError):
+            size = float(pixels.get("PhysicalSizeX", "")) * factor if factor else None
+    channels = [e for e in pixels if _local(e.tag) == "Channel"]
+    names = tuple(c.get("Name", "") for c in channels)
+    if len(names) != n_channels:  # one OME channel of several samples (RGB): names unknown
+        names = ("",) * n_channels
+    exposure: list[float | None] = [None] * n_channels
+    for plane in (e for e in pixels if _local(e.tag) == "Plane"):
+        c, value = int(plane.get("TheC", 0)), plane.get("ExposureTime")
+        unit = TIME_S.get(plane.get("ExposureTimeUnit", "s"))
+        if value and unit and 0 <= c < n_channels and exposure[c] is None:
+            with contextlib.suppress(ValueError):
+                exposure[c] = float(value) * unit
+    return Physical(size if size and size > 0 else None, "OME-XML" if size else "", names,
+                    tuple(exposure))
+
+
+def _resolution_um(page: tifffile.TiffPage, unit_um: float | None) -> float | None:
+    """µm per pixel from XResolution (px per ResolutionUnit, or per ``unit_um`` µm when an
+    ImageJ unit is given); ``None`` for absent, unit-less or placeholder resolutions."""
+    tag = page.tags.get("XResolution")
+    if tag is None:
+        return None
+    num, den = tag.value if isinstance(tag.value, tuple) else (tag.value, 1)
+    if not num or not den:
+        return None
+    per_unit = num / den
+    if unit_um is None:
+        unit = int(page.tags.valueof("ResolutionUnit", 2))
+        if unit == 2 and any(abs(per_unit - d) < 1e-6 for d in DEFAULT_DPI):
+            return None
+        unit_um = {2: 25400.0, 3: 10000.0}.get(unit)
+        if unit_um is None:
+            return None
+    return unit_um / per_unit
+
+
+def read_physical(tif: tifffile.TiffFile, series: int, page: tifffile.TiffPage,
+                  n_channels: int) -> Physical:
+    """The :class:`Physical` facts of an image: OME-XML first, then ImageJ metadata (its
+    ``unit`` with the XResolution tag), then the resolution tags (inch or cm)."""
+    if tif.is_ome and tif.ome_metadata:
+        found = _ome_physical(tif.ome_metadata, series, n_channels)
+        if found.pixel_size_um is not None or any(found.channel_names):
+            if found.pixel_size_um is not None:
+                return found
+            size = _resolution_um(page, None)
+            return Physical(size, "resolution tags" if size else "", found.channel_names,
+                            found.exposure_s)
+    blank = Physical(channel_names=("",) * n_channels, exposure_s=(None,) * n_channels)
+    ij = tif.imagej_metadata or {}
+    if ij.get("unit") in LENGTH_UM:
+        size = _resolution_um(page, LENGTH_UM[ij["unit"]])
+        if size:
+            return Physical(size, "ImageJ", blank.channel_names, blank.exposure_s)
+    size = _resolution_um(page, None)
+    return Physical(size, "resolution tags" if size else "", blank.channel_names,
+                    blank.exposure_s)
 
 
 def _short(exc: BaseException) -> str:
@@ -494,41 +664,169 @@ def to_signal(block: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ writing
+@dataclass(frozen=True)
+class OmeMeta:
+    """What the OME-XML of a written image says about it.
+
+    ``pixel_size_um`` is the physical size of one pixel (µm, square pixels; ``None``: unknown,
+    then no PhysicalSize attributes are written); ``channel`` names the single channel (the
+    dye); ``description`` (free text, e.g. JSON provenance) goes to the OME Image Description.
+    """
+
+    name: str
+    channel: str
+    pixel_size_um: float | None = None
+    description: str | None = None
+
+    def xml(self, shape: tuple[int, int], dtype: np.dtype) -> str:
+        """The OME-XML of a single-plane ``shape`` (height, width) image of ``dtype``."""
+        ome = tifffile.OmeXml()
+        size: dict[str, Any] = {}
+        if self.pixel_size_um is not None:
+            size = {"PhysicalSizeX": self.pixel_size_um, "PhysicalSizeXUnit": "µm",
+                    "PhysicalSizeY": self.pixel_size_um, "PhysicalSizeYUnit": "µm"}
+        extra = {"Description": self.description} if self.description else {}
+        ome.addimage(np.dtype(dtype), shape, (1, 1, 1, *shape, 1), axes="YX", Name=self.name,
+                     Channel={"Name": [self.channel]}, **size, **extra)
+        return ome.tostring()
+
+
+#: Sub-resolution levels halve the image until its longer side is at most this (px).
+LEVEL_MIN_SIDE = 1024
+
+
+def level_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    """(height, width) of each sub-resolution level of a ``shape`` image: factor 2 per level
+    (odd sides round up), down to the first level whose longer side is ≤ :data:`LEVEL_MIN_SIDE`.
+    Empty when the image is already that small."""
+    h, w = shape
+    out = []
+    while max(h, w) > LEVEL_MIN_SIDE:
+        h, w = -(-h // 2), -(-w // 2)
+        out.append((h, w))
+    return out
+
+
+def pyramid_bytes(shape: tuple[int, int], dtype: np.dtype) -> int:
+    """Uncompressed bytes of an image with all its levels (at most 4/3 of the full level)."""
+    return sum(h * w for h, w in [shape, *level_shapes(shape)]) * np.dtype(dtype).itemsize
+
+
+def halve(block: np.ndarray) -> np.ndarray:
+    """2 × 2 box mean of a 2-D block, in its dtype: output pixel (i, j) averages block rows
+    2i, 2i+1 and columns 2j, 2j+1 (fewer at an odd right or bottom edge). NaN pixels are left
+    out of the mean; a box of only NaN stays NaN (no data stays no data). Integer images are
+    rounded to the nearest integer."""
+    h, w = block.shape
+    work = np.full((h + h % 2, w + w % 2), np.nan, np.float32)
+    work[:h, :w] = block
+    boxes = work.reshape(work.shape[0] // 2, 2, work.shape[1] // 2, 2)
+    finite = ~np.isnan(boxes)
+    count = finite.sum(axis=(1, 3), dtype=np.float32)
+    total = np.where(finite, boxes, 0).sum(axis=(1, 3), dtype=np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+    if block.dtype.kind == "f":
+        return mean.astype(block.dtype, copy=False)
+    return np.rint(mean).astype(block.dtype)
+
+
+def _spool_rows(blocks: Iterable[np.ndarray], spool: BinaryIO | None) -> Iterator[np.ndarray]:
+    """Pass ``blocks`` through, appending the :func:`halve` of each to ``spool`` (the raw rows
+    of the next level, in C order) when one is given."""
+    for block in blocks:
+        if spool is not None:
+            spool.write(np.ascontiguousarray(halve(block)).tobytes())
+        yield block
+
+
+def _unspool(spool: BinaryIO, shape: tuple[int, int], dtype: np.dtype, rows: int
+             ) -> Iterator[np.ndarray]:
+    """Read a spooled level back as consecutive full-width blocks of ``rows`` rows."""
+    h, w = shape
+    spool.seek(0)
+    for y0 in range(0, h, rows):
+        n = min(rows, h - y0)
+        yield np.fromfile(spool, dtype, n * w).reshape(n, w)
+
+
 def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.dtype,
                 blocks: Iterable[np.ndarray], *, tile: int = TILE,
                 compression: str | None = None, description: str | None = None,
-                extratags: Sequence[tuple[Any, ...]] = ()) -> None:
-    """Write a single-channel image atomically as a tiled TIFF, BigTIFF when it needs it.
+                extratags: Sequence[tuple[Any, ...]] = (), ome: OmeMeta | None = None) -> None:
+    """Write a single-channel image atomically as a tiled, pyramidal TIFF (BigTIFF when needed).
 
     ``blocks`` yields consecutive full-width row blocks of exactly ``tile`` rows (the last may
-    be shorter); only one block is held at a time. ``compression`` is any tifffile codec name
-    (``None``, ``'zlib'``, ``'zstd'``, ``'lzw'``); compressed tiles use the predictor of the
-    dtype (horizontal differencing, floating-point for floats), which shrinks them further.
+    be shorter). The full-resolution image is the first page; its sub-resolutions
+    (:func:`level_shapes`, :func:`halve`) are written into its SubIFDs with NewSubfileType 1,
+    where QuPath, Bio-Formats, napari and tifffile find them and page-based readers ignore them.
+
+    Memory: only one block per level is held. Each level is built from the previous level's
+    blocks as they are written and spooled, uncompressed, to an anonymous temporary file in the
+    destination folder (at most a third of the uncompressed full-resolution size, freed when
+    the file is done), because a TIFF holds a page's tiles contiguously and the next level can
+    only be written after the current one.
+
+    ``ome`` writes OME-XML (name, channel, physical pixel size) as the image description
+    (then ``description`` is ignored: put free text into ``ome.description``).
+    ``compression`` is a tifffile codec name (``None``, ``'zlib'``, ``'zstd'`` — at level 1,
+    its fast end —, …). Compressed integer tiles use horizontal differencing; float tiles use
+    no predictor, because Bio-Formats (QuPath, Fiji) cannot undo the floating-point one.
     """
     h, w = shape
     dtype = np.dtype(dtype)
-    big = h * w * dtype.itemsize > BIGTIFF_BYTES
+    levels = level_shapes(shape)
+    big = pyramid_bytes(shape, dtype) > BIGTIFF_BYTES
+    text: str | bytes | None = description
+    if ome is not None:  # UTF-8 (µm): OME-XML declares it, TIFF ASCII tags cannot hold it
+        text = ome.xml(shape, dtype).encode()
+    options: dict[str, Any] = {
+        "dtype": dtype, "tile": (tile, tile), "compression": compression,
+        "compressionargs": {"level": 1} if compression == "zstd" else None,
+        "predictor": compression is not None and dtype.kind in "ui",
+        "photometric": "minisblack", "metadata": None}
+    path = Path(path)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tw, \
+            contextlib.ExitStack() as stack:
+        spools = [stack.enter_context(tempfile.TemporaryFile(dir=Path(tmp).parent))
+                  for _ in levels]
+        rows = _spool_rows(_checked_blocks(blocks, shape, tile), spools[0] if spools else None)
+        tw.write(_tiles(rows, w, tile, dtype), shape=(h, w), subifds=len(levels) or None,
+                 description=text, extratags=extratags, **options)
+        for i, level in enumerate(levels):
+            spools[i].flush()
+            nxt = spools[i + 1] if i + 1 < len(levels) else None
+            rows = _spool_rows(_unspool(spools[i], level, dtype, tile), nxt)
+            tw.write(_tiles(rows, level[1], tile, dtype), shape=level, subfiletype=1,
+                     **options)
+            spools[i].close()
 
-    def tiles() -> Iterator[np.ndarray]:
-        rows_done = 0
-        for block in blocks:
-            bh = block.shape[0]
-            if block.shape[1] != w or (bh != tile and rows_done + bh != h):
-                raise ValueError(f"write_tiled: block of shape {block.shape} at row {rows_done} "
-                                 f"does not fit {tile}-row blocks of a {w}-wide image")
-            padded = np.zeros((tile, -(-w // tile) * tile), dtype)
-            padded[:bh, :w] = block
-            for x0 in range(0, w, tile):
-                yield padded[:, x0:x0 + tile]
-            rows_done += bh
-        if rows_done != h:
-            raise ValueError(f"write_tiled: got {rows_done} rows, expected {h}")
 
-    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tw:
-        tw.write(tiles(), shape=(h, w), dtype=dtype, tile=(tile, tile),
-                 compression=compression, predictor=compression is not None,
-                 photometric="minisblack", description=description, metadata=None,
-                 extratags=extratags)
+def _checked_blocks(blocks: Iterable[np.ndarray], shape: tuple[int, int], tile: int
+                    ) -> Iterator[np.ndarray]:
+    """``blocks``, checked to be full-width ``tile``-row blocks that add up to ``shape``."""
+    h, w = shape
+    rows_done = 0
+    for block in blocks:
+        bh = block.shape[0]
+        if block.shape[1] != w or (bh != tile and rows_done + bh != h):
+            raise ValueError(f"write_tiled: block of shape {block.shape} at row {rows_done} "
+                             f"does not fit {tile}-row blocks of a {w}-wide image")
+        rows_done += bh
+        yield block
+    if rows_done != h:
+        raise ValueError(f"write_tiled: got {rows_done} rows, expected {h}")
+
+
+def _tiles(blocks: Iterable[np.ndarray], width: int, tile: int, dtype: np.dtype
+           ) -> Iterator[np.ndarray]:
+    """The ``tile × tile`` tiles of full-width row blocks, row-major, zero-padded at the
+    right and bottom edges."""
+    for block in blocks:
+        padded = np.zeros((tile, -(-width // tile) * tile), dtype)
+        padded[:block.shape[0], :width] = block
+        for x0 in range(0, width, tile):
+            yield padded[:, x0:x0 + tile]
 
 
 def write_pages(path: str | os.PathLike[str], arrays: Sequence[np.ndarray],

@@ -11,12 +11,13 @@ import tifffile
 from exo2micro import params as P
 from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout, formats, tiff_compression
 from exo2micro.pipeline import run_pair
+from exo2micro.tiffio import pyramid_bytes
 from tests.helpers_io import make_pair
 
 
 @pytest.mark.parametrize(("fmt", "want"), [
-    ("tiff", (("tiff",), None)), ("fits", (("fits",), None)),
-    ("both", (("tiff", "fits"), None)), ("tiff-zstd", (("tiff",), "zstd")),
+    ("tiff", (("tiff",), "zstd")), ("fits", (("fits",), "zstd")),
+    ("both", (("tiff", "fits"), "zstd")), ("tiff-zstd", (("tiff",), "zstd")),
     ("both-deflate", (("tiff", "fits"), "deflate"))])
 def test_formats_and_codec(fmt: str, want: tuple) -> None:
     assert fmt in CHECKPOINT_FORMATS
@@ -34,20 +35,24 @@ def _images(layout: PairLayout) -> dict[str, Path]:
             "difference": layout.difference("tiff", "moffat")}
 
 
-def test_zstd_checkpoints_hold_the_same_pixels_in_fewer_bytes(tmp_path: Path) -> None:
+def test_default_zstd_and_deflate_checkpoints_hold_the_same_pixels(tmp_path: Path) -> None:
     pair = make_pair(tmp_path / "raw", width=900, height=700, pre_width=None, pre_height=None)
     runs = {}
-    for fmt in ("tiff", "tiff-zstd"):
+    for fmt in ("tiff", "tiff-deflate"):
         run_pair(pair.spec.sample, pair.spec.dye, pair.pre_path, pair.post_path,
                  tmp_path / fmt, threads=1, checkpoint_format=fmt)
         runs[fmt] = _images(PairLayout(tmp_path / fmt, P.resolve()))
-    for name, plain in runs["tiff"].items():
-        packed = runs["tiff-zstd"][name]
-        with tifffile.TiffFile(plain) as a, tifffile.TiffFile(packed) as b:
-            assert a.pages.first.compression.name == "NONE"
-            assert b.pages.first.compression.name == "ZSTD", name
+    for name, zstd in runs["tiff"].items():
+        deflate = runs["tiff-deflate"][name]
+        with tifffile.TiffFile(zstd) as a, tifffile.TiffFile(deflate) as b:
+            assert a.pages.first.compression.name == "ZSTD", name
+            assert b.pages.first.compression.name in ("DEFLATE", "ADOBE_DEFLATE"), name
             np.testing.assert_array_equal(a.asarray(), b.asarray(), err_msg=name)
-        assert packed.stat().st_size < 0.9 * plain.stat().st_size, name
+            page = a.pages.first
+            plain = pyramid_bytes((page.imagelength, page.imagewidth), page.dtype)
+        # integer signals (horizontal predictor) shrink to ~45 %, float images (no predictor,
+        # for Bio-Formats) to ~90 %
+        assert zstd.stat().st_size < (0.5 if name == "signal" else 0.92) * plain, name
 
 
 def test_asking_for_another_format_reruns_only_the_stages_that_write_images(

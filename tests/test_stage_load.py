@@ -83,7 +83,8 @@ def test_signal_is_the_chosen_channel_exactly(pair: synth.SynthResult,
 def test_record_describes_each_image(pair: synth.SynthResult,
                                      loaded: tuple[PairLayout, dict[str, Any]]) -> None:
     _, rec = loaded
-    assert rec["status"] == "complete" and rec["stage"] == 1 and rec["params"] == {"pad": 0}
+    assert rec["status"] == "complete" and rec["stage"] == 1
+    assert rec["params"] == {"pad": 0, "pixel_size_um": None, "channel": None}
     assert {"channel_choice", "stream", "total"} <= set(rec["timings_s"])
     assert rec["peak_rss_bytes"] > 20 << 20 and rec["warnings"] == []
     assert "strongest" in rec["channels"]["reason"]
@@ -261,7 +262,8 @@ def test_cli_runs_resumes_forces_and_keeps_settings_apart(pair: synth.SynthResul
         OUTPUTS + [o.replace(".", "_pad10.") for o in OUTPUTS])
     recs = _records(pair_dir)
     assert recs["01_load_pad10.json"]["suffix"] == "_pad10"
-    assert recs["01_load_pad10.json"]["params"] == {"pad": 10}
+    assert recs["01_load_pad10.json"]["params"] == {"pad": 10, "pixel_size_um": None,
+                                                     "channel": None}
     assert recs["01_load_pad10.json"]["fingerprint"] != recs["01_load.json"]["fingerprint"]
     for overrides in ({}, {"pad": 10}):
         assert stage_is_current(PairLayout(pair_dir, P.resolve(overrides)), 1)[0]

@@ -24,7 +24,8 @@ def load(pre_raw: str, post_raw: str, sample: str, dye: str, pair_dir: str,
     """Stage 1: read both raw TIFFs once, keep the signal channel, build the pyramids."""
     _, rec, skipped = run_pair_stage(
         1, lambda layout, n: run_load(pre_raw, post_raw, layout, threads=n,
-                                      compression=tiff_compression(checkpoint_format)),
+                                      compression=tiff_compression(checkpoint_format),
+                                      dye=dye),
         pair_dir=pair_dir, param_values=param_values, threads=threads, force=force,
         checkpoint_format=checkpoint_format,
         inputs={"pre": Path(pre_raw), "post": Path(post_raw)})

@@ -35,7 +35,7 @@ from exo2micro.errors import InputDataError
 from exo2micro.footprint import tissue_mask
 from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
-from exo2micro.records import StageRun, require_stage
+from exo2micro.records import StageRun, product_ome, require_stage
 from exo2micro.transform import (
     TransformRecord,
     decompose_similarity,
@@ -344,7 +344,7 @@ def run_align_boundary(layout: PairLayout, *, sample: str = "", dye: str = "", t
                           compression=tiff_compression(checkpoint_format),
                           fits_header=lambda: make_header(sample=sample, dye=dye, stage=2,
                                                           params=layout.params),
-                          threads=threads)
+                          threads=threads, ome=product_ome(layout, "aligned pre (stage 2)", dye))
             run.add_outputs(list(outs.values()))
     run.info.update({"transform_status": tr.status, "reason": tr.reason,
                      "rotation_deg": tr.metrics["rotation_deg"], "scale": tr.metrics["scale"]})

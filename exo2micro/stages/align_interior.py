@@ -42,7 +42,7 @@ import numpy as np
 from exo2micro.footprint import tissue_mask
 from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
-from exo2micro.records import StageRun, require_stage
+from exo2micro.records import StageRun, product_ome, require_stage
 from exo2micro.stages.align_boundary import to_level
 from exo2micro.stages.warp import output_shape, warp_to_files, warp_window
 from exo2micro.tiffio import TiffImage
@@ -334,7 +334,7 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
                           compression=tiff_compression(checkpoint_format),
                           fits_header=lambda: make_header(sample=sample, dye=dye, stage=3,
                                                           params=params, accuracy_px=acc),
-                          threads=threads)
+                          threads=threads, ome=product_ome(layout, "aligned pre (stage 3)", dye))
     with run.timed("plot"):
         png = layout.stage_plot("registration", 3)
         plot_registration(pre_pyr, post_pyr, stage2.post_to_pre, tr.post_to_pre, png,

@@ -10,7 +10,12 @@ For each of pre and post this stage
    (native dtype; summed channels are widened, never clipped), written as tiles of
    ``tiff/01_<which>_signal.tif`` and box-averaged into the first pyramid level;
 4. writes the pyramid and the metadata (shape, dtype, channel choice, value range, tissue
-   footprint statistics) into the stage record.
+   footprint statistics, physical pixel size and exposure time) into the stage record.
+
+The signal channel is, in this order: the ``channel`` parameter (an index, or an OME channel
+name), the one OME channel named after the dye, or the strongest channel(s). The pixel size
+(µm) is the ``pixel_size_um`` parameter, else what the file's metadata states
+(:func:`exo2micro.tiffio.read_physical`); the signal TIFFs carry it in their OME-XML.
 
 Memory: one raw block (512 rows × width × samples), its signal, one padded tile row and the
 first pyramid level (≤ 4096 px on its longer side, float32 ≤ 64 MiB) per image, plus the
@@ -38,6 +43,7 @@ from exo2micro.records import StageRun, raw_identity
 from exo2micro.tiffio import (
     TILE,
     ChannelChoice,
+    OmeMeta,
     TiffImage,
     channel_signal,
     choose_channels,
@@ -64,8 +70,51 @@ def _choose(strengths: dict[str, np.ndarray]) -> dict[str, ChannelChoice]:
     return {w: choose_channels([s]) for w, s in strengths.items()}
 
 
+def _named_choice(img: TiffImage, channel: str | None, dye: str | None
+                  ) -> ChannelChoice | None:
+    """The channel the ``channel`` parameter (index or name) or the dye names, or ``None``
+    to choose by signal strength. Raises :class:`InputDataError` for a channel the image
+    does not have."""
+    names = img.physical.channel_names
+    colours = img.color_channels()
+    listed = ", ".join(f"{i} '{n}'" if n else str(i) for i, n in zip(colours, names)) or "0"
+    if channel is not None:
+        if channel.isdigit():
+            index = int(channel)
+            if index not in colours:
+                raise InputDataError(f"{img.path}: channel={index} but the image has channels "
+                                     f"{listed}")
+            return ChannelChoice((index,), (), f"channel {index} (parameter channel)")
+        found = [i for i in colours if i < len(names) and names[i].lower() == channel.lower()]
+        if not found:
+            raise InputDataError(f"{img.path}: no channel named {channel!r}; its channels are "
+                                 f"{listed}")
+        return ChannelChoice((found[0],), (), f"channel {found[0]} '{channel}' "
+                                              f"(parameter channel)")
+    if dye:
+        found = [i for i in colours if i < len(names) and dye.lower() in names[i].lower()]
+        if len(found) == 1:
+            return ChannelChoice((found[0],), (), f"channel {found[0]} '{names[found[0]]}' "
+                                                  f"(named after the dye {dye})")
+    return None
+
+
+def _physical(img: TiffImage, choice: ChannelChoice, pixel_size_um: float | None
+              ) -> dict[str, Any]:
+    """Pixel size (µm, the parameter over the metadata) and the exposure time (s) of the
+    chosen channel(s) (``None`` unless all of them state the same one)."""
+    phys = img.physical
+    times = {phys.exposure_s[c] if c < len(phys.exposure_s) else None for c in choice.channels}
+    return {"pixel_size_um": pixel_size_um if pixel_size_um is not None else phys.pixel_size_um,
+            "pixel_size_source": "parameter" if pixel_size_um is not None else
+            (phys.source or None),
+            "exposure_s": times.pop() if len(times) == 1 else None,
+            "metadata": phys.to_json()}
+
+
 def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out: Path,
-                   compression: str | None = None) -> dict[str, Any]:
+                   compression: str | None = None, ome: OmeMeta | None = None
+                   ) -> dict[str, Any]:
     """Write the single-channel signal of ``img`` and its pyramid; return image metadata."""
     h, w = img.shape
     dtype = signal_dtype(img.dtype, len(choice.channels))
@@ -87,7 +136,7 @@ def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out
             first[y0 // factor:(y0 + sig.shape[0] + factor - 1) // factor] = box_reduce(sig, factor)
             yield sig
 
-    write_tiled(out, (h, w), dtype, blocks(), compression=compression)
+    write_tiled(out, (h, w), dtype, blocks(), compression=compression, ome=ome)
     if lo == hi:
         raise InputDataError(f"{img.path}: image is constant (every pixel = {lo:g}); "
                              f"there is nothing to align")
@@ -106,10 +155,12 @@ def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out
 
 
 def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
-             threads: int = 1, compression: str | None = None) -> dict[str, Any]:
+             threads: int = 1, compression: str | None = None, dye: str | None = None
+             ) -> dict[str, Any]:
     """Run stage 1 for one pair and return its record (also written to ``layout.record(1)``).
 
-    ``compression`` is the tifffile codec of the signal TIFFs (``None``: uncompressed).
+    ``compression`` is the tifffile codec of the signal TIFFs (``None``: uncompressed);
+    ``dye`` names the signal channel of OME-TIFFs whose channels are named.
 
     Raises :class:`InputDataError` naming the file for any unusable raw image; nothing is left
     under a final output name in that case.
@@ -120,7 +171,8 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
     images: dict[str, TiffImage] = {}
     try:
         for which in WHICH:
-            images[which] = TiffImage(raws[which])
+            images[which] = TiffImage(raws[which],
+                                      pages_as_channels=layout.params.get("channel") is not None)
         # identities before reading: a file replaced while we read makes the next run redo it
         identity = {w: raw_identity(raws[w]) for w in WHICH}
         whole = any(images[w].decodes_whole for w in WHICH)
@@ -137,17 +189,24 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
                 if which != WHICH[-1]:
                     images[which].drop_cache()
             choices = _choose(strengths)
+            for which in WHICH:
+                named = _named_choice(images[which], layout.params.get("channel"), dye)
+                choices[which] = named or choices[which]
         counts = {w: len(images[w].color_channels()) for w in WHICH}
         if counts["pre"] != counts["post"]:
             run.warn(f"pre has {counts['pre']} colour channel(s) and post {counts['post']}; "
                      f"using channel(s) {list(choices['pre'].channels)} of pre and "
                      f"{list(choices['post'].channels)} of post")
 
+        physical = {w: _physical(images[w], choices[w], layout.params.get("pixel_size_um"))
+                    for w in WHICH}
+
         def one(which: str) -> dict[str, Any]:
+            ome = OmeMeta(f"{which} signal", dye or "signal", physical[which]["pixel_size_um"])
             out = _stream_signal(images[which], choices[which], layout.signal(which),
-                                 layout.pyramid(which), compression)
+                                 layout.pyramid(which), compression, ome)
             images[which].drop_cache()
-            return out
+            return out | physical[which]
 
         with run.timed("stream"):
             if threads >= 2 and not whole:

@@ -25,6 +25,17 @@ every side).
   comes from the same estimate on the stage-1 pyramids (:func:`coarse_scale`); the result is
   insensitive to ``k0`` within a few percent.
 
+Physical facts
+--------------
+The difference images are pyramidal OME-TIFFs in the post frame, with the post image's pixel
+size (µm, from stage 1) and the dye as channel name. When the pre and post pixel sizes are
+both known, the pre→post magnification they imply (pre size / post size) is compared with
+stage 2's measured scale; a relative disagreement above :data:`PIXEL_SCALE_TOLERANCE` is a
+warning. When both exposure times (s) are known (parameters ``pre_exposure_s`` /
+``post_exposure_s``, else stage 1's OME ``Plane/@ExposureTime``) the record and result.json
+hold their ratio post/pre next to k and ``k / ratio``, the autofluorescence change net of
+exposure; ``manual_scale=exposure`` subtracts with the ratio.
+
 k is estimated (:mod:`exo2micro.scale`) by the Moffat left-wing fit to the log10(post/pre)
 histogram of the microbe-free set (Moffat, always), by the percentile of the log10(post/pre)
 histogram of the whole estimation set (``scale_percentile``: microbes included, as a user who
@@ -74,10 +85,10 @@ from exo2micro.fitsio import FitsImage, make_header, write_streamed
 from exo2micro.footprint import footprint_stats, tissue_mask
 from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
-from exo2micro.records import StageRun
+from exo2micro.records import StageRun, stage1_physical
 from exo2micro.result import build_result, write_result
 from exo2micro.review import Review, review_alignment
-from exo2micro.tiffio import TILE, TiffImage, read_info, write_tiled
+from exo2micro.tiffio import TILE, OmeMeta, TiffImage, read_info, write_tiled
 from exo2micro.transform import TransformRecord
 
 #: Signal threshold of each image: this fraction of the way from its background level to its
@@ -105,6 +116,9 @@ PREVIEW_MAX_SIDE = 1024
 #: Pyramid level side (px) used for the tissue levels and for the coarse scale k0.
 LEVEL_SIDE = 1024
 COARSE_SIDE = 2048
+#: Largest relative difference between the magnification the pixel sizes imply and stage 2's
+#: measured scale that passes without a warning.
+PIXEL_SCALE_TOLERANCE = 0.02
 #: Value written where there is no data.
 NO_DATA = np.float32(np.nan)
 
@@ -542,20 +556,56 @@ def _pass2_block(src: Sources, thr: Thresholds, scales: Mapping[str, float],
 
 
 # ------------------------------------------------------------------------------ the stage
-def active_scales(fit: scale.ScaleFit, ratio: scale.Histogram, values: Mapping[str, Any]
-                  ) -> dict[str, float]:
-    """``{kind: k}`` of every active scale, Moffat first."""
+def active_scales(fit: scale.ScaleFit, ratio: scale.Histogram, values: Mapping[str, Any],
+                  exposure_ratio: float | None = None) -> dict[str, float]:
+    """``{kind: k}`` of every active scale, Moffat first (``manual_scale='exposure'``: the
+    post/pre ``exposure_ratio``, checked to be known by :func:`exposure_facts`)."""
     scales = {"moffat": fit.scale}
     if values.get("scale_percentile") is not None:
         scales["percentile"] = scale.percentile_scale(ratio, float(values["scale_percentile"]))
-    if values.get("manual_scale") is not None:
-        scales["manual"] = float(values["manual_scale"])
+    manual = values.get("manual_scale")
+    if manual is not None:
+        scales["manual"] = float(exposure_ratio if manual == "exposure" else manual)
     return scales
+
+
+def exposure_facts(layout: PairLayout) -> dict[str, float | None]:
+    """Exposure times (s) of pre and post (parameters over stage 1's OME metadata) and their
+    ratio post/pre. Raises :class:`InputDataError` when ``manual_scale=exposure`` lacks one."""
+    times = {w: layout.params.get(f"{w}_exposure_s") or stage1_physical(layout, w)["exposure_s"]
+             for w in ("pre", "post")}
+    ratio = times["post"] / times["pre"] if times["pre"] and times["post"] else None
+    if layout.params.get("manual_scale") == "exposure" and ratio is None:
+        missing = " and ".join(w for w, t in times.items() if not t)
+        raise InputDataError(f"manual_scale=exposure needs both exposure times, but the {missing} "
+                             f"exposure is unknown: set pre_exposure_s and post_exposure_s "
+                             f"(samplesheet columns or parameters)")
+    return {"pre_s": times["pre"], "post_s": times["post"], "ratio": ratio}
+
+
+def pixel_scale_check(layout: PairLayout) -> tuple[dict[str, Any], str | None]:
+    """The magnification the pixel sizes imply (pre µm / post µm) against stage 2's measured
+    scale: the facts, and a warning when they differ by more than
+    :data:`PIXEL_SCALE_TOLERANCE` (``None`` otherwise or when a size is unknown)."""
+    sizes = {w: stage1_physical(layout, w)["pixel_size_um"] for w in ("pre", "post")}
+    stage2 = layout.boundary_transform()
+    measured = (TransformRecord.load(stage2).metrics.get("scale") if stage2.is_file() else None)
+    facts: dict[str, Any] = {"pixel_size_um": sizes, "measured_scale": measured,
+                             "implied_scale": None}
+    if not (sizes["pre"] and sizes["post"]):
+        return facts, None
+    implied = sizes["pre"] / sizes["post"]
+    facts["implied_scale"] = implied
+    if measured is None or abs(measured / implied - 1) <= PIXEL_SCALE_TOLERANCE:
+        return facts, None
+    return facts, (f"the pixel sizes (pre {sizes['pre']:g} µm, post {sizes['post']:g} µm) imply "
+                   f"a pre→post scale of {implied:.4f}, but stage 2 measured {measured:.4f} "
+                   f"({measured / implied - 1:+.1%}); is a pixel size wrong?")
 
 
 def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
              shape: tuple[int, int], sample: str, dye: str, scales: Mapping[str, float],
-             accuracy: float | None, compression: str | None
+             accuracy: float | None, compression: str | None, pixel_size_um: float | None
              ) -> tuple[list[Callable[[Iterable[np.ndarray]], None]], list[Path], list[int]]:
     """One writer per (kind, format), the files they write, and which kind feeds each
     (``compression``: tifffile codec of the TIFFs)."""
@@ -570,8 +620,9 @@ def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
                                    "sample": sample, "dye": dye, "scale": scales[kind],
                                    "scale_kind": kind, "no_data": "NaN",
                                    "estimated_accuracy_px": accuracy})
-                writers.append(lambda b, p=path, d=desc: write_tiled(
-                    p, shape, np.float32, b, description=d, compression=compression))
+                ome = OmeMeta(f"difference ({kind})", dye, pixel_size_um, desc)
+                writers.append(lambda b, p=path, o=ome: write_tiled(
+                    p, shape, np.float32, b, ome=o, compression=compression))
             else:
                 hdr = make_header(sample=sample, dye=dye, stage=4, params=layout.params,
                                   scale=scales[kind], scale_kind=kind, accuracy_px=accuracy)
@@ -638,6 +689,10 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     """
     run = StageRun(layout, 4)
     inputs = _Inputs.find(layout, checkpoint_format)
+    exposure = exposure_facts(layout)
+    pixel_scale, mismatch = pixel_scale_check(layout)
+    if mismatch:
+        run.warn(mismatch)
     post_to_pre = inputs.transform.post_to_pre
     with run.timed("levels"):
         post_pyr, pre_pyr = Pyramid.load(inputs.post_pyramid), Pyramid.load(inputs.pre_pyramid)
@@ -664,12 +719,13 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                 fit = scale.fit_left_wing(_fit_histogram(p1, run))
                 if fit.message:
                     run.warn(fit.message)
-                scales = active_scales(fit, p1.ratio, layout.params)
+                scales = active_scales(fit, p1.ratio, layout.params, exposure["ratio"])
             vmax = 1.1 * max(10.0 ** p1.post.quantile(0.999), 10.0 ** p1.pre.quantile(0.999))
             grid = scale.value_grid(vmax, src.integer)
             writers, paths, feeds = _writers(layout, list(scales), formats(checkpoint_format),
                                              src.shape, sample, dye, scales, inputs.accuracy_px,
-                                             tiff_compression(checkpoint_format))
+                                             tiff_compression(checkpoint_format),
+                                             pixel_scale["pixel_size_um"]["post"])
             with run.timed("pass2_difference"):
                 p2 = _second_pass(src, thr, scales, grid, vmax, writers, feeds, pool, n + 1)
             units = _units(post_img.dtype)
@@ -688,6 +744,10 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
         "scales": {"moffat": scales["moffat"], "percentile": scales.get("percentile"),
                    "manual": scales.get("manual")},
         "scale_fit": fit.to_json(),
+        "pixel_size_um": pixel_scale["pixel_size_um"]["post"],
+        "pixel_scale": pixel_scale,
+        "exposure": exposure | {"k_net_of_exposure": None if exposure["ratio"] is None
+                                else scales["moffat"] / exposure["ratio"]},
         "scale_percentile": layout.params.get("scale_percentile"),
         "thresholds": thr.to_json(),
         "pixels": {"data": p1.n_data, "signal": p1.n_signal, "estimation": p1.ratio.total,

@@ -23,7 +23,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from exo2micro.tiffio import TILE
+from exo2micro.tiffio import TILE, OmeMeta
 from exo2micro.transform import affine_for_window, apply
 
 #: Column chunk width (px) of the streamed warp.
@@ -102,8 +102,12 @@ def iter_warped_blocks(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tu
 def warp_to_files(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[int, int],
                   pad: int, outputs: dict[str, Path],
                   fits_header: Callable[[], object] | None = None,
-                  compression: str | None = None, threads: int = 1) -> None:
+                  compression: str | None = None, threads: int = 1,
+                  ome: OmeMeta | None = None) -> None:
     """Warp once and write the aligned pre (float32) in every requested format.
+
+    The TIFF is a pyramidal OME-TIFF (``ome``: its OME-XML facts; see
+    :func:`exo2micro.tiffio.write_tiled`).
 
     ``outputs`` maps ``'tiff'`` and/or ``'fits'`` to paths; ``fits_header`` builds the FITS
     header. With both formats the TIFF is written first and the FITS is streamed from it, so
@@ -114,7 +118,8 @@ def warp_to_files(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[i
 
     blocks = iter_warped_blocks(pre, post_to_pre, out_shape, pad, threads=threads)
     if "tiff" in outputs:
-        write_tiled(outputs["tiff"], out_shape, np.float32, blocks, compression=compression)
+        write_tiled(outputs["tiff"], out_shape, np.float32, blocks, compression=compression,
+                    ome=ome)
         if "fits" not in outputs:
             return
         with TiffImage(outputs["tiff"]) as written:

