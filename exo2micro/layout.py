@@ -15,12 +15,13 @@ from typing import Any
 
 from exo2micro.params import STAGE_NAMES, suffix
 
-#: Default codec of the TIFF images: zstd at level 1 costs about as much time as writing the
-#: uncompressed bytes would (docs/benchmarks.md) and every reader of docs/output.md decodes it.
-DEFAULT_TIFF_CODEC = "zstd"
-#: Image formats of checkpoints and difference images: TIFF, FITS or both. TIFF tiles are
-#: compressed: with zstd (level 1) by default and with ``-zstd``, with deflate for ``-deflate``
-#: (for readers without zstd); FITS stays uncompressed, for memory mapping (docs/output.md).
+#: Image formats of checkpoints and difference images: TIFF, FITS or both. The name's codec
+#: part says how TIFF tiles are stored: ``tiff``/``both`` uncompressed (the fastest to write
+#: and read, and what every TIFF reader opens), ``-zstd`` zstd at level 1 (integer images —
+#: the stage-1 signals — with horizontal differencing, about 45 % of the raw bytes; float
+#: images without a predictor, which Bio-Formats cannot undo for floats, so they only shrink
+#: to about 90 %), ``-deflate`` the same with deflate, for readers without zstd. FITS stays
+#: uncompressed, for memory mapping (docs/output.md).
 CHECKPOINT_FORMATS = ("tiff", "fits", "both", "tiff-zstd", "tiff-deflate", "both-zstd",
                       "both-deflate")
 SCALE_KINDS = ("moffat", "percentile", "manual")
@@ -99,8 +100,8 @@ def formats(checkpoint_format: str) -> tuple[str, ...]:
 
 
 def tiff_compression(checkpoint_format: str) -> str | None:
-    """The tifffile codec of the TIFF checkpoints: 'deflate' for ``*-deflate``, else
-    :data:`DEFAULT_TIFF_CODEC`."""
+    """The tifffile codec of the TIFF checkpoints: 'zstd' for ``*-zstd``, 'deflate' for
+    ``*-deflate``, ``None`` (uncompressed tiles) for plain ``tiff``/``both``/``fits``."""
     formats(checkpoint_format)  # validates
     _, _, codec = checkpoint_format.partition("-")
-    return codec or DEFAULT_TIFF_CODEC
+    return codec or None

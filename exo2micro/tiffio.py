@@ -716,27 +716,80 @@ def halve(block: np.ndarray) -> np.ndarray:
     """2 × 2 box mean of a 2-D block, in its dtype: output pixel (i, j) averages block rows
     2i, 2i+1 and columns 2j, 2j+1 (fewer at an odd right or bottom edge). NaN pixels are left
     out of the mean; a box of only NaN stays NaN (no data stays no data). Integer images are
-    rounded to the nearest integer."""
+    rounded to the nearest integer.
+
+    Cost: three strided quarter-size float32 adds; boxes holding NaN (never in integer images)
+    are then redone one by one, at a cost proportional to their number."""
+    dtype = block.dtype
     h, w = block.shape
-    work = np.full((h + h % 2, w + w % 2), np.nan, np.float32)
-    work[:h, :w] = block
-    boxes = work.reshape(work.shape[0] // 2, 2, work.shape[1] // 2, 2)
-    finite = ~np.isnan(boxes)
-    count = finite.sum(axis=(1, 3), dtype=np.float32)
-    total = np.where(finite, boxes, 0).sum(axis=(1, 3), dtype=np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / count
-    if block.dtype.kind == "f":
-        return mean.astype(block.dtype, copy=False)
-    return np.rint(mean).astype(block.dtype)
+    if h % 2 or w % 2:  # odd edge: pad with no data, which the mean leaves out
+        work = np.full((h + h % 2, w + w % 2), np.nan, np.float32)
+        work[:h, :w] = block
+        block = work
+    quarters = (block[0::2, 0::2], block[0::2, 1::2], block[1::2, 0::2], block[1::2, 1::2])
+    total = np.add(quarters[0], quarters[1], dtype=np.float32)
+    total += quarters[2]
+    total += quarters[3]
+    total *= np.float32(0.25)
+    bad = np.nonzero(np.isnan(total))  # boxes with no data in at least one pixel
+    if bad[0].size:  # redo only those (cost ∝ their number): mean of the finite pixels
+        parts = np.stack([part[bad] for part in quarters]).astype(np.float32, copy=False)
+        finite = ~np.isnan(parts)
+        count = finite.sum(axis=0, dtype=np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total[bad] = np.where(finite, parts, 0).sum(axis=0, dtype=np.float32) / count
+    if dtype.kind == "f":
+        return total.astype(dtype, copy=False)
+    return np.rint(total, out=total).astype(dtype)
 
 
-def _spool_rows(blocks: Iterable[np.ndarray], spool: BinaryIO | None) -> Iterator[np.ndarray]:
-    """Pass ``blocks`` through, appending the :func:`halve` of each to ``spool`` (the raw rows
-    of the next level, in C order) when one is given."""
+class _LevelBuilder:
+    """Builds every sub-resolution level in one pass over the full-resolution rows.
+
+    :meth:`feed` takes consecutive rows of level 0; each level halves the rows it receives as
+    soon as it holds an even number (an odd leftover row waits for the next call), appends
+    the result to its own spool file (sequential writes of whole row blocks) and passes it on
+    to the next level. Only the rows of the current call (and one leftover row per level) are
+    in memory. The levels hold exactly the values of halving each whole level at once, because
+    every halved chunk starts at an even row."""
+
+    def __init__(self, spools: Sequence[BinaryIO]) -> None:
+        self._spools = list(spools)
+        self._pending: list[np.ndarray | None] = [None] * len(self._spools)
+
+    def feed(self, rows: np.ndarray, level: int = 0) -> None:
+        """Rows of ``level`` (0: full resolution) arrive; build level ``level + 1`` from them."""
+        if level >= len(self._spools):
+            return
+        left = self._pending[level]
+        if left is not None:
+            rows = np.concatenate([left, rows])
+            self._pending[level] = None
+        even = rows.shape[0] - rows.shape[0] % 2
+        if even < rows.shape[0]:
+            self._pending[level] = rows[even:].copy()
+        if even:
+            self._emit(halve(rows[:even]), level)
+
+    def finish(self) -> None:
+        """Halve the odd last row of each level (its box has only that row)."""
+        for level in range(len(self._spools)):
+            left = self._pending[level]
+            if left is not None:
+                self._pending[level] = None
+                self._emit(halve(left), level)
+
+    def _emit(self, half: np.ndarray, level: int) -> None:
+        self._spools[level].write(memoryview(np.ascontiguousarray(half)).cast("B"))
+        self.feed(half, level + 1)
+
+
+def _feeding(blocks: Iterable[np.ndarray], builder: _LevelBuilder | None
+             ) -> Iterator[np.ndarray]:
+    """Pass ``blocks`` through, feeding each to ``builder`` (when there is one)."""
     for block in blocks:
-        if spool is not None:
-            spool.write(np.ascontiguousarray(halve(block)).tobytes())
+        if builder is not None:
+            builder.feed(block)
         yield block
 
 
@@ -744,39 +797,53 @@ def _unspool(spool: BinaryIO, shape: tuple[int, int], dtype: np.dtype, rows: int
              ) -> Iterator[np.ndarray]:
     """Read a spooled level back as consecutive full-width blocks of ``rows`` rows."""
     h, w = shape
+    spool.flush()
     spool.seek(0)
     for y0 in range(0, h, rows):
         n = min(rows, h - y0)
-        yield np.fromfile(spool, dtype, n * w).reshape(n, w)
+        block = np.empty((n, w), dtype)
+        if spool.readinto(memoryview(block).cast("B")) != block.nbytes:
+            raise OSError(f"write_tiled: pyramid spool ended early (level {w}×{h})")
+        yield block
+
+
+#: Threads that compress tiles (tifffile's ``maxworkers``; its default is half the cores).
+COMPRESS_WORKERS = max(1, os.cpu_count() or 1)
 
 
 def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.dtype,
                 blocks: Iterable[np.ndarray], *, tile: int = TILE,
                 compression: str | None = None, description: str | None = None,
-                extratags: Sequence[tuple[Any, ...]] = (), ome: OmeMeta | None = None) -> None:
-    """Write a single-channel image atomically as a tiled, pyramidal TIFF (BigTIFF when needed).
+                extratags: Sequence[tuple[Any, ...]] = (), ome: OmeMeta | None = None,
+                pyramid: bool = True, maxworkers: int | None = None) -> None:
+    """Write a single-channel image atomically as a tiled TIFF (BigTIFF when needed),
+    pyramidal unless ``pyramid`` is false.
 
     ``blocks`` yields consecutive full-width row blocks of exactly ``tile`` rows (the last may
-    be shorter). The full-resolution image is the first page; its sub-resolutions
-    (:func:`level_shapes`, :func:`halve`) are written into its SubIFDs with NewSubfileType 1,
-    where QuPath, Bio-Formats, napari and tifffile find them and page-based readers ignore them.
+    be shorter). The full-resolution image is the first page; with ``pyramid`` its
+    sub-resolutions (:func:`level_shapes`, :func:`halve`) are written into its SubIFDs with
+    NewSubfileType 1, where QuPath, Bio-Formats, napari and tifffile find them and page-based
+    readers ignore them. ``pyramid=False`` (intermediates only the stages read) writes the
+    full resolution alone.
 
-    Memory: only one block per level is held. Each level is built from the previous level's
-    blocks as they are written and spooled, uncompressed, to an anonymous temporary file in the
-    destination folder (at most a third of the uncompressed full-resolution size, freed when
-    the file is done), because a TIFF holds a page's tiles contiguously and the next level can
-    only be written after the current one.
+    Memory: one block, plus the rows it halves into at each level. All levels are built in the
+    single pass over the blocks (:class:`_LevelBuilder`) and spooled, uncompressed, each to an
+    anonymous temporary file in the destination folder written and read sequentially (together
+    at most a third of the uncompressed full-resolution size, freed when the file is done),
+    because a TIFF holds a page's tiles contiguously and a level can only be written after the
+    one before it; each level is then written in one pass from its spool.
 
     ``ome`` writes OME-XML (name, channel, physical pixel size) as the image description
     (then ``description`` is ignored: put free text into ``ome.description``).
-    ``compression`` is a tifffile codec name (``None``, ``'zlib'``, ``'zstd'`` — at level 1,
-    its fast end —, …). Compressed integer tiles use horizontal differencing; float tiles use
-    no predictor, because Bio-Formats (QuPath, Fiji) cannot undo the floating-point one.
+    ``compression`` is a tifffile codec name (``None``: uncompressed, ``'zlib'``/``'deflate'``,
+    ``'zstd'`` — at level 1, its fast end —, …), encoded by ``maxworkers`` threads (default
+    :data:`COMPRESS_WORKERS`). Compressed integer tiles use horizontal differencing; float tiles
+    use no predictor, because Bio-Formats (QuPath, Fiji) cannot undo the floating-point one.
     """
     h, w = shape
     dtype = np.dtype(dtype)
-    levels = level_shapes(shape)
-    big = pyramid_bytes(shape, dtype) > BIGTIFF_BYTES
+    levels = level_shapes(shape) if pyramid else []
+    big = sum(a * b for a, b in [shape, *levels]) * dtype.itemsize > BIGTIFF_BYTES
     text: str | bytes | None = description
     if ome is not None:  # UTF-8 (µm): OME-XML declares it, TIFF ASCII tags cannot hold it
         text = ome.xml(shape, dtype).encode()
@@ -784,22 +851,23 @@ def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.
         "dtype": dtype, "tile": (tile, tile), "compression": compression,
         "compressionargs": {"level": 1} if compression == "zstd" else None,
         "predictor": compression is not None and dtype.kind in "ui",
+        "maxworkers": (maxworkers or COMPRESS_WORKERS) if compression else None,
         "photometric": "minisblack", "metadata": None}
     path = Path(path)
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tw, \
             contextlib.ExitStack() as stack:
         spools = [stack.enter_context(tempfile.TemporaryFile(dir=Path(tmp).parent))
                   for _ in levels]
-        rows = _spool_rows(_checked_blocks(blocks, shape, tile), spools[0] if spools else None)
+        builder = _LevelBuilder(spools) if levels else None
+        rows = _feeding(_checked_blocks(blocks, shape, tile), builder)
         tw.write(_tiles(rows, w, tile, dtype), shape=(h, w), subifds=len(levels) or None,
                  description=text, extratags=extratags, **options)
-        for i, level in enumerate(levels):
-            spools[i].flush()
-            nxt = spools[i + 1] if i + 1 < len(levels) else None
-            rows = _spool_rows(_unspool(spools[i], level, dtype, tile), nxt)
-            tw.write(_tiles(rows, level[1], tile, dtype), shape=level, subfiletype=1,
-                     **options)
-            spools[i].close()
+        if builder is not None:
+            builder.finish()
+        for spool, level in zip(spools, levels):
+            tw.write(_tiles(_unspool(spool, level, dtype, tile), level[1], tile, dtype),
+                     shape=level, subfiletype=1, **options)
+            spool.close()
 
 
 def _checked_blocks(blocks: Iterable[np.ndarray], shape: tuple[int, int], tile: int

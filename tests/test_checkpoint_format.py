@@ -16,8 +16,8 @@ from tests.helpers_io import make_pair
 
 
 @pytest.mark.parametrize(("fmt", "want"), [
-    ("tiff", (("tiff",), "zstd")), ("fits", (("fits",), "zstd")),
-    ("both", (("tiff", "fits"), "zstd")), ("tiff-zstd", (("tiff",), "zstd")),
+    ("tiff", (("tiff",), None)), ("fits", (("fits",), None)),
+    ("both", (("tiff", "fits"), None)), ("tiff-zstd", (("tiff",), "zstd")),
     ("both-deflate", (("tiff", "fits"), "deflate"))])
 def test_formats_and_codec(fmt: str, want: tuple) -> None:
     assert fmt in CHECKPOINT_FORMATS
@@ -35,21 +35,33 @@ def _images(layout: PairLayout) -> dict[str, Path]:
             "difference": layout.difference("tiff", "moffat")}
 
 
-def test_default_zstd_and_deflate_checkpoints_hold_the_same_pixels(tmp_path: Path) -> None:
-    pair = make_pair(tmp_path / "raw", width=900, height=700, pre_width=None, pre_height=None)
+def test_plain_zstd_and_deflate_checkpoints_hold_the_same_pixels(tmp_path: Path) -> None:
+    pair = make_pair(tmp_path / "raw", width=2400, height=1800, pre_width=None,
+                     pre_height=None)
     runs = {}
-    for fmt in ("tiff", "tiff-deflate"):
+    for fmt in ("tiff", "tiff-zstd", "tiff-deflate"):
         run_pair(pair.spec.sample, pair.spec.dye, pair.pre_path, pair.post_path,
                  tmp_path / fmt, threads=1, checkpoint_format=fmt)
         runs[fmt] = _images(PairLayout(tmp_path / fmt, P.resolve()))
-    for name, zstd in runs["tiff"].items():
-        deflate = runs["tiff-deflate"][name]
-        with tifffile.TiffFile(zstd) as a, tifffile.TiffFile(deflate) as b:
+    for name, plain_path in runs["tiff"].items():
+        zstd, deflate = runs["tiff-zstd"][name], runs["tiff-deflate"][name]
+        with tifffile.TiffFile(plain_path) as p, tifffile.TiffFile(zstd) as a, \
+                tifffile.TiffFile(deflate) as b:
+            assert p.pages.first.compression.name == "NONE", name  # the default: uncompressed
             assert a.pages.first.compression.name == "ZSTD", name
             assert b.pages.first.compression.name in ("DEFLATE", "ADOBE_DEFLATE"), name
             np.testing.assert_array_equal(a.asarray(), b.asarray(), err_msg=name)
-            page = a.pages.first
-            plain = pyramid_bytes((page.imagelength, page.imagewidth), page.dtype)
+            np.testing.assert_array_equal(p.asarray(), a.asarray(), err_msg=name)
+            page = p.pages.first
+            # the stage-1 signal is an intermediate: one level; the products are pyramidal
+            n_levels = [len(t.series[0].levels) for t in (p, a, b)]
+            assert (n_levels == [1] * 3 if name == "signal"
+                    else len(set(n_levels)) == 1 and n_levels[0] > 1), (name, n_levels)
+            assert p.is_ome and a.is_ome, name
+            full = page.imagelength * page.imagewidth * page.dtype.itemsize
+            plain = full if name == "signal" else pyramid_bytes(
+                (page.imagelength, page.imagewidth), page.dtype)
+        assert plain_path.stat().st_size >= plain, name
         # integer signals (horizontal predictor) shrink to ~45 %, float images (no predictor,
         # for Bio-Formats) to ~90 %
         assert zstd.stat().st_size < (0.5 if name == "signal" else 0.92) * plain, name

@@ -55,6 +55,41 @@ def test_halve_averages_boxes_and_keeps_no_data() -> None:
     assert level_shapes((1024, 800)) == []
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.uint16])
+def test_levels_built_in_one_pass_equal_halving_each_whole_level(tmp_path: Path,
+                                                                 dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    shape = (2229, 4301)  # odd sides at every level
+    image = (rng.random(shape) * 1000).astype(dtype)
+    if dtype is np.float32:
+        image[:700, :333] = np.nan
+        image[1500:, 4000:] = np.nan
+    path = tmp_path / "lv.tif"
+    write_tiled(path, shape, dtype, _blocks(image), ome=OmeMeta("x", "y"))
+    with tifffile.TiffFile(path) as tif:
+        levels = [lv.asarray() for lv in tif.series[0].levels]
+        assert tif.pages.first.compression.name == "NONE"
+    want = image
+    assert len(levels) == 1 + len(level_shapes(shape))
+    np.testing.assert_array_equal(levels[0], image)
+    for got in levels[1:]:
+        want = halve(want)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_an_intermediate_has_one_level_and_still_its_ome_xml(tmp_path: Path) -> None:
+    path = tmp_path / "signal.tif"
+    image = np.arange(3000 * 2100, dtype=np.uint16).reshape(3000, 2100)
+    write_tiled(path, image.shape, np.uint16, _blocks(image), ome=OmeMeta("s", "d", 0.5),
+                pyramid=False, compression="zstd")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_ome and len(tif.series[0].levels) == 1
+        assert not tif.pages.first.subifds
+        np.testing.assert_array_equal(tif.asarray(), image)
+    with TiffImage(path) as img:
+        assert img.physical.pixel_size_um == 0.5
+
+
 def test_product_is_a_pyramidal_ome_tiff_with_its_physical_size(tmp_path: Path) -> None:
     from ome_types import from_xml
 
@@ -224,7 +259,8 @@ def test_pixel_size_reaches_every_output_of_a_local_run(tmp_path: Path) -> None:
         with tifffile.TiffFile(image) as tif:
             assert 'PhysicalSizeX="0.325" PhysicalSizeXUnit="µm"' in tif.ome_metadata
             assert 'Name="SybrGld"' in tif.ome_metadata
-            assert len(tif.series[0].levels) == 2  # 1400 px -> 700 px
+            # products 1400 px -> 700 px; the stage-1 signal (an intermediate) one level
+            assert len(tif.series[0].levels) == (1 if image == layout.signal("post") else 2)
 
 
 def test_wrong_pixel_size_warns_and_exposure_ratio_subtracts(tmp_path: Path) -> None:

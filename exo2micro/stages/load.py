@@ -136,7 +136,9 @@ def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out
             first[y0 // factor:(y0 + sig.shape[0] + factor - 1) // factor] = box_reduce(sig, factor)
             yield sig
 
-    write_tiled(out, (h, w), dtype, blocks(), compression=compression, ome=ome)
+    # an intermediate only the later stages read: one level (no SubIFD pyramid to build)
+    write_tiled(out, (h, w), dtype, blocks(), compression=compression, ome=ome,
+                pyramid=False)
     if lo == hi:
         raise InputDataError(f"{img.path}: image is constant (every pixel = {lo:g}); "
                              f"there is nothing to align")
