@@ -704,6 +704,18 @@ def write_skipped(skipped: Iterable[SkippedPair], path: str | os.PathLike[str]) 
     return out
 
 
+def nothing_to_run(source: str, skipped: Sequence[tuple[str, str, str]]) -> DiscoveryError:
+    """The error of a batch that selects no runnable pair (exit 65, docs/contracts.md): doing
+    nothing is never reported as a success. Names what was skipped and why (up to 10 entries;
+    the reasons of a missing sample or dye say which exist)."""
+    lines = [f"nothing to run in {source}: no complete pair matches the request"]
+    lines += [f"  {sample}/{dye}: {reason}" for sample, dye, reason in skipped[:10]]
+    if len(skipped) > 10:
+        lines.append(f"  ... and {len(skipped) - 10} more (summary.md lists them all)")
+    lines.append("List what there is with: exo2micro discover --raw-dir DIR (or --input SHEET)")
+    return DiscoveryError("\n".join(lines))
+
+
 def format_report(discovery: Discovery) -> str:
     """A short human report: counts first, then one line per skipped pair and per warning."""
     n, m = len(discovery.pairs), len(discovery.skipped)

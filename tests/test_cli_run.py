@@ -106,9 +106,16 @@ def test_samplesheet_input_carries_extra_columns(raw: Path, tmp_path: Path) -> N
         ("SYN02", "north", "complete")]
 
 
-def test_zero_runnable_pairs_exit_0(raw: Path, tmp_path: Path) -> None:
-    code, out = _run("--raw-dir", str(raw), "--outdir", str(tmp_path), "--lenient",
-                     "--samples", "NOPE")
-    assert code == 0, out
-    assert "no runnable pairs" in out
+@pytest.mark.parametrize(("selection", "exists"), [
+    (["--samples", "NOPE"], "(found: SYN01, "),
+    (["--dyes", "SybrGold"], "did you mean 'SybrGld'?"),
+])
+def test_a_batch_that_selects_no_pair_is_an_error(raw: Path, tmp_path: Path,
+                                                   selection: list[str], exists: str) -> None:
+    """Doing nothing is not a success (docs/contracts.md): exit 65 with what was asked and what
+    exists; the summary is still written, listing the skipped entries."""
+    code, out = _run("--raw-dir", str(raw), "--outdir", str(tmp_path), "--lenient", *selection)
+    assert code == 65, out
+    assert "error: nothing to run in" in out and "no complete pair matches the request" in out
+    assert exists in out, out
     assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["complete"] == 0

@@ -500,13 +500,15 @@ def test_cli_layout_errors_exit_65(tmp_path: Path, setup: str) -> None:
     assert "expected layout:" in err
 
 
-def test_cli_zero_pairs_lenient_exits_0(tmp_path: Path) -> None:
+def test_cli_zero_pairs_lenient_is_an_error(tmp_path: Path) -> None:
     raw = make_raw(tmp_path / "raw", {"CD070": ["a_pre_DAPI.tif"]})
     out = tmp_path / "samplesheet.csv"
     code, err = run_cli("--raw-dir", str(raw), "--lenient", "--out", str(out))
-    assert code == 0
+    assert code == 65
     assert err[0].endswith(": 0 runnable pairs, 1 skipped")
     assert "  no runnable pairs: nothing to process" in err
+    assert any(line.startswith("error: nothing to run in") for line in err), err
+    assert any("CD070/DAPI: incomplete" in line for line in err), err
     assert out.read_text() == "sample,dye,pre,post\n"
 
 

@@ -281,9 +281,11 @@ def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | N
         report.info(f"skipped {sample}/{dye}: {reason}")
     with lifecycle.sigterm_as_interrupt(), OutputLock(output_dir):
         if not found.pairs:
-            report.info(f"no runnable pairs in {found.source}: nothing to process")
+            # the summary lists what was skipped and why; then the batch is an error
             summarise(output_dir, [], found.skipped, None, report)
-            return []
+            from exo2micro.discover import nothing_to_run
+
+            raise nothing_to_run(found.source, found.skipped)
         run = plan(found, mode, n_workers=n_workers, cpus=cpus, params=params,
                    output_dir=output_dir, raw_dir=raw_dir, from_stage=from_stage,
                    to_stage=to_stage, force=force, checkpoint_format=checkpoint_format,

@@ -101,3 +101,6 @@ def discover(raw_dir: Path | None, sheet: Path | None, samples: tuple[str, ...],
         click.echo(f"  wrote {len(found.pairs)} pair(s) to {out}", err=True)
     if skipped_out is not None:
         disc.write_skipped(found.skipped, skipped_out)
+    if not found.pairs:
+        raise disc.nothing_to_run(found.source, [(s.sample, s.dye, s.reason)
+                                                 for s in found.skipped])

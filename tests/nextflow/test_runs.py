@@ -413,3 +413,16 @@ def test_schema_rules_as_nf_schema_checks_them(args: list[str], message: str,
     proc = run_pipeline(tmp_path, *args)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 1 and message in text, explain(proc, tmp_path)
+
+
+def test_a_batch_that_selects_no_pair_fails(tmp_path: Path) -> None:
+    """docs/contracts.md, "A batch that selects nothing": DISCOVER fails with exit 65 and its
+    message; no pair task starts."""
+    run = nextflow_run(tmp_path, "-profile", "test", "--dyes", "SybrGold")
+    assert run.proc.returncode != 0, run.explain()
+    text = run.proc.stdout + run.proc.stderr
+    assert "nothing to run in" in text and "did you mean 'SybrGld'?" in text, run.explain()
+    rows = run.trace()
+    assert [(process_name(r), r["exit"]) for r in rows if process_name(r) == "DISCOVER"] == [
+        ("DISCOVER", "65")], rows
+    assert not [r for r in rows if process_name(r) in STAGES]
