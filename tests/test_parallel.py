@@ -80,10 +80,12 @@ def test_lenient_skips_reports_and_runs_the_rest(raw3: Path, tmp_path: Path,
     assert not (out / ".exo2micro.lock").exists()
 
 
-def test_zero_runnable_pairs_writes_an_empty_summary(raw3: Path, tmp_path: Path) -> None:
+def test_zero_runnable_pairs_writes_an_empty_summary_then_fails(raw3: Path,
+                                                                  tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert run_batch(["NOPE"], None, output_dir=out, raw_dir=raw3, strict_dyes=False,
-                     **_quiet()) == []
+    with pytest.raises(DiscoveryError, match="nothing to run in"):
+        run_batch(["NOPE"], None, output_dir=out, raw_dir=raw3, strict_dyes=False, **_quiet())
+    assert not (out / ".exo2micro.lock").exists()
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     assert counts == {"complete": 0, "needs-review": 0, "error": 0, "skipped": 1}
     assert "NOPE" in (out / "report.html").read_text()
