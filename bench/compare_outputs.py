@@ -1,5 +1,6 @@
-"""Compare two output folders of ``exo2micro run``: every per-pair TIFF byte for byte and the
-science values of every ``result.json`` (run-specific keys — timings, run ids, creation
+"""Compare two output folders of ``exo2micro run``: every per-pair TIFF byte for byte (the random
+UUID an OME-TIFF's metadata draws at each write aside) and the science values of every
+``result.json`` (run-specific keys — timings, run ids, creation
 times, the runner's record — are left out).
 
     .venv/bin/python bench/compare_outputs.py A B      # exit 0 when identical, 1 otherwise
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,19 @@ SCIENCE_KEYS = ("sample", "dye", "status", "scale_estimate", "scale_percentile_v
                 "warnings", "meta")
 
 
+#: The OME-XML of an OME-TIFF names the file with a fresh random UUID each time it is written.
+_OME_UUID = re.compile(rb'UUID="urn:uuid:[0-9a-f-]+"')
+
+
+def tiff_digest(path: Path) -> str:
+    """SHA-256 of a TIFF's bytes, with the random OME UUID (if any) blanked: two writes of the
+    same pixels, tags and layout give the same digest, whatever UUID each one drew. The UUID
+    has the same length every time, so no offset in the file moves."""
+    return hashlib.sha256(_OME_UUID.sub(b'UUID="urn:uuid:-"', path.read_bytes())).hexdigest()
+
+
 def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(root)): tiff_digest(p)
             for p in sorted(root.rglob("*.tif")) if not p.name.startswith(".")}
 
 
