@@ -29,9 +29,10 @@ sys.path.insert(0, str(REPO))
 SAMPLE, DYE = "BENCH", "SybrGld"
 
 
-def prepare(workdir: Path, width: int, height: int, k: float, coverage: float, seed: int
-            ) -> tuple[Path, float]:
-    """The pair folder for these settings (built when missing) and the true k."""
+def prepare(workdir: Path, width: int, height: int, k: float, coverage: float, seed: int,
+            noise: float = 1.0, brightness: float = 1.0) -> tuple[Path, float]:
+    """The pair folder for these settings (built when missing) and the true k; ``noise`` and
+    ``brightness`` (microbe amplitudes) are :class:`~exo2micro.synth.SynthSpec` fields."""
     import numpy as np
 
     from exo2micro import params as P
@@ -42,14 +43,17 @@ def prepare(workdir: Path, width: int, height: int, k: float, coverage: float, s
     from exo2micro.tiffio import TiffImage
     from exo2micro.transform import TransformRecord
 
-    root = workdir / f"{width}x{height}_k{k:g}_c{coverage:g}_s{seed}"
+    extra = (f"_n{noise:g}" if noise != 1.0 else "") + (
+        f"_b{brightness:g}" if brightness != 1.0 else "")
+    root = workdir / f"{width}x{height}_k{k:g}_c{coverage:g}_s{seed}{extra}"
     layout = PairLayout(root / "pair", P.resolve({}))
     done = root / "prepared.json"
     if done.is_file():
         return layout.root, json.loads(done.read_text())["k"]
     t0 = time.perf_counter()
     spec = synth.SynthSpec(sample=SAMPLE, dye=DYE, width=width, height=height, k=k,
-                           microbe_coverage=coverage, seed=seed)
+                           microbe_coverage=coverage, seed=seed, noise=noise,
+                           microbe_brightness=brightness)
     result = synth.generate_pair(spec, root / "raw")
     t1 = time.perf_counter()
     run_load(result.pre_path, result.post_path, layout, threads=2)

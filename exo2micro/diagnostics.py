@@ -361,3 +361,55 @@ def write_all(layout: PairLayout, ctx: PlotContext, *, fit: ScaleFit, ratio: His
         plot_excess_heatmap(layout.plot("excess_heatmap"), ctx, grid),
         plot_difference_image(layout.plot("difference_image"), ctx, preview, preview_factor),
     ]
+
+
+def plot_detections(path: Path, sample: str, dye: str, preview: np.ndarray, factor: int,
+                    pad: int, x: np.ndarray, y: np.ndarray, snr: np.ndarray,
+                    noise: float) -> Path:
+    """Stage 5's sources circled on the box-averaged difference image (``factor`` px boxes,
+    asinh stretch with its knee at the noise σ ``noise``), colour by SNR (log scale) with a
+    colour bar. ``x``, ``y`` are raw post pixels; the image is the output frame (``pad``)."""
+    h, w = preview.shape
+    fig_w = 8.5
+    fig_h = fig_w * h / w * 0.85 + 1.3
+    fig = _figure(fig_w, fig_h, left=0.9 / fig_w, right=1 - 1.5 / fig_w, bottom=0.6 / fig_h,
+                  top=1 - 0.6 / fig_h)
+    ax = fig.add_subplot()
+    knee = max(noise / factor, 1e-12)
+    finite = preview[np.isfinite(preview)]
+    limit = max(float(np.percentile(np.abs(finite), 99.9)) if finite.size else 1.0, 3 * knee)
+    ax.imshow(np.arcsinh(preview / knee), cmap="gray", vmin=-math.asinh(limit / knee),
+              vmax=math.asinh(limit / knee), interpolation="antialiased",
+              extent=(-0.5 - pad, w * factor - 0.5 - pad, h * factor - 0.5 - pad, -0.5 - pad))
+    norm = LogNorm(vmin=max(1.0, float(np.nanmin(snr))) if snr.size else 1.0,
+                   vmax=max(10.0, float(np.nanmax(snr))) if snr.size else 10.0)
+    order = np.argsort(snr)
+    ax.scatter(x[order], y[order], s=16, facecolors="none", linewidths=0.7,
+               edgecolors=colormaps["plasma"](norm(np.clip(snr[order], norm.vmin, None))))
+    ax.set_xlim(-0.5 - pad, w * factor - 0.5 - pad)
+    ax.set_ylim(h * factor - 0.5 - pad, -0.5 - pad)
+    ax.set_xlabel("x [post px]")
+    ax.set_ylabel("y [post px]")
+    cax = fig.add_axes((1 - 1.2 / fig_w, 0.6 / fig_h, 0.18 / fig_w, 1 - 1.2 / fig_h))
+    fig.colorbar(ScalarMappable(norm=norm, cmap="plasma"), cax=cax, label="SNR")
+    box = f", {factor}×{factor} px box averages" if factor > 1 else ""
+    fig.suptitle(f"{sample} / {dye}: {x.size} detections on the difference image{box}")
+    return _save(fig, path)
+
+
+def plot_detection_snr_histogram(path: Path, sample: str, dye: str, snr: np.ndarray,
+                                 threshold: float) -> Path:
+    """Histogram of the detections' SNR (log bins) with the detection threshold."""
+    fig = _figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    good = snr[np.isfinite(snr) & (snr > 0)]
+    top = max(100.0, float(good.max()) * 1.2) if good.size else 100.0
+    bins = np.logspace(0, math.log10(top), 50)
+    ax.hist(good, bins=bins, color="#336699")
+    ax.axvline(threshold, color="#ff3366", label=f"detect_threshold {threshold:g} σ")
+    ax.set_xscale("log")
+    ax.set_xlabel("SNR (peak matched-filter significance)")
+    ax.set_ylabel("sources")
+    ax.legend(loc="upper right")
+    fig.suptitle(f"{sample} / {dye}: SNR of {good.size} detections")
+    return _save(fig, path)

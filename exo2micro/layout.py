@@ -68,6 +68,15 @@ class PairLayout:
         tag = "" if kind == "moffat" else f"_{kind}"
         return self._image(fmt, f"04_difference_difference{self.sfx(4)}{tag}")
 
+    # stage 5 ---------------------------------------------------------------------------
+    def significance(self, fmt: str) -> Path:
+        """The significance image ``difference / σ`` of stage 5."""
+        return self._image(fmt, f"05_detect_significance{self.sfx(5)}")
+
+    def detections(self, ext: str) -> Path:
+        """The source catalogue of stage 5: ``ext`` 'csv' or 'ecsv'."""
+        return self.root / f"detections{self.sfx(5)}.{ext}"
+
     def plot(self, name: str) -> Path:
         """A PNG diagnostic; names carry the stage-4 suffix so settings coexist."""
         return self.root / "pipeline_output" / f"{name}{self.sfx(4)}.png"

@@ -30,9 +30,10 @@ from exo2micro.errors import ParameterError
 
 #: Bumped when a stage's algorithm changes its output for the same parameters, so that resumed
 #: runs recompute it.
-ALGORITHM_VERSION: dict[int, int] = {1: 1, 2: 1, 3: 1, 4: 1}
+ALGORITHM_VERSION: dict[int, int] = {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
 
-STAGE_NAMES: dict[int, str] = {1: "load", 2: "align_boundary", 3: "align_interior", 4: "subtract"}
+STAGE_NAMES: dict[int, str] = {1: "load", 2: "align_boundary", 3: "align_interior", 4: "subtract",
+                              5: "detect"}
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,14 @@ REGISTRY: tuple[Param, ...] = (
     Param("manual_scale", None, "msc", 4, float,
           "Also subtract with this fixed k, or with 'exposure': the post/pre exposure-time "
           "ratio.", 1e-6, 1e6, optional=True, words=("exposure",)),
+    # --- stage 5: detect
+    Param("detect_threshold", 5.0, "dth", 5, float,
+          "Detection threshold (σ) on the matched-filter significance of the difference image.",
+          1.0, 100.0),
+    Param("detect_min_area", 5, "dma", 5, int,
+          "Fewest connected pixels above the threshold that make a source.", 1, 10000),
+    Param("detect_deblend", True, "ddb", 5, bool,
+          "Split touching sources with several peaks (multi-threshold deblending)."),
     # --- image metadata (issue #20): physical pixel size, channel, exposure times
     Param("pixel_size_um", None, "px", 1, float,
           "Physical pixel size (µm) of both raw images, overriding what their metadata says "

@@ -1,8 +1,9 @@
 """Running stages with resume: the one code path both orchestrators and every tool use.
 
-:func:`run_stage` skips a stage whose record is current (SPEC §5: outputs exist, fingerprint
-matches, files read cleanly, upstream unchanged) and otherwise runs it with the peak-RSS
-counter reset, so each record reports that stage's own peak.
+Stages 1 … 5 (load … detect). :func:`run_stage` skips a stage whose record is current
+(SPEC §5: outputs exist, fingerprint matches, files read cleanly, upstream unchanged) and
+otherwise runs it with the peak-RSS counter reset, so each record reports that stage's own
+peak.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def run_stage(stage: int, layout: PairLayout, func: Callable[[], dict[str, Any]]
     return func(), False
 
 
-STAGES = (1, 2, 3, 4)
+STAGES = (1, 2, 3, 4, 5)
 
 
 def _stage_call(stage: int, layout: PairLayout, pre_raw: Path, post_raw: Path, *, sample: str,
@@ -72,10 +73,15 @@ def _stage_call(stage: int, layout: PairLayout, pre_raw: Path, post_raw: Path, *
 
         return lambda: run_align_interior(layout, sample=sample, dye=dye, threads=threads,
                                           checkpoint_format=checkpoint_format)
-    from exo2micro.stages.subtract import run_subtract
+    if stage == 4:
+        from exo2micro.stages.subtract import run_subtract
 
-    return lambda: run_subtract(layout, sample=sample, dye=dye, threads=threads,
-                                checkpoint_format=checkpoint_format, meta=meta)
+        return lambda: run_subtract(layout, sample=sample, dye=dye, threads=threads,
+                                    checkpoint_format=checkpoint_format, meta=meta)
+    from exo2micro.stages.detect import run_detect
+
+    return lambda: run_detect(layout, sample=sample, dye=dye, threads=threads,
+                              checkpoint_format=checkpoint_format, meta=meta)
 
 
 def run_pair(sample: str, dye: str, pre_raw: str | Path, post_raw: str | Path,
@@ -84,7 +90,7 @@ def run_pair(sample: str, dye: str, pre_raw: str | Path, post_raw: str | Path,
              threads: int | None = None, checkpoint_format: str = "tiff",
              meta: Mapping[str, str] | None = None,
              on_stage: Callable[[int, str], None] | None = None) -> dict[str, Any]:
-    """Run stages ``from_stage … to_stage`` (default 1 … 4) of one pair, resume-aware.
+    """Run stages ``from_stage … to_stage`` (default 1 … 5) of one pair, resume-aware.
 
     A stage re-runs when it is not current, when ``force`` is set, when it is ≥ ``from_stage``
     (``from_stage`` forces a re-run from that stage on), or when an earlier stage re-ran in this

@@ -45,6 +45,19 @@ def _alignment(layout: PairLayout) -> dict[str, Any]:
     return out
 
 
+def _detections(layout: PairLayout) -> dict[str, Any] | None:
+    """Stage 5's summary (``n``, ``n_snr5``, ``threshold_sigma``, ``completeness_estimate``,
+    ``catalog``, ``per_mm2``) when its record is complete and belongs to the current stage 4
+    and parameters, else ``None``."""
+    rec = read_record(layout.record(5)) or {}
+    upstream = read_record(layout.record(4)) or {}
+    if (rec.get("status") != "complete" or rec.get("fingerprint") != P.fingerprint(layout.params, 5)
+            or rec.get("upstream_run_id") != upstream.get("run_id")):
+        return None
+    found = rec.get("detections")
+    return found if isinstance(found, dict) else None
+
+
 def build_result(layout: PairLayout, sample: str, dye: str, status: str,
                  meta: Mapping[str, str] | None = None,
                  extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -82,6 +95,7 @@ def build_result(layout: PairLayout, sample: str, dye: str, status: str,
         "stages": stages,
         "outputs": outputs,
         "warnings": warnings,
+        "detections": _detections(layout),
         "meta": dict(meta or {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra or {}),

@@ -6,8 +6,8 @@
 
     sd = SampleDye("CD070", "SybrGld", output_dir="processed", raw_dir="raw")
     sd.set_params(boundary_width=20, scale_percentile=40)
-    result = sd.run()                 # stages 1-4, resume-aware
-    result = sd.run(from_stage=3)     # re-run stages 3-4
+    result = sd.run()                 # stages 1-5, resume-aware
+    result = sd.run(from_stage=3)     # re-run stages 3-5
     sd.scale_estimate                 # Moffat k of the last run
 
 :meth:`SampleDye.run` is for interactive use: it takes the output-folder lock, runs the

@@ -158,7 +158,9 @@ class SynthSpec:
     and ``scale`` (post/pre magnification) act about the image centres; ``tx``/``ty`` shift the
     post image further (post px). ``k`` is the true post/pre brightness ratio of the
     autofluorescence. ``microbe_coverage`` is the fraction of the post tissue area covered by
-    microbes (0 to 0.5). ``signal_channels`` (e.g. ``"g"`` or ``"rg"``) overrides the RGB
+    microbes (0 to 0.5); ``microbe_brightness`` scales their amplitudes (1 = as bright as the
+    autofluorescence, small values give faint microbes for detection tests).
+    ``signal_channels`` (e.g. ``"g"`` or ``"rg"``) overrides the RGB
     channel(s) chosen from the dye. ``noise`` scales the noise (0 = quantisation only).
     ``tissue_offset`` shifts the tissue centre (pre px) so part of it can leave the frames.
     ``pixel_size_um`` (µm per post pixel; pre pixels are ``scale`` times larger, so the
@@ -180,6 +182,7 @@ class SynthSpec:
     ty: float = 0.0
     k: float = 1.35
     microbe_coverage: float = 0.02
+    microbe_brightness: float = 1.0
     channel_mode: str = "rgb8"
     signal_channels: str | None = None
     seed: int = 0
@@ -204,6 +207,7 @@ class SynthSpec:
         _check_range("scale", self.scale, 0.25, 4.0)
         _check_range("k", self.k, 0.01, 100.0)
         _check_range("microbe_coverage", self.microbe_coverage, 0.0, 0.5)
+        _check_range("microbe_brightness", self.microbe_brightness, 0.0, 100.0)
         _check_range("noise", self.noise, 0.0, 100.0)
         if self.pixel_size_um is not None:
             _check_range("pixel_size_um", self.pixel_size_um, 1e-4, 1e4)
@@ -581,7 +585,7 @@ class Scene:
         y = rng.uniform(-0.5, spec.height - 0.5, n)
         sigma = rng.uniform(lo, hi, n)
         amplitude = (rng.uniform(*_MICROBE_AMPLITUDE, n) * spec.k * self.amplitude
-                     * _FEATURELESS_LEVEL)
+                     * _FEATURELESS_LEVEL * spec.microbe_brightness)
         uv = transform.apply(self.post_to_pre, np.column_stack([x, y]))
         keep = self.footprint.evaluate(uv[:, 0], uv[:, 1]) >= 0.5
         order = np.argsort(y[keep], kind="stable")
@@ -874,6 +878,7 @@ def _truth(scene: Scene, tally: PostTally | None) -> dict[str, Any]:
         "microbe_count": len(scene.microbes),
         "microbe_model": "Gaussian spots, sigma 2-6 post px, centres in post tissue; a pixel "
                          "is covered within 1.5 sigma of a centre",
+        "microbes": _microbe_truth(scene.microbes, mode.gain * float(weights.max())),
         "tissue": scene.footprint.to_json(),
         "tissue_fraction_pre": float(pre_mask.mean()),
         "layout": spec.layout, "compression": spec.compression,
@@ -883,6 +888,20 @@ def _truth(scene: Scene, tally: PostTally | None) -> dict[str, Any]:
         truth["tissue_fraction_post"] = tally.tissue / (spec.width * spec.height)
         truth["microbe_coverage_actual"] = tally.covered / max(1, tally.tissue)
     return truth
+
+
+def _microbe_truth(microbes: _Microbes, gain: float) -> dict[str, Any]:
+    """The true microbes as columns: centre ``x``, ``y`` (raw post px, x = column, y = row,
+    pixel centres at integers), Gaussian ``sigma`` (px), ``peak`` and integrated ``flux`` in
+    counts of the strongest signal channel (before noise, clipping and rounding:
+    ``flux = 2π σ² · peak``)."""
+    peak = microbes.amplitude * gain
+    return {"x": np.round(microbes.x, 4).tolist(), "y": np.round(microbes.y, 4).tolist(),
+            "sigma": np.round(microbes.sigma, 4).tolist(),
+            "peak": np.round(peak, 4).tolist(),
+            "flux": np.round(2 * math.pi * microbes.sigma**2 * peak, 3).tolist(),
+            "units": "x, y, sigma: post px; peak, flux: counts of the strongest signal "
+                     "channel"}
 
 
 # ------------------------------------------------------------------------ truth evaluation

@@ -54,7 +54,7 @@ def test_defaults_give_empty_suffixes() -> None:
 def test_every_parameter_round_trips_through_its_suffix(param: P.Param) -> None:
     value = non_default_value(param)
     values = P.resolve({param.name: value})
-    text = P.suffix(values, 4)
+    text = P.suffix(values, max(P.STAGE_NAMES))
     if param.ignored:  # cannot change an output, so it must not rename one
         assert text == ""
         text = f"_{param.abbr}{P.format_value(values[param.name])}"
@@ -92,7 +92,7 @@ def test_prefix_colliding_abbreviations_round_trip(overrides: dict[str, Any]) ->
 
 def test_all_parameters_at_once_round_trip() -> None:
     values = P.resolve({p.name: non_default_value(p) for p in P.REGISTRY})
-    text = P.spelled_suffix(values, 4)
+    text = P.spelled_suffix(values, max(P.STAGE_NAMES))
     used = [p for p in P.REGISTRY if not p.ignored]
     assert [t for t in text.split("_") if t] == [
         f"{p.abbr}{P.format_value(values[p.name])}" for p in used]
@@ -196,14 +196,15 @@ def test_fingerprint_is_stable_across_orderings() -> None:
     for stage in P.STAGE_NAMES:
         assert P.fingerprint(forward, stage) == P.fingerprint(shuffled, stage)
         assert P.fingerprint(forward, stage) == P.fingerprint(P.resolve(overrides), stage)
-    assert len({P.fingerprint(forward, s) for s in P.STAGE_NAMES}) == 4
+    assert len({P.fingerprint(forward, s) for s in P.STAGE_NAMES}) == len(P.STAGE_NAMES)
 
 
 @pytest.mark.parametrize(("name", "value", "changed_stages"), [
-    ("pad", 5, {1, 2, 3, 4}),
-    ("boundary_width", 20, {2, 3, 4}),
-    ("interior_ecc", False, {3, 4}),
-    ("manual_scale", 1.5, {4}),
+    ("pad", 5, {1, 2, 3, 4, 5}),
+    ("boundary_width", 20, {2, 3, 4, 5}),
+    ("interior_ecc", False, {3, 4, 5}),
+    ("manual_scale", 1.5, {4, 5}),
+    ("detect_threshold", 4.0, {5}),
 ])
 def test_fingerprint_changes_from_the_parameters_stage_on(name: str, value: Any,
                                                          changed_stages: set[int]) -> None:
@@ -217,7 +218,7 @@ def test_fingerprint_follows_the_algorithm_version(monkeypatch: pytest.MonkeyPat
     before = {s: P.fingerprint(values, s) for s in P.STAGE_NAMES}
     monkeypatch.setitem(P.ALGORITHM_VERSION, 3, P.ALGORITHM_VERSION[3] + 1)
     after = {s: P.fingerprint(values, s) for s in P.STAGE_NAMES}
-    assert {s for s in before if before[s] != after[s]} == {3, 4}
+    assert {s for s in before if before[s] != after[s]} == {3, 4, 5}
 
 
 def test_stage_params_and_non_default() -> None:

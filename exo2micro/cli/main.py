@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "align-boundary": "exo2micro.cli.align_boundary:align_boundary",
     "align-interior": "exo2micro.cli.align_interior:align_interior",
     "subtract": "exo2micro.cli.subtract:subtract",
+    "detect": "exo2micro.cli.detect:detect",
     "summary": "exo2micro.cli.summary:summary",
     "params": "exo2micro.cli.params:params",
 }

@@ -26,7 +26,7 @@ from exo2micro.cli.common import (
 )
 from exo2micro.cli.discover import split_names
 
-STAGES = click.IntRange(1, 4)
+STAGES = click.IntRange(1, 5)
 
 
 @click.command("run", context_settings={"help_option_names": ["-h", "--help"]})

@@ -50,6 +50,9 @@ _VARIED = {"rotation": "rotation_deg", "scale": "scale", "k": "k", "tx": "tx", "
               help="True post/pre brightness ratio of the autofluorescence.")
 @click.option("--microbes", type=float, default=_DEFAULTS["microbe_coverage"],
               show_default=True, help="Fraction of the post tissue area covered by microbes.")
+@click.option("--microbe-brightness", type=float, default=_DEFAULTS["microbe_brightness"],
+              show_default=True,
+              help="Scale of the microbes' amplitudes (1 = as bright as the autofluorescence).")
 @click.option("--channel-mode", type=click.Choice(lib.CHANNEL_MODES),
               default=_DEFAULTS["channel_mode"], show_default=True, help="Output pixel format.")
 @click.option("--signal-channels", default=None,
@@ -79,7 +82,8 @@ _VARIED = {"rotation": "rotation_deg", "scale": "scale", "k": "k", "tx": "tx", "
 @run_tool
 def synth(ctx: click.Context, raw_dir: Path, sample: str | None, dye: str, width: int,
           height: int, pre_width: int | None, pre_height: int | None, rotation: float,
-          scale: float, tx: float, ty: float, k: float, microbes: float, channel_mode: str,
+          scale: float, tx: float, ty: float, k: float, microbes: float,
+          microbe_brightness: float, channel_mode: str,
           signal_channels: str | None, seed: int, noise: float, texture: str,
           tissue_offset: tuple[float, float], layout: str, compression: str, pairs: int | None,
           broken: bool, threads: int | None) -> None:
@@ -88,7 +92,8 @@ def synth(ctx: click.Context, raw_dir: Path, sample: str | None, dye: str, width
     base = lib.SynthSpec(
         sample=sample or "SYN01", dye=dye, width=width, height=height, pre_width=pre_width,
         pre_height=pre_height, rotation_deg=rotation, scale=scale, tx=tx, ty=ty, k=k,
-        microbe_coverage=microbes, channel_mode=channel_mode, signal_channels=signal_channels,
+        microbe_coverage=microbes, microbe_brightness=microbe_brightness,
+        channel_mode=channel_mode, signal_channels=signal_channels,
         seed=seed, noise=noise, texture=texture, tissue_offset=tissue_offset, layout=layout,
         compression=None if compression == "none" else compression)
     if pairs is None:

@@ -1,0 +1,39 @@
+"""``e2m-detect`` / ``exo2micro detect``: stage 5 for one pair (see
+:mod:`exo2micro.stages.detect`)."""
+
+from __future__ import annotations
+
+import click
+
+from exo2micro.cli.common import echo_stage_done, run_pair_stage, run_tool, stage_options
+from exo2micro.cli.subtract import parse_meta
+from exo2micro.result import build_result, write_result
+from exo2micro.stages.detect import run_detect
+
+
+@click.command("detect")
+@stage_options
+@click.option("--meta", "meta_values", multiple=True, metavar="KEY=VALUE",
+              help="Extra metadata copied into result.json 'meta' (repeatable).")
+@run_tool
+def detect(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force: bool,
+           param_values: tuple[str, ...], threads: int | None,
+           meta_values: tuple[str, ...]) -> None:
+    """Stage 5: noise model, significance image and the catalogue of microbes.
+
+    Reads the stage-4 difference image and record, the stage-3 aligned pre and the stage-1
+    post signal from the pair folder; writes the significance image, detections CSV/ECSV,
+    two plots, the stage record and result.json. Exit codes: 0 success, 2 usage error, 65
+    missing or unusable input, 137 out of memory, 1 internal error.
+    """
+    meta = parse_meta(meta_values)
+    layout, rec, skipped = run_pair_stage(
+        5, lambda layout, n: run_detect(layout, sample=sample, dye=dye, threads=n,
+                                        checkpoint_format=checkpoint_format, meta=meta),
+        pair_dir=pair_dir, param_values=param_values, threads=threads, force=force,
+        checkpoint_format=checkpoint_format)
+    if skipped:
+        write_result(layout, build_result(layout, sample, dye, "complete", meta))
+    found = rec.get("detections", {})
+    echo_stage_done(sample, dye, 5, skipped,
+                    f"{found.get('n', 0)} sources ({found.get('n_snr5', 0)} with SNR ≥ 5)")

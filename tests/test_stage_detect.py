@@ -1,0 +1,197 @@
+"""Stage 5 (detect) on synthetic pairs with known microbes (positions, fluxes).
+
+Each pair is built like the stage-4 tests (true transform, so alignment errors are absent),
+then stage 4 and stage 5 run; detections are compared with the truth JSON of
+:mod:`exo2micro.synth`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from click.testing import CliRunner
+from scipy.spatial import cKDTree
+
+from exo2micro import params as P
+from exo2micro.cli.detect import detect as detect_cmd
+from exo2micro.errors import EXIT_DATA, EXIT_USAGE
+from exo2micro.layout import PairLayout
+from exo2micro.pipeline import run_stage
+from exo2micro.stages import detect as D
+from exo2micro.stages.subtract import run_subtract
+from tests.test_stage_subtract import DYE, SAMPLE, build_pair, read_all
+
+#: rms position error (px) of detected microbes with integrated SNR ≥ 20 that the code reaches
+#: on the faint pair is ≈ 0.47 px; the tolerance fails a 2× degradation.
+POSITION_RMS_PX = 0.7
+#: Matching radius (px) of a detection to a true microbe.
+MATCH_PX = 2.0
+
+
+def _run(layout: PairLayout, **kw: Any) -> tuple[dict[str, Any], bool]:
+    return run_stage(5, layout, lambda: D.run_detect(layout, sample=SAMPLE, dye=DYE, **kw),
+                     checkpoint_format=kw.get("checkpoint_format", "tiff"))
+
+
+def _pair(root: Path, params: dict[str, Any] | None = None, **spec: Any
+          ) -> tuple[PairLayout, dict[str, Any]]:
+    layout, truth = build_pair(root, params, **spec)
+    run_subtract(layout, sample=SAMPLE, dye=DYE)
+    return layout, truth
+
+
+def true_snr(layout: PairLayout, record: dict[str, Any], truth: dict[str, Any]) -> np.ndarray:
+    """Integrated SNR of every true microbe under the pair's fitted noise model
+    (:meth:`~exo2micro.stages.detect.NoiseModel.integrated_noise`)."""
+    model = D.NoiseModel.from_json(record["noise_model"])
+    k = json.loads(layout.record(4).read_text())["scales"]["moffat"]
+    pre = read_all(layout.aligned_pre("tiff"))
+    m = truth["microbes"]
+    pad = layout.params["pad"]
+    ix = np.clip(np.rint(np.asarray(m["x"]) + pad).astype(int), 0, pre.shape[1] - 1)
+    iy = np.clip(np.rint(np.asarray(m["y"]) + pad).astype(int), 0, pre.shape[0] - 1)
+    level = D.level_image(pre, k)[iy, ix]
+    noise = np.array([float(model.integrated_noise(np.float32(lv), s))
+                      for lv, s in zip(level, m["sigma"])])
+    return np.asarray(m["flux"]) / noise
+
+
+def read_csv(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0]
+    return header, {name: np.array([float(r[i]) for r in rows[1:]])
+                    for i, name in enumerate(header)}
+
+
+@pytest.fixture(scope="module")
+def faint(tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[PairLayout, dict[str, Any], dict[str, Any]]:
+    """Faint microbes (a tenth of the default brightness, 3 % cover), 768 × 640 (two blocks)."""
+    layout, truth = _pair(tmp_path_factory.mktemp("faint"), microbe_coverage=0.03,
+                          microbe_brightness=0.1, seed=3)
+    record, skipped = _run(layout)
+    assert not skipped
+    return layout, truth, record
+
+
+def _match(truth: dict[str, Any], cols: dict[str, np.ndarray]
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    txy = np.column_stack([truth["microbes"]["x"], truth["microbes"]["y"]])
+    dist, idx = cKDTree(np.column_stack([cols["x"], cols["y"]])).query(txy)
+    return txy, dist, idx
+
+
+def test_positions_match_truth(faint: tuple[PairLayout, dict[str, Any], dict[str, Any]]
+                               ) -> None:
+    layout, truth, record = faint
+    _, cols = read_csv(layout.detections("csv"))
+    txy, dist, idx = _match(truth, cols)
+    snr = true_snr(layout, record, truth)
+    sel = (dist < MATCH_PX) & (snr >= 20)
+    assert sel.sum() >= 10
+    err = np.column_stack([cols["x"][idx[sel]], cols["y"][idx[sel]]]) - txy[sel]
+    rms = float(np.sqrt(np.mean(np.sum(err**2, axis=1))))
+    assert rms < POSITION_RMS_PX
+    assert np.all(np.abs(err.mean(axis=0)) < 0.15)  # no bias of the pixel convention
+
+
+def test_completeness_and_purity(faint: tuple[PairLayout, dict[str, Any], dict[str, Any]]
+                                 ) -> None:
+    layout, truth, record = faint
+    _, cols = read_csv(layout.detections("csv"))
+    _, dist, _ = _match(truth, cols)
+    snr = true_snr(layout, record, truth)
+    bright = snr >= 10
+    assert bright.sum() >= 20
+    assert np.mean(dist[bright] < MATCH_PX) >= 0.9
+    # purity: every unflagged detection lies near a true microbe
+    txy = np.column_stack([truth["microbes"]["x"], truth["microbes"]["y"]])
+    clean = cols["flags"] == 0
+    d_back, _ = cKDTree(txy).query(np.column_stack([cols["x"][clean], cols["y"][clean]]))
+    assert np.mean(d_back < 3 * MATCH_PX) >= 0.95
+    assert record["detections"]["completeness_estimate"] >= 0.8
+
+
+def test_no_detections_without_microbes(tmp_path: Path) -> None:
+    layout, _ = _pair(tmp_path, microbe_coverage=0.0, seed=4)
+    record, _ = _run(layout)
+    assert record["detections"]["n"] <= 1
+    assert read_csv(layout.detections("csv"))[1]["id"].size == record["detections"]["n"]
+
+
+def test_outputs_and_columns(faint: tuple[PairLayout, dict[str, Any], dict[str, Any]]) -> None:
+    layout, _, record = faint
+    header, cols = read_csv(layout.detections("csv"))
+    assert header[:3] == ["id", "x", "y"]
+    assert {"id", "x", "y", "flux", "peak", "snr", "area_px", "flags", "a", "b",
+            "theta"} <= set(header)
+    assert list(cols["id"]) == list(range(1, cols["id"].size + 1))
+    # one detection per source although the pair spans two blocks of TILE rows
+    xy = np.column_stack([cols["x"], cols["y"]])
+    assert np.all(cKDTree(xy).query(xy, k=2)[0][:, 1] > 1.0)
+    table = Table.read(layout.detections("ecsv"), format="ascii.ecsv")
+    assert str(table["x"].unit) == "pix" and str(table["flux"].unit) == "ct"
+    assert table.meta["params"]["detect_threshold"] == 5.0
+    sig = read_all(layout.significance("tiff"))
+    diff = read_all(layout.difference("tiff"))
+    assert sig.shape == diff.shape
+    assert np.array_equal(np.isnan(sig), np.isnan(diff))
+    quiet = np.abs(sig[np.isfinite(sig)])
+    assert 0.8 < np.median(quiet) / 0.6745 < 1.25  # σ-normalised: robust σ ≈ 1
+    for name in ("detections", "detection_snr_histogram"):
+        assert layout.stage_plot(name, 5).is_file()
+    result = json.loads(layout.result().read_text())
+    found = result["detections"]
+    assert found["n"] == record["detections"]["n"] == cols["id"].size
+    assert found["catalog"] == "detections.csv" and found["threshold_sigma"] == 5.0
+    assert found["per_mm2"] is None and 0 <= found["completeness_estimate"] <= 1
+    assert record["timings_s"]["total"] > 0 and record["peak_rss_bytes"] > 0
+
+
+def test_resume_force_and_suffix(faint: tuple[PairLayout, dict[str, Any], dict[str, Any]]
+                                 ) -> None:
+    layout, _, record = faint
+    again, skipped = _run(layout)
+    assert skipped and again["run_id"] == record["run_id"]
+    forced, skipped = run_stage(5, layout, lambda: D.run_detect(layout, sample=SAMPLE, dye=DYE),
+                                force=True, checkpoint_format="tiff")
+    assert not skipped and forced["run_id"] != record["run_id"]
+    other = PairLayout(layout.root, P.resolve({"detect_threshold": 7}))
+    assert other.detections("csv").name == "detections_dth7.csv"
+    assert other.record(5).name == "05_detect_dth7.json"
+    rec7, skipped = _run(other)
+    assert not skipped and rec7["detections"]["n"] <= forced["detections"]["n"]
+    assert P.fingerprint(layout.params, 5) != P.fingerprint(other.params, 5)
+    # stage 4 re-run: stage 5 is stale (upstream changed)
+    run_subtract(layout, sample=SAMPLE, dye=DYE)
+    _, skipped = _run(layout)
+    assert not skipped
+
+
+def test_cli_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["--sample", SAMPLE, "--dye", DYE, "--pair-dir", str(tmp_path)]
+    res = runner.invoke(detect_cmd, base)
+    assert res.exit_code == EXIT_DATA, res.output
+    res = runner.invoke(detect_cmd, [*base, "--param", "detect_threshold=0"])
+    assert res.exit_code == EXIT_USAGE, res.output
+    res = runner.invoke(detect_cmd, [*base, "--param", "detect_deblend=maybe"])
+    assert res.exit_code == EXIT_USAGE, res.output
+
+
+def test_noise_fit_recovers_line() -> None:
+    rng = np.random.default_rng(0)
+    level = np.repeat(np.linspace(0, 400, 40), 64 * 320).reshape(40 * 64, 320)
+    a, b = 2.0, 0.05
+    diff = (rng.standard_normal(level.shape) * np.sqrt(a + b * level)).astype(np.float32)
+    lev, var_d, var_f = D.tile_stats(diff, level.astype(np.float32))
+    fa, fb = D.fit_line(lev, var_d)
+    assert fa == pytest.approx(a, rel=0.15) and fb == pytest.approx(b, rel=0.05)
+    assert D.fit_noise(lev, var_d, var_f).c == pytest.approx(1.0, abs=0.15)
