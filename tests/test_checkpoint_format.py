@@ -78,11 +78,14 @@ def test_asking_for_another_format_reruns_only_the_stages_that_write_images(
                  on_stage=lambda stage, event: events.__setitem__(stage, event))
         return events
 
-    assert run("tiff") == {1: "done", 2: "done", 3: "done", 4: "done"}
+    assert run("tiff") == {1: "done", 2: "done", 3: "done", 4: "done", 5: "done"}
     layout = PairLayout(tmp_path / "out", P.resolve())
     assert not layout.aligned_pre("fits").exists()
-    assert run("tiff") == {1: "skipped", 2: "skipped", 3: "skipped", 4: "skipped"}
-    assert run("both") == {1: "skipped", 2: "skipped", 3: "done", 4: "done"}
+    assert run("tiff") == {1: "skipped", 2: "skipped", 3: "skipped", 4: "skipped",
+                           5: "skipped"}
+    assert run("both") == {1: "skipped", 2: "skipped", 3: "done", 4: "done", 5: "done"}
     assert layout.aligned_pre("fits").is_file() and layout.difference("fits").is_file()
+    assert layout.significance("fits").is_file()
     # both formats are there now: asking for either one alone resumes
-    assert run("fits") == {1: "skipped", 2: "skipped", 3: "skipped", 4: "skipped"}
+    assert run("fits") == {1: "skipped", 2: "skipped", 3: "skipped", 4: "skipped",
+                           5: "skipped"}
