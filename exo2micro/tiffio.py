@@ -32,6 +32,7 @@ import logging
 import os
 import tempfile
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -679,8 +680,15 @@ class OmeMeta:
     description: str | None = None
 
     def xml(self, shape: tuple[int, int], dtype: np.dtype) -> str:
-        """The OME-XML of a single-plane ``shape`` (height, width) image of ``dtype``."""
-        ome = tifffile.OmeXml()
+        """The OME-XML of a single-plane ``shape`` (height, width) image of ``dtype``.
+
+        Its UUID is derived from what the file is (name, channel, pixel size, description,
+        shape, type) instead of drawn at random, so that the same product written twice — by
+        a resumed run, by Nextflow and by the local runner — is the same file, byte for byte.
+        """
+        identity = "\x1f".join(map(str, (self.name, self.channel, self.pixel_size_um,
+                                          self.description, shape, np.dtype(dtype).str)))
+        ome = tifffile.OmeXml(UUID=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, identity)}")
         size: dict[str, Any] = {}
         if self.pixel_size_um is not None:
             size = {"PhysicalSizeX": self.pixel_size_um, "PhysicalSizeXUnit": "µm",

@@ -292,3 +292,16 @@ def test_exposure_scale_without_exposure_times_is_refused(tmp_path: Path) -> Non
         exposure_facts(layout)
     with pytest.raises(ParameterError, match="manual_scale"):
         P.resolve({"manual_scale": "exposures"})
+
+
+def test_the_same_product_written_twice_is_the_same_file(tmp_path: Path) -> None:
+    """The OME UUID follows from what the file is, not from chance: a resumed run, Nextflow and
+    the local runner write byte-identical products, and two different products differ."""
+    from exo2micro.tiffio import OmeMeta
+
+    first = OmeMeta("04_difference", "DAPI", 0.325, "k=1.3").xml((300, 200), np.dtype("f4"))
+    again = OmeMeta("04_difference", "DAPI", 0.325, "k=1.3").xml((300, 200), np.dtype("f4"))
+    other = OmeMeta("03_aligned_pre", "DAPI", 0.325, "k=1.3").xml((300, 200), np.dtype("f4"))
+    uuid_of = lambda xml: xml.split('UUID="', 1)[1].split('"', 1)[0]  # noqa: E731
+    assert first == again and uuid_of(first).startswith("urn:uuid:")
+    assert uuid_of(first) != uuid_of(other)
