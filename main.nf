@@ -21,7 +21,7 @@ include { EXO2MICRO } from './workflows/exo2micro'
  */
 def registryParametersByStage() {
     return [
-        1: ['pad'],
+        1: ['pad', 'pixel_size_um', 'channel'],
         2: [
             'use_edges', 'boundary_width', 'boundary_smooth', 'rotation_search', 'angle_range',
             'angle_step', 'scale_search', 'scale_min', 'scale_max', 'scale_step', 'multiscale',
@@ -29,7 +29,8 @@ def registryParametersByStage() {
             'max_scale_diff', 'stopit', 'stopdelta', 'save_all_intermediates',
         ],
         3: ['interior_ecc', 'interior_blur_base', 'interior_max_correction', 'interior_min_inlier_ratio'],
-        4: ['scale_percentile', 'manual_scale'],
+        4: ['scale_percentile', 'manual_scale', 'pre_exposure_s', 'post_exposure_s'],
+        5: ['detect_threshold', 'detect_min_area', 'detect_deblend'],
     ]
 }
 
@@ -37,14 +38,17 @@ def registryParametersByStage() {
 def stageParameters(all_params) {
     def by_stage = registryParametersByStage()
     def result = [:]
-    [1, 2, 3, 4].each { stage ->
-        def names = [1, 2, 3, 4].findAll { s -> s <= stage }.collectMany { s -> by_stage[s] }
+    (1..5).each { stage ->
+        def names = (1..5).findAll { s -> s <= stage }.collectMany { s -> by_stage[s] }
         result[stage] = names.collectEntries { name -> [name, all_params[name]] }
     }
     return result
 }
 
 def typeMatches(type, value) {
+    if (type instanceof List) {
+        return type.any { one -> typeMatches(one, value) }
+    }
     if (type == 'integer') {
         return value instanceof Integer || value instanceof Long || value instanceof BigInteger
     }
@@ -98,10 +102,10 @@ def validateParameters(all_params, schema_file) {
             errors << "--${name} must be of type ${spec.type}, got '${value}'"
             return
         }
-        if (spec.minimum != null && value < spec.minimum) {
+        if (spec.minimum != null && value instanceof Number && value < spec.minimum) {
             errors << "--${name} = ${value} is below the minimum ${spec.minimum}: ${spec.description}"
         }
-        if (spec.maximum != null && value > spec.maximum) {
+        if (spec.maximum != null && value instanceof Number && value > spec.maximum) {
             errors << "--${name} = ${value} is above the maximum ${spec.maximum}: ${spec.description}"
         }
         if (spec['enum'] && !(value in spec['enum'])) {

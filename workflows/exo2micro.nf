@@ -1,5 +1,6 @@
 /*
- * The per-pair pipeline: load -> align-boundary -> align-interior -> subtract, then the summary.
+ * The per-pair pipeline: load -> align-boundary -> align-interior -> subtract -> detect, then the
+ * summary.
  *
  * Every stage runs in its own work directory. It gets the outputs of the earlier stages of its
  * pair staged under their pair-folder names (tiff/, cache/, fits/, transforms/, stages/), runs its
@@ -16,6 +17,7 @@ include { LOAD           } from '../modules/local/load'
 include { ALIGN_BOUNDARY } from '../modules/local/align_boundary'
 include { ALIGN_INTERIOR } from '../modules/local/align_interior'
 include { SUBTRACT       } from '../modules/local/subtract'
+include { DETECT         } from '../modules/local/detect'
 include { SUMMARY        } from '../modules/local/summary'
 
 // Columns of the resolved samplesheet that are not extra metadata.
@@ -71,11 +73,11 @@ def failureHeader() {
 }
 
 def stageName(stage) {
-    return ['load', 'align_boundary', 'align_interior', 'subtract'][stage - 1]
+    return ['load', 'align_boundary', 'align_interior', 'subtract', 'detect'][stage - 1]
 }
 
 /*
- * Rows of failures.tsv (sample, dye, stage, exit_code, attempts, reason; stage 1-4), read by
+ * Rows of failures.tsv (sample, dye, stage, exit_code, attempts, reason; stage 1-5), read by
  * `e2m-summary --failures`. A failure recorded by a stage (failure.tsv: exit code, attempt,
  * message):
  */
@@ -86,7 +88,7 @@ def recordedFailureRow(meta, stage, record) {
     return [meta.sample, meta.dye, stage, fields[0], fields[1], reason].join('\t')
 }
 
-// A pair that stopped before stage 4 without a record: its task was killed on its last attempt
+// A pair that stopped before stage 5 without a record: its task was killed on its last attempt
 // (errorStrategy ignores only the kill codes). Its exit code is in the trace, not here (empty).
 def killedRow(meta, stages_done, max_retries) {
     def stage = stages_done + 1
@@ -103,7 +105,7 @@ workflow EXO2MICRO {
     take:
     ch_samplesheet    // channel: [ meta, pairs.csv ]  resolved samplesheet from DISCOVER (meta.code: code version)
     ch_skipped        // channel: [ meta, skipped.tsv ]
-    stage_params      // map: stage number (1-4) -> [ name: value ] of the parameters of stages <= it
+    stage_params      // map: stage number (1-5) -> [ name: value ] of the parameters of stages <= it
     checkpoint_format // string: tiff, fits or both
     max_retries       // integer: retries of a killed task (memory and time grow with each attempt)
     provenance        // map: code version, commit, container, ... for manifest.json
@@ -126,6 +128,10 @@ workflow EXO2MICRO {
     ch_state3 = ch_state2.join(ch_done3).map { row -> mergeState(row) }
 
     SUBTRACT(ch_state3, stage_params[4], checkpoint_format)
+    ch_done4 = SUBTRACT.out.state.filter { row -> hasRecord(row) }
+    ch_state4 = ch_state3.join(ch_done4).map { row -> mergeState(row) }
+
+    DETECT(ch_state4, stage_params[5], checkpoint_format)
 
     // -- failures: recorded by a stage, or inferred for pairs killed on their last attempt
     ch_recorded = LOAD.out.failure.map { meta, record -> [meta, 1, record] }
@@ -133,6 +139,7 @@ workflow EXO2MICRO {
             ALIGN_BOUNDARY.out.failure.map { meta, record -> [meta, 2, record] },
             ALIGN_INTERIOR.out.failure.map { meta, record -> [meta, 3, record] },
             SUBTRACT.out.failure.map { meta, record -> [meta, 4, record] },
+            DETECT.out.failure.map { meta, record -> [meta, 5, record] },
         )
 
     // progress marks per pair: 0 = discovered, k = stage k done, -1 = failure recorded
@@ -141,11 +148,12 @@ workflow EXO2MICRO {
             ch_done1.map { row -> [row[0], 1] },
             ch_done2.map { row -> [row[0], 2] },
             ch_done3.map { row -> [row[0], 3] },
-            SUBTRACT.out.result.map { meta, _json -> [meta, 4] },
+            ch_done4.map { row -> [row[0], 4] },
+            DETECT.out.result.map { meta, _json -> [meta, 5] },
             ch_recorded.map { meta, _stage, _record -> [meta, -1] },
         )
         .groupTuple()
-        .filter { _meta, marks -> !(4 in marks) && !(-1 in marks) }
+        .filter { _meta, marks -> !(5 in marks) && !(-1 in marks) }
         .map { meta, marks -> killedRow(meta, marks.max(), max_retries) }
 
     ch_failures = ch_recorded
@@ -157,7 +165,7 @@ workflow EXO2MICRO {
         .ifEmpty([])
 
     // per finished pair: a folder with result.json and the plots (for report.html)
-    ch_reports = SUBTRACT.out.report
+    ch_reports = DETECT.out.report
         .map { _meta, folder -> folder }
         .collect(sort: true)
         .ifEmpty([])
@@ -168,5 +176,5 @@ workflow EXO2MICRO {
     summary  = SUMMARY.out.tsv      // channel: [ meta, summary.tsv ]
     report   = SUMMARY.out.html     // channel: [ meta, report.html ]
     versions = SUMMARY.out.versions // channel: [ meta, versions.yml ] software of the tasks
-    results  = SUBTRACT.out.result  // channel: [ meta, result.json ] per completed pair
+    results  = DETECT.out.result    // channel: [ meta, result.json ] per completed pair
 }

@@ -54,3 +54,17 @@ def stageStatusHandler() {
     esac
     '''.stripIndent()
 }
+
+// Bash that copies (not links: containers may not see other work directories) what report.html
+// shows: result.json and every stage's pipeline_output/*.png, into e2m_pair/.
+def reportBundle() {
+    return '''
+    if [ -f result.json ]; then
+        mkdir -p e2m_pair/pipeline_output
+        cp -L result.json e2m_pair/result.json
+        for png in pipeline_output/*.png; do
+            if [ -e "$png" ]; then cp -L "$png" e2m_pair/pipeline_output/; fi
+        done
+    fi
+    '''.stripIndent()
+}

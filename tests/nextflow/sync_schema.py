@@ -27,15 +27,23 @@ GROUPS = {
     2: "stage2_align_boundary_options",
     3: "stage3_align_interior_options",
     4: "stage4_subtract_options",
+    5: "stage5_detect_options",
 }
-TYPES = {bool: "boolean", int: "integer", float: "number"}
+#: Title and description of a stage group the schema does not have yet.
+NEW_GROUPS = {
+    5: ("Stage 5: detect", "Noise model, significance image and the catalogue of microbes."),
+}
+TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 
 def entry(p: Param, old: dict) -> dict:
-    new: dict = {"type": TYPES[p.kind]}
+    # a numeric parameter that also takes words (manual_scale=exposure): number or one of them
+    new: dict = {"type": [TYPES[p.kind], "string"] if p.words else TYPES[p.kind]}
+    if p.words:
+        new["pattern"] = "^(" + "|".join(p.words) + ")$"
     if p.default is not None:
         new["default"] = p.default
-    if p.kind is not bool:
+    if p.kind in (int, float):
         if p.low is not None:
             new["minimum"] = p.low
         if p.high is not None:
@@ -70,6 +78,12 @@ def groovy(value: object) -> str:
 def main(check: bool) -> int:
     schema = json.loads(SCHEMA.read_text())
     before = json.dumps(schema, indent=4, ensure_ascii=False) + "\n"
+    for stage, (title, description) in NEW_GROUPS.items():
+        if GROUPS[stage] not in schema["$defs"]:
+            schema["$defs"][GROUPS[stage]] = {"title": title, "type": "object",
+                                              "fa_icon": "fas fa-microscope",
+                                              "description": description, "properties": {}}
+            schema["allOf"].append({"$ref": f"#/$defs/{GROUPS[stage]}"})
     for p in REGISTRY:
         for name, group in schema["$defs"].items():
             if name != GROUPS[p.stage]:

@@ -114,6 +114,7 @@ EXPECTED_TOOLS = {
     "ALIGN_BOUNDARY": "e2m-align-boundary",
     "ALIGN_INTERIOR": "e2m-align-interior",
     "SUBTRACT": "e2m-subtract",
+    "DETECT": "e2m-detect",
     "SUMMARY": "e2m-summary",
 }
 
@@ -124,12 +125,12 @@ def test_each_process_calls_its_tool(invocations: dict) -> None:
 
 def test_stage_modules_pass_the_stage_contract(invocations: dict) -> None:
     common = {"--sample", "--dye", "--pair-dir", "--param", "--threads", "--checkpoint-format"}
-    for name in ["LOAD", "ALIGN_BOUNDARY", "ALIGN_INTERIOR", "SUBTRACT"]:
+    for name in ["LOAD", "ALIGN_BOUNDARY", "ALIGN_INTERIOR", "SUBTRACT", "DETECT"]:
         _tool, options = invocations[name]
         assert common <= options, f"{name} misses {sorted(common - options)}"
         assert "--force" not in options, f"{name}: a fresh work dir never needs --force"
     assert {"--pre", "--post"} <= invocations["LOAD"][1]
-    assert "--meta" in invocations["SUBTRACT"][1]
+    assert "--meta" in invocations["SUBTRACT"][1] and "--meta" in invocations["DETECT"][1]
 
 
 @pytest.mark.parametrize("process", sorted(EXPECTED_TOOLS))

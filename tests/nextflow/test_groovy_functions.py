@@ -101,7 +101,8 @@ def test_validate_parameters_accepts_the_defaults(groovy) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"boundary_widht": 20}, "unknown parameter --boundary_widht; valid parameters: "),
+        ({"boundary_widht": 20},
+         "unknown parameter --boundary_widht (did you mean --boundary_width?); valid parameters: "),
         ({"boundary-width": 20}, "unknown parameter --boundary-width"),
         ({"boundary_width": 0}, "--boundary_width = 0 is below the minimum 1"),
         ({"scale_max": 9.5}, "--scale_max = 9.5 is above the maximum"),

@@ -26,7 +26,7 @@ from .runtime import REPO, explain, process_name, run_pipeline, trace_rows
 
 pytestmark = [pytest.mark.nextflow, pytest.mark.slow]
 
-STAGES = ["LOAD", "ALIGN_BOUNDARY", "ALIGN_INTERIOR", "SUBTRACT"]
+STAGES = ["LOAD", "ALIGN_BOUNDARY", "ALIGN_INTERIOR", "SUBTRACT", "DETECT"]
 #: What SYNTH makes under -profile test (conf/test.config): 3 good pairs, 1 truncated, 1 pre only.
 TEST_PROFILE_GOOD = 3
 #: result.json values that must be the same whichever orchestrator ran the pair.
@@ -165,6 +165,9 @@ def test_pair_folder_has_the_documented_outputs(test_profile: Run) -> None:
             "stages/02_align_boundary.json",
             "stages/03_align_interior.json",
             "stages/04_subtract.json",
+            "stages/05_detect.json",
+            "detections.csv",
+            "pipeline_output/detections.png",
             "transforms/02_boundary.json",
             "transforms/03_interior.json",
             "tiff/01_pre_signal.tif",
@@ -338,10 +341,11 @@ def test_an_identical_rerun_submits_no_pair_task(resumed: dict[str, Run]) -> Non
     assert {r["status"] for r in rows} == {"CACHED"}, rows
 
 
-def test_a_stage4_parameter_reruns_only_stage4(resumed: dict[str, Run]) -> None:
+def test_a_stage4_parameter_reruns_only_stages_4_and_5(resumed: dict[str, Run]) -> None:
     rows = pair_tasks(resumed["stage4"])
     ran = sorted((process_name(r), r["tag"]) for r in rows if r["status"] != "CACHED")
-    assert ran == [("SUBTRACT", "SYN01/SybrGld"), ("SUBTRACT", "SYN02/SybrGld")], rows
+    assert ran == sorted((stage, pair) for stage in ("SUBTRACT", "DETECT")
+                         for pair in ("SYN01/SybrGld", "SYN02/SybrGld")), rows
     results = resumed["stage4"].manifest()["pairs"]
     assert all(p["status"] == "complete" for p in results)
     assert resumed_result(resumed["stage4"], "SYN01/SybrGld")["scale_percentile_value"]

@@ -21,7 +21,8 @@ from .conftest import REPO
 
 SCHEMA_PATH = REPO / "nextflow_schema.json"
 INPUT_SCHEMA_PATH = REPO / "exo2micro" / "assets" / "schema_input.json"
-KIND_TO_TYPE = {bool: "boolean", int: "integer", float: "number"}
+KIND_TO_TYPE = {bool: "boolean", int: "integer", float: "number", str: "string"}
+SCHEMA_TYPES = {"string", "integer", "number", "boolean"}
 # Parameters whose config default is computed at run time (the schema then has no default).
 COMPUTED_DEFAULTS = {"trace_report_suffix"}
 
@@ -94,7 +95,8 @@ def test_input_parameter_points_to_the_samplesheet_schema(schema_params: dict) -
 
 def test_every_schema_parameter_is_documented(schema_params: dict) -> None:
     for name, spec in schema_params.items():
-        assert spec.get("type") in {"string", "integer", "number", "boolean"}, name
+        types = spec.get("type")
+        assert set(types if isinstance(types, list) else [types]) <= SCHEMA_TYPES, name
         assert spec.get("description"), f"{name} has no description"
         if "default" in spec:
             jsonschema.Draft202012Validator(spec).validate(spec["default"])
@@ -143,14 +145,18 @@ def test_registry_parameter_is_a_pipeline_parameter(
 ) -> None:
     assert param.name in schema_params, f"{param.name} missing from nextflow_schema.json"
     spec = schema_params[param.name]
-    assert spec["type"] == KIND_TO_TYPE[param.kind], param.name
+    # a numeric parameter that also takes words (manual_scale=exposure): number or one of them
+    expected = [KIND_TO_TYPE[param.kind], "string"] if param.words else KIND_TO_TYPE[param.kind]
+    assert spec["type"] == expected, param.name
+    if param.words:
+        assert all(re.fullmatch(spec["pattern"], word) for word in param.words), param.name
     if param.default is None:
         assert "default" not in spec
         assert config_params[param.name]["value"] is None
     else:
         assert _same(spec["default"], param.default)
         assert _same(config_params[param.name]["value"], param.default)
-    if param.kind is not bool:
+    if param.kind in (int, float):
         assert _same(spec.get("minimum"), param.low), f"{param.name}: minimum"
         assert _same(spec.get("maximum"), param.high), f"{param.name}: maximum"
     assert spec["description"] == param.help

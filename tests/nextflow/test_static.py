@@ -26,6 +26,7 @@ def test_checker_saw_every_file(project_dump: dict) -> None:
         "ALIGN_BOUNDARY",
         "ALIGN_INTERIOR",
         "SUBTRACT",
+        "DETECT",
         "SUMMARY",
     }
     workflows = {w["name"] for w in project_dump["workflows"]}

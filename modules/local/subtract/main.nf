@@ -1,11 +1,8 @@
 /*
  * Stage 4 of one pair: the scale k (Moffat; percentile and manual when asked), the difference
- * image(s) post - k * aligned_pre, the diagnostic plots and the pair's result.json.
- * Extra samplesheet columns (meta.extra) are passed as --meta KEY=VALUE and end up in result.json.
+ * image(s) post - k * aligned_pre and the diagnostic plots. The tool also writes a result.json;
+ * the pipeline's is stage 5's (DETECT), which adds the detections, so SUBTRACT does not emit it.
  * Tool: e2m-subtract (exo2micro/cli/subtract.py).
- *
- * Besides the pair files (published), it emits `report`: a folder with copies of result.json and
- * every stage's pipeline_output/*.png, which the summary needs for report.html.
  */
 include { shellQuote; paramOptions; stageStatusHandler } from '../utils'
 
@@ -33,8 +30,6 @@ process SUBTRACT {
         path('pipeline_output/*', arity: '0..*'),
         path('stages/04_subtract*.json', arity: '0..*'),  // empty when the stage recorded a failure
         emit: state
-    tuple val(meta), path('result.json'), optional: true, emit: result
-    tuple val(meta), path('e2m_pair', type: 'dir'), optional: true, emit: report
     tuple val(meta), path('failure.tsv'), optional: true, emit: failure
 
     script:
@@ -57,30 +52,13 @@ process SUBTRACT {
         ${args} \\
         2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?
     ${stageStatusHandler()}
-    ${reportBundle()}
     """
 
     stub:
     """
-    mkdir -p tiff stages pipeline_output e2m_pair/pipeline_output
+    mkdir -p tiff stages pipeline_output
     touch tiff/04_difference_difference.tif
     touch pipeline_output/difference_image.png pipeline_output/ratio_histogram.png
     echo '{"stage": "subtract", "status": "complete"}' > stages/04_subtract.json
-    printf '{"sample": "%s", "dye": "%s", "status": "complete", "scale_estimate": 1.0}\\n' "${meta.sample}" "${meta.dye}" > result.json
-    cp result.json e2m_pair/
-    cp pipeline_output/*.png e2m_pair/pipeline_output/
     """
-}
-
-// Copies (not links: containers may not see other work directories) of what report.html shows.
-def reportBundle() {
-    return '''
-    if [ -f result.json ]; then
-        mkdir -p e2m_pair/pipeline_output
-        cp -L result.json e2m_pair/result.json
-        for png in pipeline_output/*.png; do
-            if [ -e "$png" ]; then cp -L "$png" e2m_pair/pipeline_output/; fi
-        done
-    fi
-    '''.stripIndent()
 }
