@@ -206,10 +206,11 @@ def stage_disk_bytes(stage: int, pre: ImageInfo, post: ImageInfo, values: Mappin
             + _level_px(i) * 4 * 4 // 3 for i in (pre, post))
     if stage == 4:  # one difference image per active scale
         images = 1 + sum(values[n] is not None for n in ("scale_percentile", "manual_scale"))
-    else:  # stage 3's aligned pre; stage 2's only with save_all_intermediates
-        images = int(stage == 3 or (stage == 2 and bool(values["save_all_intermediates"])))
+    else:  # stage 3's aligned pre, stage 5's significance; stage 2's only with
+        # save_all_intermediates
+        images = int(stage in (3, 5) or (stage == 2 and bool(values["save_all_intermediates"])))
     written = sum(_image_bytes(out_h, out_w, 4, f) for f in fmts) * images
-    pngs = model.png_bytes if stage == 4 else 0
+    pngs = model.png_bytes if stage in (4, 5) else 0
     return int(small + written + pngs)
 
 

@@ -47,7 +47,7 @@ def test_estimate_reads_headers_only(pairs: list, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(TiffImage, "read_window", no_pixels)
     est = estimate_pair(pairs[0].pre, pairs[0].post)
-    assert set(est.stages) == {1, 2, 3, 4}
+    assert set(est.stages) == {1, 2, 3, 4, 5}
     assert est.mem_bytes == max(s.mem_bytes for s in est.stages.values()) > 50 << 20
     assert est.disk_bytes == sum(s.disk_bytes for s in est.stages.values()) > 0
     assert est.time_s > 0
@@ -85,12 +85,12 @@ def test_disk_estimate_matches_what_stage_1_writes(pairs: list, tmp_path: Path) 
 def test_stages_to_run_is_resume_aware(pairs: list, tmp_path: Path) -> None:
     values = preflight.P.resolve({})
     pair_dir = tmp_path / pairs[0].sample / pairs[0].dye
-    assert stages_to_run(pair_dir, values) == [1, 2, 3, 4]
+    assert stages_to_run(pair_dir, values) == [1, 2, 3, 4, 5]
     run_batch([pairs[0].sample], None, output_dir=tmp_path,
               raw_dir=pairs[0].pre.parent.parent, to_stage=1, show_progress=False)
-    assert stages_to_run(pair_dir, values) == [2, 3, 4]
+    assert stages_to_run(pair_dir, values) == [2, 3, 4, 5]
     assert stages_to_run(pair_dir, values, to_stage=1) == []
-    assert stages_to_run(pair_dir, values, force=True) == [1, 2, 3, 4]
+    assert stages_to_run(pair_dir, values, force=True) == [1, 2, 3, 4, 5]
     assert stages_to_run(pair_dir, values, from_stage=1, to_stage=1) == [1]
     plans = plan_batch(pairs, tmp_path, to_stage=1)
     assert [p.stages for p in plans] == [[], [1]]
