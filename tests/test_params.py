@@ -223,7 +223,7 @@ def test_fingerprint_follows_the_algorithm_version(monkeypatch: pytest.MonkeyPat
 
 def test_stage_params_and_non_default() -> None:
     values = P.resolve({"pad": 4, "boundary_width": 20, "manual_scale": 2.0})
-    assert P.stage_params(values, 1) == {"pad": 4}
+    assert P.stage_params(values, 1) == {"pad": 4, "pixel_size_um": None, "channel": None}
     assert set(P.stage_params(values, 3)) == {"interior_ecc", "interior_blur_base",
                                               "interior_max_correction",
                                               "interior_min_inlier_ratio"}
