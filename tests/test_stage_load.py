@@ -308,7 +308,8 @@ def test_cli_usage_errors_exit_2(pair: synth.SynthResult, tmp_path: Path) -> Non
     unknown = run_bin("e2m-load", *_cli_args(pair, tmp_path, "--param", "boundry_width=3"))
     assert unknown.returncode == 2
     assert unknown.stderr.splitlines()[0].startswith(
-        "error: unknown parameter(s) boundry_width (did you mean boundary_width?); valid names: pad, use_edges")
+        "error: unknown parameter(s) boundry_width (did you mean boundary_width?); "
+        "valid names: pad, use_edges")
     bad_value = run_bin("e2m-load", *_cli_args(pair, tmp_path, "--param", "pad=-3"))
     assert bad_value.returncode == 2 and "'pad' = '-3' is out of range" in bad_value.stderr
     missing = run_bin("e2m-load", "--pre", str(pair.pre_path), "--sample", "S1")
