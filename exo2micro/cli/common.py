@@ -138,6 +138,43 @@ def run_pair_stage(stage: int, work: Callable[[PairLayout, int], dict[str, Any]]
     return layout, rec, skipped
 
 
+#: ``--meta KEY=VALUE`` of the stages that write result.json (4 and 5).
+meta_option = click.option("--meta", "meta_values", multiple=True, metavar="KEY=VALUE",
+                           help="Extra metadata copied into result.json 'meta' (repeatable).")
+
+
+def parse_meta(values: tuple[str, ...]) -> dict[str, str]:
+    """Turn repeated ``--meta KEY=VALUE`` options into a dict (later keys win)."""
+    meta: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--meta expects KEY=VALUE, got {item!r}")
+        meta[key.strip()] = value.strip()
+    return meta
+
+
+def run_result_stage(stage: int, work: Callable[[PairLayout, int, dict[str, str]],
+                                                dict[str, Any]], *,
+                     sample: str, dye: str, meta_values: tuple[str, ...], pair_dir: str,
+                     param_values: tuple[str, ...], threads: int | None, force: bool,
+                     checkpoint_format: str) -> dict[str, Any]:
+    """:func:`run_pair_stage` for a stage that writes the pair's result.json:
+    ``work(layout, n_threads, meta)``; when the stage is skipped as current, result.json is
+    rebuilt (cheap) so that it carries this call's ``--meta``. Returns the stage record and
+    whether the stage was skipped."""
+    from exo2micro.result import build_result, write_result
+
+    meta = parse_meta(meta_values)
+    layout, rec, skipped = run_pair_stage(
+        stage, lambda layout, n: work(layout, n, meta), pair_dir=pair_dir,
+        param_values=param_values, threads=threads, force=force,
+        checkpoint_format=checkpoint_format)
+    if skipped:
+        write_result(layout, build_result(layout, sample, dye, "complete", meta))
+    return rec, skipped
+
+
 def echo_stage_done(sample: str, dye: str, stage: int, skipped: bool, detail: str,
                     reason: str | None = None) -> None:
     """The one stderr line a stage tool ends with: ``SAMPLE/DYE stage N done: detail[; reason]``

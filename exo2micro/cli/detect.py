@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import click
 
-from exo2micro.cli.common import echo_stage_done, run_pair_stage, run_tool, stage_options
-from exo2micro.cli.subtract import parse_meta
-from exo2micro.result import build_result, write_result
+from exo2micro.cli.common import (
+    echo_stage_done,
+    meta_option,
+    run_result_stage,
+    run_tool,
+    stage_options,
+)
 from exo2micro.stages.detect import run_detect
 
 
 @click.command("detect")
 @stage_options
-@click.option("--meta", "meta_values", multiple=True, metavar="KEY=VALUE",
-              help="Extra metadata copied into result.json 'meta' (repeatable).")
+@meta_option
 @run_tool
 def detect(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force: bool,
            param_values: tuple[str, ...], threads: int | None,
@@ -26,14 +29,12 @@ def detect(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force: 
     two plots, the stage record and result.json. Exit codes: 0 success, 2 usage error, 65
     missing or unusable input, 137 out of memory, 1 internal error.
     """
-    meta = parse_meta(meta_values)
-    layout, rec, skipped = run_pair_stage(
-        5, lambda layout, n: run_detect(layout, sample=sample, dye=dye, threads=n,
-                                        checkpoint_format=checkpoint_format, meta=meta),
-        pair_dir=pair_dir, param_values=param_values, threads=threads, force=force,
+    rec, skipped = run_result_stage(
+        5, lambda layout, n, meta: run_detect(layout, sample=sample, dye=dye, threads=n,
+                                              checkpoint_format=checkpoint_format, meta=meta),
+        sample=sample, dye=dye, meta_values=meta_values, pair_dir=pair_dir,
+        param_values=param_values, threads=threads, force=force,
         checkpoint_format=checkpoint_format)
-    if skipped:
-        write_result(layout, build_result(layout, sample, dye, "complete", meta))
     found = rec.get("detections", {})
     echo_stage_done(sample, dye, 5, skipped,
                     f"{found.get('n', 0)} sources ({found.get('n_snr5', 0)} with SNR ≥ 5)")

@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import click
 
-from exo2micro.cli.common import echo_stage_done, run_pair_stage, run_tool, stage_options
-from exo2micro.result import build_result, write_result
+from exo2micro.cli.common import (
+    echo_stage_done,
+    meta_option,
+    run_result_stage,
+    run_tool,
+    stage_options,
+)
 from exo2micro.stages.subtract import run_subtract
-
-
-def parse_meta(values: tuple[str, ...]) -> dict[str, str]:
-    """Turn repeated ``--meta KEY=VALUE`` options into a dict (later keys win)."""
-    meta: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise click.UsageError(f"--meta expects KEY=VALUE, got {item!r}")
-        meta[key.strip()] = value.strip()
-    return meta
 
 
 @click.command("subtract")
 @stage_options
-@click.option("--meta", "meta_values", multiple=True, metavar="KEY=VALUE",
-              help="Extra metadata copied into result.json 'meta' (repeatable).")
+@meta_option
 @run_tool
 def subtract(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force: bool,
              param_values: tuple[str, ...], threads: int | None,
@@ -35,15 +28,12 @@ def subtract(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force
     from the pair folder. Exit codes: 0 success, 2 usage error, 65 missing or unusable input,
     137 out of memory, 1 internal error.
     """
-    meta = parse_meta(meta_values)
-    layout, rec, skipped = run_pair_stage(
-        4, lambda layout, n: run_subtract(layout, sample=sample, dye=dye, threads=n,
-                                          checkpoint_format=checkpoint_format, meta=meta),
-        pair_dir=pair_dir, param_values=param_values, threads=threads, force=force,
+    rec, skipped = run_result_stage(
+        4, lambda layout, n, meta: run_subtract(layout, sample=sample, dye=dye, threads=n,
+                                                checkpoint_format=checkpoint_format, meta=meta),
+        sample=sample, dye=dye, meta_values=meta_values, pair_dir=pair_dir,
+        param_values=param_values, threads=threads, force=force,
         checkpoint_format=checkpoint_format)
-    if skipped:
-        # the outputs are current; result.json is cheap to rebuild and carries this call's meta
-        write_result(layout, build_result(layout, sample, dye, "complete", meta))
     scales = rec.get("scales", {})
     extra = "".join(f", {kind} {scales[kind]:.4f}" for kind in ("percentile", "manual")
                     if scales.get(kind) is not None)
