@@ -430,3 +430,14 @@ def test_a_batch_that_selects_no_pair_fails(tmp_path: Path) -> None:
     assert [(process_name(r), r["exit"]) for r in rows if process_name(r) == "DISCOVER"] == [
         ("DISCOVER", "65")], rows
     assert not [r for r in rows if process_name(r) in STAGES]
+
+
+def test_site_config_parameters_are_accepted_with_a_warning(tmp_path: Path) -> None:
+    """Institutional configs (`-profile <site>`, nf-core/configs style) set config_profile_* and
+    custom_config_* parameters: the run goes on and says they are not used."""
+    run = nextflow_run(tmp_path, "-profile", "test", "-stub-run",
+                       "--config_profile_name", "mysite", "--custom_config_base", "/x")
+    assert run.proc.returncode == 0, run.explain()
+    text = run.proc.stdout + run.proc.stderr + (tmp_path / "nextflow.log").read_text()
+    assert "--config_profile_name is a site (institutional) config parameter" in text, text[-3000:]
+    assert "unknown parameter" not in text
