@@ -136,7 +136,8 @@ def helpText(schema_file) {
         entries.each { name, spec ->
             def shown = spec.containsKey('default') ? " [default: ${spec['default']}]" : ''
             def allowed = spec['enum'] ? " (one of: ${spec['enum'].join(', ')})" : ''
-            lines << "  --${name.padRight(26)} ${(spec.type ?: '').padRight(8)} ${spec.description}${allowed}${shown}".toString()
+            def type = spec.type instanceof List ? spec.type.join('|') : (spec.type ?: '')
+            lines << "  --${name.padRight(26)} ${type.padRight(8)} ${spec.description}${allowed}${shown}".toString()
         }
     }
     lines << ''
