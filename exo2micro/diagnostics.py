@@ -400,7 +400,7 @@ def plot_detections(path: Path, sample: str, dye: str, preview: np.ndarray, fact
 def plot_detection_snr_histogram(path: Path, sample: str, dye: str, snr: np.ndarray,
                                  threshold: float) -> Path:
     """Histogram of the detections' SNR (log bins) with the detection threshold."""
-    fig = _figure(6.4, 4.0)
+    fig = _figure(6.4, 4.0, bottom=0.15)  # room for the log-axis tick labels and the x label
     ax = fig.add_subplot()
     good = snr[np.isfinite(snr) & (snr > 0)]
     top = max(100.0, float(good.max()) * 1.2) if good.size else 100.0
