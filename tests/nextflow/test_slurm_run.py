@@ -35,8 +35,9 @@ pytestmark = [pytest.mark.nextflow, pytest.mark.slow]
 #: Requests are capped to this (the test node has 2 cores; the profile's own limits are 32/256 GB).
 LIMIT_CPUS = 2
 LIMIT_MEMORY_GB = 4
-#: Process names that every run of one raw batch has.
-PROCESSES = {"DISCOVER", "LOAD", "ALIGN_BOUNDARY", "ALIGN_INTERIOR", "SUBTRACT", "SUMMARY"}
+#: The per-pair stages, and the process names that every run of one raw batch has.
+STAGES = ("LOAD", "ALIGN_BOUNDARY", "ALIGN_INTERIOR", "SUBTRACT", "DETECT")
+PROCESSES = {"DISCOVER", *STAGES, "SUMMARY"}
 SLURM_ENV = "slurm.env"
 
 TEST_CONFIG = """\
@@ -120,7 +121,7 @@ def test_every_pair_completes(slurm_run: dict) -> None:
 def test_every_task_was_a_slurm_job(slurm_run: dict) -> None:
     rows = slurm_run["rows"]
     assert {process_name(r) for r in rows} == PROCESSES
-    assert len(rows) == 2 + 4 * len(slurm_run["pairs"]), [r["name"] for r in rows]
+    assert len(rows) == 2 + len(STAGES) * len(slurm_run["pairs"]), [r["name"] for r in rows]
     for row in rows:
         assert row["status"] == "COMPLETED", row
         assert re.fullmatch(r"\d+", row["native_id"]), f"no Slurm job id: {row}"
