@@ -195,7 +195,7 @@ def codeVersion(root, version) {
     def digest = java.security.MessageDigest.getInstance('SHA-256')
     def base = root.toString()
     def sources = []
-    ['exo2micro', 'bin'].each { folder ->
+    ['exo2micro', 'bin'].findAll { folder -> java.nio.file.Files.isDirectory(root.resolve(folder)) }.each { folder ->
         java.nio.file.Files.walk(root.resolve(folder)).withCloseable { stream ->
             stream.forEach { path -> sources << path }
         }
