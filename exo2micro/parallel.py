@@ -1,4 +1,5 @@
-"""Batch processing on one machine: the seed's ``run_batch`` API and its execution modes.
+"""Batch processing on one machine: the public ``run_batch`` API (exo2micro 2.x names) and
+its execution modes.
 
 ::
 
@@ -9,7 +10,7 @@
                             parallel=True, n_workers=2, output_dir="processed", raw_dir="raw")
 
 This module is the stable public face of :mod:`exo2micro.batch`, which holds the code by
-concern (``docs/architecture.md``): it re-exports the seed's names — :func:`run_batch`,
+concern (``docs/architecture.md``): it re-exports the public names — :func:`run_batch`,
 :func:`build_task_list`, :func:`process_one`, :func:`run_serial`, :func:`run_parallel`,
 :func:`run_subprocess`, :func:`print_summary` — and the helpers the tools and tests use.
 

@@ -1,9 +1,9 @@
 """Running stages with resume: the one code path both orchestrators and every tool use.
 
 Stages 1 … 5 (load … detect). :func:`run_stage` skips a stage whose record is current
-(SPEC §5: outputs exist, fingerprint matches, files read cleanly, upstream unchanged) and
-otherwise runs it with the peak-RSS counter reset, so each record reports that stage's own
-peak.
+(docs/contracts.md, "Resume": outputs exist, fingerprint matches, files read cleanly, upstream
+unchanged) and otherwise runs it with the peak-RSS counter reset, so each record reports that
+stage's own peak.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ TASK_KEYS = frozenset({"output_dir", "raw_dir", "from_stage", "to_stage", "force
 
 
 def normalize_mode(parallel: bool | str | None) -> str:
-    """Map the seed's ``parallel`` values to a mode name (see :data:`MODES`)."""
+    """Map the public API's ``parallel`` values to a mode name (see :data:`MODES`)."""
     if parallel is False or parallel is None:
         return "serial"
     if parallel is True:
