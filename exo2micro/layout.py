@@ -1,9 +1,11 @@
 """Every output path of one (sample, dye) pair, in one place.
 
 Both orchestrators and every stage tool use :class:`PairLayout`, so a file's name is decided
-once. Names follow the public exo2micro's style (``01_…``, ``02_icp_aligned_pre…``,
-``03_interior_aligned_pre…``, ``04_difference_difference…``) plus the cascading parameter
-suffix of :func:`exo2micro.params.suffix`, so results of different settings coexist.
+once. A name is the stage number, one name for the product (``01_pre_signal…``,
+``02_icp_aligned_pre…``, ``03_interior_aligned_pre…``, ``04_difference…``,
+``05_detect_significance…``), the cascading parameter suffix of
+:func:`exo2micro.params.suffix`, so results of different settings coexist, and a variant tag
+only where a product has variants (``04_difference…_percentile``).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class PairLayout:
     # stage 4 ---------------------------------------------------------------------------
     def difference(self, fmt: str, kind: str = "moffat") -> Path:
         tag = "" if kind == "moffat" else f"_{kind}"
-        return self._image(fmt, f"04_difference_difference{self.sfx(4)}{tag}")
+        return self._image(fmt, f"04_difference{self.sfx(4)}{tag}")
 
     # stage 5 ---------------------------------------------------------------------------
     def significance(self, fmt: str) -> Path:

@@ -104,7 +104,7 @@ def test_outputs_names_dtypes_and_fits_headers(main_pair: tuple[PairLayout, dict
     height, width = truth["post_shape"]
     for kind in ("moffat", "percentile", "manual"):
         tif, fit_path = layout.difference("tiff", kind), layout.difference("fits", kind)
-        assert tif.name == ("04_difference_difference_sp40_msc1.3"
+        assert tif.name == ("04_difference_sp40_msc1.3"
                             + ("" if kind == "moffat" else f"_{kind}") + ".tif")
         assert fit_path.suffix == ".fits" and fit_path.parent.name == "fits"
         with TiffImage(tif) as img:
@@ -290,7 +290,7 @@ def test_padding_frame_and_threads(tmp_path: Path) -> None:
     border[pad:-pad, pad:-pad] = False
     assert np.isnan(first[border]).all()
     assert abs(scale_error(one, truth)) <= 0.003
-    assert layout.difference("tiff").name == f"04_difference_difference_pad{pad}.tif"
+    assert layout.difference("tiff").name == f"04_difference_pad{pad}.tif"
 
 
 # ------------------------------------------------------------------------ command line

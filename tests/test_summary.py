@@ -65,7 +65,7 @@ def test_rows_text_and_problems() -> None:
 
 def test_files_written(tmp_path: Path) -> None:
     rows = S.collect_rows([(_result("A", meta={"site": "n"}, fingerprint="abc",
-                                    outputs=["tiff/04_difference_difference.tif"]), None)],
+                                    outputs=["tiff/04_difference.tif"]), None)],
                           skipped=[("C", "DAPI", "missing")])
     paths = S.write_summary(tmp_path, rows, {"mode": "serial"})
     assert sorted(paths) == sorted(S.FILES) and all(p.is_file() for p in paths.values())
@@ -75,7 +75,7 @@ def test_files_written(tmp_path: Path) -> None:
     manifest = json.loads(paths["manifest.json"].read_text())
     pair = manifest["pairs"][0]
     assert pair["result"] == "A/DAPI/result.json"
-    assert pair["outputs"] == ["A/DAPI/tiff/04_difference_difference.tif"]
+    assert pair["outputs"] == ["A/DAPI/tiff/04_difference.tif"]
     assert pair["peak_rss_bytes"]["max"] == 300 << 20 and pair["timings_s"] == {"load": 1.5}
     assert pair["fingerprint"] == "abc" and pair["meta"] == {"site": "n"}
     assert manifest["mode"] == "serial" and manifest["meta_columns"] == ["site"]

@@ -164,7 +164,7 @@ def test_docs_describe_every_output_and_parameter() -> None:
         "transforms/02_boundary",
         "transforms/03_interior",
         "03_interior_aligned_pre",
-        "04_difference_difference",
+        "04_difference",
         "stages/",
         "cache/",
         "registration.png",

@@ -176,7 +176,7 @@ def test_pair_folder_has_the_documented_outputs(test_profile: Run) -> None:
             "pipeline_output/registration.png",
         ]:
             assert expected in names, f"{folder}: {expected} missing; has {sorted(names)}"
-        assert any(n.startswith("tiff/04_difference_difference") for n in names)
+        assert any(n.startswith("tiff/04_difference") for n in names)
         assert "failure.tsv" not in names and not any(n.startswith("e2m_pair") for n in names)
 
 

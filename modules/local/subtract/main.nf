@@ -57,7 +57,7 @@ process SUBTRACT {
     stub:
     """
     mkdir -p tiff stages pipeline_output
-    touch tiff/04_difference_difference.tif
+    touch tiff/04_difference.tif
     touch pipeline_output/difference_image.png pipeline_output/ratio_histogram.png
     echo '{"stage": "subtract", "status": "complete"}' > stages/04_subtract.json
     """

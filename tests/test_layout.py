@@ -1,0 +1,44 @@
+"""Output names: one name per product, the variant as a suffix only where there is one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exo2micro.layout import PairLayout
+from exo2micro.params import DEFAULTS
+
+
+def _layout() -> PairLayout:
+    return PairLayout(Path("/r/S/D"), dict(DEFAULTS))
+
+
+def _all_products(layout: PairLayout) -> list[Path]:
+    return [layout.signal("pre"), layout.signal("post"), layout.pyramid("pre"),
+            layout.icp_aligned_pre("tiff"), layout.aligned_pre("tiff"),
+            *(layout.difference("tiff", kind) for kind in ("moffat", "percentile", "manual")),
+            layout.significance("tiff"), layout.detections("csv")]
+
+
+def test_no_product_name_repeats_a_word() -> None:
+    for path in _all_products(_layout()):
+        words = path.stem.split("_")[1:] if path.stem[:2].isdigit() else path.stem.split("_")
+        assert len(words) == len(set(words)), path.name
+
+
+def test_difference_names_carry_the_variant_only_when_there_is_one() -> None:
+    layout = _layout()
+    assert layout.difference("tiff").name == "04_difference.tif"
+    assert layout.difference("fits", "percentile").name == "04_difference_percentile.fits"
+    assert layout.difference("tiff", "manual").name == "04_difference_manual.tif"
+
+
+def test_every_product_has_its_own_name() -> None:
+    names = [p.name for p in _all_products(_layout())]
+    assert len(names) == len(set(names))
+
+
+def test_an_unknown_image_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="'tiff' or 'fits'"):
+        _layout().difference("png")
