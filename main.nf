@@ -109,7 +109,9 @@ def validateParameters(all_params, schema_file) {
             errors << "--${name} = ${value} is above the maximum ${spec.maximum}: ${spec.description}"
         }
         if (spec['enum'] && !(value in spec['enum'])) {
-            errors << "--${name} = '${value}' is not one of ${spec['enum'].join(', ')}"
+            def near = closestName(value.toString(), spec['enum'])
+            def hint = near ? " (did you mean '${near}'?)" : ''
+            errors << "--${name} = '${value}' is not one of ${spec['enum'].join(', ')}${hint}"
         }
     }
     return errors

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from exo2micro.params import STAGE_NAMES, suffix
+from exo2micro.suggest import did_you_mean
 
 #: Image formats of checkpoints and difference images: TIFF, FITS or both. The name's codec
 #: part says how TIFF tiles are stored: ``tiff``/``both`` uncompressed (the fastest to write
@@ -105,7 +106,8 @@ def formats(checkpoint_format: str) -> tuple[str, ...]:
     """The image formats written for a ``checkpoint_format`` (:data:`CHECKPOINT_FORMATS`)."""
     if checkpoint_format not in CHECKPOINT_FORMATS:
         raise ValueError(f"checkpoint_format must be one of {', '.join(CHECKPOINT_FORMATS)}, "
-                         f"got {checkpoint_format!r}")
+                         f"got {checkpoint_format!r}"
+                         f"{did_you_mean(str(checkpoint_format), CHECKPOINT_FORMATS)}")
     base = checkpoint_format.split("-")[0]
     return ("tiff", "fits") if base == "both" else (base,)
 

@@ -106,6 +106,13 @@ def test_samplesheet_input_carries_extra_columns(raw: Path, tmp_path: Path) -> N
         ("SYN02", "north", "complete")]
 
 
+def test_a_mistyped_checkpoint_format_names_the_closest(raw: Path, tmp_path: Path) -> None:
+    code, out = _run("--raw-dir", str(raw), "--outdir", str(tmp_path),
+                     "--checkpoint-format", "tif-zstd")
+    assert code == 2, out
+    assert "'tif-zstd' is not one of" in out and "Did you mean 'tiff-zstd'?" in out, out
+
+
 @pytest.mark.parametrize(("selection", "exists"), [
     (["--samples", "NOPE"], "(found: SYN01, "),
     (["--dyes", "SybrGold"], "did you mean 'SybrGld'?"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exo2micro.layout import PairLayout
+from exo2micro.layout import PairLayout, formats
 from exo2micro.params import DEFAULTS
 
 
@@ -42,3 +42,8 @@ def test_every_product_has_its_own_name() -> None:
 def test_an_unknown_image_format_is_refused() -> None:
     with pytest.raises(ValueError, match="'tiff' or 'fits'"):
         _layout().difference("png")
+
+
+def test_a_mistyped_checkpoint_format_names_the_closest() -> None:
+    with pytest.raises(ValueError, match=r"got 'tif'; did you mean 'tiff'\?"):
+        formats("tif")

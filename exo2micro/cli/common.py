@@ -19,6 +19,7 @@ import click
 from exo2micro.errors import EXIT_INTERNAL, EXIT_USAGE, exit_code_for
 from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout
 from exo2micro.pipeline import prepare, run_stage
+from exo2micro.suggest import closest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,9 +77,23 @@ def threads_option(func: F) -> F:
     )(func)
 
 
+class SuggestingChoice(click.Choice):
+    """A :class:`click.Choice` whose error names the closest valid choice of a mistyped one."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            near = closest(str(value), [str(c) for c in self.choices])
+            if near is None:
+                raise
+            self.fail(f"{exc.message} Did you mean '{near}'?", param, ctx)
+
+
 def checkpoint_format_option(help_text: str) -> Callable[[F], F]:
     """The ``--checkpoint-format`` option (:data:`exo2micro.layout.CHECKPOINT_FORMATS`)."""
-    return click.option("--checkpoint-format", type=click.Choice(CHECKPOINT_FORMATS),
+    return click.option("--checkpoint-format", type=SuggestingChoice(CHECKPOINT_FORMATS),
                         default="tiff", show_default=True, help=help_text)
 
 

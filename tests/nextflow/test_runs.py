@@ -409,6 +409,9 @@ def test_an_unknown_parameter_fails_with_the_valid_names(tmp_path: Path) -> None
     (["--raw_dir", "a_file.csv"], "--raw_dir a_file.csv is not a directory"),
     (["-profile", "test", "--container", "no tag"], "--container = 'no tag' does not match"),
     (["-profile", "test", "-params-file", "no-outdir.json"], "--outdir is required"),
+    (["-profile", "test", "--checkpoint_format", "tif-zstd"],
+     "--checkpoint_format = 'tif-zstd' is not one of tiff, fits, both, tiff-zstd, tiff-deflate, "
+     "both-zstd, both-deflate (did you mean 'tiff-zstd'?)"),
 ])
 def test_schema_rules_as_nf_schema_checks_them(args: list[str], message: str,
                                                tmp_path: Path) -> None:
