@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import STAGES, bench_spec, parser, run_case, save
 
 #: name -> synthetic transform and scale (rotation °, isotropic scale, shift as a fraction of
-#: the width, k); "reference" is the public package's benchmark case (SPEC §11).
+#: the width, k); "reference" is the public package's benchmark case (docs/benchmarks.md).
 CASES: dict[str, dict[str, float]] = {
     "reference": {"rotation_deg": 3.0, "scale": 1.03, "tx": 0.0, "k": 1.35},
     "rot-15-shrink": {"rotation_deg": -15.0, "scale": 0.9, "tx": 0.03, "k": 0.6},

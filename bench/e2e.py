@@ -1,7 +1,8 @@
 """End-to-end benchmark: synthetic pairs through the four stage tools, per-stage cost and accuracy.
 
 For each requested size and raw TIFF layout this script generates a synthetic pair with a known
-transform (3° rotation, scale 1.03, k = 1.35 — the reference's benchmark case, SPEC §11), runs
+transform (3° rotation, scale 1.03, k = 1.35 — the reference's benchmark case, docs/benchmarks.md),
+runs
 ``e2m-load``, ``e2m-align-boundary``, ``e2m-align-interior`` and ``e2m-subtract`` each in its
 own process under ``/usr/bin/time -v`` (so every stage's peak RSS is its own, as under
 Nextflow), and records per stage: wall time, peak RSS, bytes written; per pair: mean / p95 / max

@@ -244,7 +244,8 @@ def cross_validate(runs: list[Run], model: MemoryModel, baseline: int) -> float:
 
 
 def extrapolate(model: MemoryModel) -> None:
-    """The model's estimate for the SPEC's largest image (no file needed: headers only)."""
+    """The model's estimate for the largest image of docs/benchmarks.md (no file needed: headers
+    only)."""
     for label, compression, memmappable, rows in (("uncompressed strips", "NONE", True, 1),
                                                   ("LZW, one strip", "LZW", False, 25000)):
         info = ImageInfo(path="", height=25000, width=30000, samples=3, dtype="uint8",
@@ -262,8 +263,8 @@ def extrapolate(model: MemoryModel) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="2000x1600,4000x3200,6000x5000,9000x7500",
-                    help="comma-separated WxH post sizes (default: the SPEC §11 sizes and "
-                         "4000x3200, the largest pyramid level)")
+                    help="comma-separated WxH post sizes (default: the sizes of "
+                         "docs/benchmarks.md and 4000x3200, the largest pyramid level)")
     ap.add_argument("--threads", default="1,2,4", help="thread counts to measure")
     ap.add_argument("--layouts", default="strips,single-lzw", help="raw storage variants")
     ap.add_argument("--to-stage", type=int, default=4, help="last stage to run (default 4)")

@@ -7,7 +7,7 @@ previews of at most ~2000 px — never from a full-resolution array. Figures are
 pyplot's global figure list, so batch runs that make hundreds of plots keep no figures alive,
 and no display is ever needed.
 
-Colours of the scale lines (SPEC §5.4): Moffat ``#00cc88``, percentile ``#ff9933``, manual
+Colours of the scale lines (docs/output.md): Moffat ``#00cc88``, percentile ``#ff9933``, manual
 ``#ff3366``. Intensities are in the post image's units (``PlotContext.units``);
 log10(post/pre) is in decades.
 """

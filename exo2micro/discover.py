@@ -1,6 +1,7 @@
 """Find the (sample, dye) pairs to process: raw-directory discovery and samplesheet I/O.
 
-Raw layout (SPEC §3.1): ``raw/<sample>/<files>.tif|.tiff``; the folder name is the sample id.
+Raw layout (README, "Input: the raw folder"): ``raw/<sample>/<files>.tif|.tiff``; the folder name
+is the sample id.
 Discovery reads names only, never file contents.
 
 Classification rule
@@ -28,7 +29,8 @@ level without sample folders, no sample folder holding a TIFF — and raises :cl
 pair is runnable, or missing, incomplete (only pre or only post) or duplicate. Strict mode raises
 one error listing every problem pair; lenient mode returns them as :class:`SkippedPair`.
 
-Samplesheet (SPEC §3.2): ``sample,dye,pre,post`` plus any extra columns, validated against
+Samplesheet (docs/usage.md, "A samplesheet"): ``sample,dye,pre,post`` plus any extra columns,
+validated against
 ``assets/schema_input.json`` (the same file Nextflow's nf-schema plugin uses). Row numbers in
 messages are line numbers of the file (the header is row 1).
 """

@@ -1,4 +1,5 @@
-"""Exception classes and the exit codes of the command-line tools (SPEC §8).
+"""Exception classes and the exit codes of the command-line tools (README, "Exit codes of the
+tools").
 
 Library code raises these; :func:`exo2micro.cli.common.run_tool` turns them into exit codes so
 that Nextflow can decide what to retry:

@@ -4,7 +4,7 @@ Images are written with :class:`astropy.io.fits.StreamingHDU`, one row block at 
 30 000 × 25 000 float32 image never exists in memory. Row 0 of our arrays (the top image row)
 is the first FITS row, as ``astropy.io.fits.writeto`` would store it.
 
-Header keys (SPEC §6): SAMPLE, DYE, STAGE, CREATED, SCALE and SCALEKND (scale kind), IACC
+Header keys (docs/output.md): SAMPLE, DYE, STAGE, CREATED, SCALE and SCALEKND (scale kind), IACC
 (estimated alignment accuracy, px), PAD, and one ``P_<ABBR>`` key per non-default parameter.
 """
 

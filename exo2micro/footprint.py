@@ -1,6 +1,6 @@
 """The tissue footprint: which pixels of a (downsampled) image belong to the sample.
 
-Zero means "no data" only outside the tissue (SPEC §3.4): the mask is found on a smoothed,
+Zero means "no data" only outside the tissue (docs/output.md): the mask is found on a smoothed,
 log-scaled image with Otsu's threshold, then holes are filled, so genuinely dark pixels inside
 the tissue (cracks, opaque grains) stay tissue. Small specks are dropped.
 """

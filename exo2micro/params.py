@@ -1,6 +1,7 @@
 """The parameter registry: names, defaults, filename abbreviations, types, ranges, help.
 
-Every tunable of the public exo2micro is accepted under its own name (SPEC §4). Values are
+Every tunable of the public exo2micro is accepted under its own name (README, "Parameters"). Values
+are
 validated for type and range; unknown names are rejected with the list of valid ones.
 
 Filename suffixes

@@ -1,6 +1,7 @@
 """Process resources: peak RSS, the CPU budget and native thread pools.
 
-CPU budget (SPEC §7): an explicit value wins, then ``SLURM_CPUS_PER_TASK``, then the CPU
+CPU budget (README, "Running a batch on one machine"): an explicit value wins, then
+``SLURM_CPUS_PER_TASK``, then the CPU
 affinity mask, then the cgroup CPU quota, then the host's count — so a 4-core Slurm allocation
 on a 128-core node counts 4. Native thread pools (OpenCV, BLAS/OpenMP) are sized with
 :func:`configure_threads` so that workers × threads never oversubscribe the budget.

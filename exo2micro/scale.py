@@ -3,7 +3,7 @@
 Stage 4 (:mod:`exo2micro.stages.subtract`) never sorts or copies a whole image: it streams
 both images block by block and accumulates fixed-grid histograms (:class:`Histogram`). This
 module holds those histograms and the three ways of getting k from the histogram of
-``r = log10(post / aligned_pre)`` over pixels where both images carry signal (SPEC §5.4):
+``r = log10(post / aligned_pre)`` over pixels where both images carry signal (docs/output.md):
 
 * **Moffat** (default, :func:`fit_left_wing`): a Moffat profile fitted to the *left* wing and
   the crest of the distribution of ``r``. Microbes exist in post only, so they add counts to

@@ -1,4 +1,5 @@
-"""The batch summary (SPEC §6): a text table, ``summary.tsv``, ``summary.md``, ``manifest.json``
+"""The batch summary (docs/output.md): a text table, ``summary.tsv``, ``summary.md``,
+``manifest.json``
 and ``report.html`` at the top of the output folder.
 
 Both orchestrators build it from the same inputs: the per-pair results (``result.json`` dicts,

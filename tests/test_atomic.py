@@ -1,4 +1,5 @@
-"""Atomic writes (exo2micro.atomic) and what a SIGKILL mid-write leaves behind (SPEC §10)."""
+"""Atomic writes (exo2micro.atomic) and what a SIGKILL mid-write leaves behind
+(docs/contracts.md)."""
 
 from __future__ import annotations
 

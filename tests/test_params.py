@@ -13,7 +13,7 @@ from exo2micro import params as P
 from exo2micro.errors import ParameterError
 from exo2micro.pipeline import prepare
 
-#: The reference's abbreviations (SPEC §4), in the reference's order.
+#: The reference's abbreviations (README, "Parameters"), in the reference's order.
 REFERENCE_ABBRS = ("pad", "ue", "bw", "bs", "rs", "ar", "astep", "ss", "smin", "smax", "sstep",
                    "ms", "ds", "fecc", "mtr", "mrot", "msd", "msdf", "sit", "sdl", "sai", "iecc",
                    "iblur", "imc", "imir", "sp", "msc")
@@ -40,7 +40,7 @@ def non_default_value(p: P.Param) -> Any:
 def test_registry_matches_the_reference_names_and_abbreviations() -> None:
     assert tuple(p.abbr for p in P.REGISTRY)[:len(REFERENCE_ABBRS)] == REFERENCE_ABBRS
     assert len(P.BY_NAME) == len(P.BY_ABBR) == len(P.REGISTRY)
-    assert P.DEFAULTS["pad"] == 0  # our own default (SPEC §4)
+    assert P.DEFAULTS["pad"] == 0  # our own default (README, "Parameters")
     assert P.DEFAULTS["boundary_width"] == 15 and P.DEFAULTS["scale_percentile"] is None
 
 

@@ -1,4 +1,4 @@
-"""Stage records and the resume check (exo2micro.records, SPEC §5 and §10)."""
+"""Stage records and the resume check (exo2micro.records, docs/contracts.md)."""
 
 from __future__ import annotations
 

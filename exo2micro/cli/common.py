@@ -25,7 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def run_tool(func: F) -> F:
-    """Decorate a click callback so exceptions become documented exit codes (SPEC §8)."""
+    """Decorate a click callback so exceptions become documented exit codes (README, "Exit codes of
+    the tools")."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -104,7 +105,8 @@ class UsageExit(click.UsageError):
 
 
 def stage_options(func: F) -> F:
-    """Options shared by the four stage tools (SPEC §2): pair folder, sample/dye, parameters,
+    """Options shared by the stage tools (docs/architecture.md): pair folder, sample/dye,
+    parameters,
     threads, checkpoint format, force."""
     options = [
         click.option("--sample", required=True, help="Sample id (folder name in the raw layout)."),
@@ -126,7 +128,7 @@ def setup_logging(verbose: bool = False) -> None:
     """Log to stderr, one line per message, for the command-line tools.
 
     Only warnings unless ``verbose``: when a tool fails, its first stderr line must be the
-    error (SPEC §8), not progress chatter logged before it.
+    error (README, "Exit codes of the tools"), not progress chatter logged before it.
     """
     import logging
 

@@ -1,5 +1,6 @@
 /*
- * Static checker for the exo2micro Nextflow code (SPEC §9). Nextflow itself cannot be installed
+ * Static checker for the exo2micro Nextflow code (tests/nextflow/README.md). Nextflow itself
+ cannot be installed
  * on the development machines, so this drives the real strict-syntax parser of the Nextflow
  * language server (the one behind `nextflow lint`) from language-server-all.jar:
  *

