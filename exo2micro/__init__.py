@@ -10,9 +10,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 #: The Python API (README, "Running a batch on one machine"), imported on first use so that
-#: ``import exo2micro`` (and every
-#: command-line tool) stays cheap: ``exo2micro.SampleDye``, ``exo2micro.run_batch``,
-#: ``exo2micro.MemoryTracker``.
+#: ``import exo2micro`` (and every command-line tool) stays cheap: ``exo2micro.SampleDye``,
+#: ``exo2micro.run_batch``, ``exo2micro.MemoryTracker``.
 _LAZY = {
     "SampleDye": "exo2micro.sampledye",
     "run_batch": "exo2micro.parallel",
