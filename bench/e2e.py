@@ -1,7 +1,7 @@
 """End-to-end benchmark: synthetic pairs through the four stage tools, per-stage cost and accuracy.
 
 For each requested size and raw TIFF layout this script generates a synthetic pair with a known
-transform (3° rotation, scale 1.03, k = 1.35 — the reference's benchmark case, docs/benchmarks.md),
+transform (3° rotation, scale 1.03, k = 1.35 — exo2micro 2.4's benchmark case, docs/benchmarks.md),
 runs
 ``e2m-load``, ``e2m-align-boundary``, ``e2m-align-interior`` and ``e2m-subtract`` each in its
 own process under ``/usr/bin/time -v`` (so every stage's peak RSS is its own, as under

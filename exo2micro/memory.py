@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from exo2micro.resources import current_rss_bytes
 
-#: Growth of after-gc RSS above the baseline that is reported as a leak (the reference's 0.5 GB).
+#: Growth of after-gc RSS above the baseline that is reported as a leak (exo2micro 2.4's 0.5 GB).
 LEAK_BYTES = 512 << 20
 GiB = float(1 << 30)
 

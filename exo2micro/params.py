@@ -64,7 +64,7 @@ REGISTRY: tuple[Param, ...] = (
     # --- stage 1: load
     Param("pad", 0, "pad", 1, int,
           "Zero border (px) added on every side of the output frame; 0 keeps outputs in the raw "
-          "post pixel frame (the reference defaulted to 2000).", 0, 20000),
+          "post pixel frame (exo2micro 2.4 defaulted to 2000).", 0, 20000),
     # --- stage 2: align-boundary (coarse similarity from tissue footprints)
     Param("use_edges", True, "ue", 2, bool,
           "Match the tissue boundary band rather than the filled footprint."),

@@ -1,4 +1,4 @@
-"""``SampleDye``: one (sample, dye) pair, the seed's object-style entry point.
+"""``SampleDye``: one (sample, dye) pair, the object-style entry point of exo2micro 2.4's API.
 
 ::
 

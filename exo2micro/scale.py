@@ -19,7 +19,7 @@ module holds those histograms and the three ways of getting k from the histogram
 
 Robust range
 ------------
-The reference bins ``r`` between its minimum and maximum, so a few edge outliers make the bins
+exo2micro 2.4 bins ``r`` between its minimum and maximum, so a few edge outliers make the bins
 several percent wide and bias k. Here the grid is *fixed*: −6 … +6 decades in bins of
 :data:`RATIO_BIN` (1e-4 decade = 0.023 % in k), whatever the data; values beyond the grid are
 counted in under/overflow counters and still take part in percentiles.

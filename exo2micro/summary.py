@@ -285,7 +285,7 @@ def _table_cells(rows: Sequence[PairRow]) -> tuple[list[str], list[list[str]]]:
 
 
 def format_text(rows: Sequence[PairRow]) -> str:
-    """The reference's table (Sample, Dye, Moffat[, Percentile][, Manual], Status) followed by
+    """exo2micro 2.4's table (Sample, Dye, Moffat[, Percentile][, Manual], Status) followed by
     a Problems section with the full reason of every failed or skipped pair."""
     if not rows:
         return "No pairs were run (no runnable pairs)."

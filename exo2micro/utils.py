@@ -1,8 +1,8 @@
 """The public exo2micro's ``exo2micro.utils`` helpers that scripts use, on top of :mod:`.discover`.
 
-``discover_tasks`` keeps the reference's name, arguments and result keys (``present``,
+``discover_tasks`` keeps exo2micro 2.4's name, arguments and result keys (``present``,
 ``skipped``, ``warnings``) and adds ``pairs`` (the resolved :class:`~exo2micro.discover.PairSpec`
-objects with their file paths). Unlike the reference, a raw directory with a bad layout always
+objects with their file paths). Unlike exo2micro 2.4, a raw directory with a bad layout always
 raises, and ``strict=True`` raises for problem pairs, so typos surface before a long batch.
 """
 

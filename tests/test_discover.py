@@ -62,7 +62,7 @@ def raw(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("name", "kind", "dye"), [
-    # every name the reference documents as valid
+    # every name exo2micro 2.4 documents as valid
     ("Sample001_PreStain_SybrGld.tif", "pre", "SybrGld"),
     ("Sample001_PostStain_SybrGld.tif", "post", "SybrGld"),
     ("Sample001_PostStain_SybrGld.tiff", "post", "SybrGld"),

@@ -57,7 +57,7 @@ def test_strict_lists_every_missing_pair(raw3: Path, tmp_path: Path) -> None:
         run_batch(["SYN01", "SYN02", "NOPE"], ["SybrGld", "DAPI"], output_dir=out,
                   raw_dir=raw3, **_quiet())
     msg = str(info.value)
-    assert isinstance(info.value, FileNotFoundError)  # what the reference raised
+    assert isinstance(info.value, FileNotFoundError)  # what exo2micro 2.4 raised
     for missing in ("SYN01/DAPI", "SYN02/DAPI", "NOPE/SybrGld", "NOPE/DAPI"):
         assert missing in msg
     assert "SYN01/SybrGld" not in msg

@@ -13,7 +13,7 @@ from exo2micro import params as P
 from exo2micro.errors import ParameterError
 from exo2micro.pipeline import prepare
 
-#: The reference's abbreviations (README, "Parameters"), in the reference's order.
+#: exo2micro 2.4's abbreviations (README, "Parameters"), in its order.
 REFERENCE_ABBRS = ("pad", "ue", "bw", "bs", "rs", "ar", "astep", "ss", "smin", "smax", "sstep",
                    "ms", "ds", "fecc", "mtr", "mrot", "msd", "msdf", "sit", "sdl", "sai", "iecc",
                    "iblur", "imc", "imir", "sp", "msc")

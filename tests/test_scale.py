@@ -43,7 +43,7 @@ def test_quantile_in_underflow_returns_grid_edge_and_empty_is_nan() -> None:
 
 
 def test_fixed_grid_is_not_wrecked_by_outliers() -> None:
-    """The reference bins min..max: a few extreme pixels widen its bins to several percent.
+    """exo2micro 2.4 bins min..max: a few extreme pixels widen its bins to several percent.
     The fixed grid keeps the core's counts and the fit unchanged."""
     rng = np.random.default_rng(2)
     core = moffat_sample(rng, 300_000, math.log10(1.35), 0.03, 4.0)
@@ -55,7 +55,7 @@ def test_fixed_grid_is_not_wrecked_by_outliers() -> None:
     k_dirty = scale.fit_left_wing(dirty).scale
     assert k_dirty == pytest.approx(k_clean, rel=1e-4)
     assert k_dirty == pytest.approx(1.35, rel=0.003)
-    # what min..max binning with the reference's bin count does to the same data
+    # what min..max binning with exo2micro 2.4's bin count does to the same data
     counts, edges = np.histogram(np.concatenate([core, outliers]), bins=1000)
     naive = 10 ** (0.5 * (edges[np.argmax(counts)] + edges[np.argmax(counts) + 1]))
     assert abs(naive / 1.35 - 1) > 0.01

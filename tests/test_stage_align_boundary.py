@@ -55,7 +55,7 @@ def test_rotation_gate_keeps_grid_result_with_reason(tmp_path: Path) -> None:
 
 
 def test_grid_quantisation_at_coarse_levels_does_not_trip_the_gate(tmp_path: Path) -> None:
-    """The reference's mistake in another form: at a coarse search level the grid is off by
+    """exo2micro 2.4's mistake in another form: at a coarse search level the grid is off by
     more than max_translation; the refinement that fixes it must be accepted."""
     pair = make_aligned(tmp_path, to_stage=2, rotation_deg=3.5, scale=1.02,
                         params={"max_translation": 0, "angle_step": 2.0})
