@@ -206,7 +206,8 @@ def test_memory_debug_tracks_each_task(raw3: Path, tmp_path: Path,
     assert "[mem]" in out and "batch start" in out
     assert "before SYN01/SybrGld" in out and "after gc SYN02/SybrGld" in out
     assert "=== memory summary ===" in out and "baseline:" in out
-    assert ("no leak" in out) or ("leak" in out)
+    # two small stage-1 tasks in one process: memory returns to the baseline between them
+    assert "no leak: RSS returns to within" in out and "leak (" not in out, out
     for r in results:
         mem = r["runner"]["memory"]
         assert mem["pid"] == os.getpid() and mem["after"] > 0 and mem["peak"] > 0

@@ -95,10 +95,10 @@ def click_options(command: click.Command) -> tuple[set[str], set[str]]:
     return names, required
 
 
-def _tool_or_skip(tool: str) -> Path:
+def _tool(tool: str) -> Path:
+    """``bin/<tool>``, which must exist: a module that calls a missing tool is a failure."""
     path = BIN / tool
-    if not path.exists():
-        pytest.skip(f"bin/{tool} does not exist yet (written by another helper; the lead adds it)")
+    assert path.is_file(), f"bin/{tool} is missing, but a Nextflow module runs it"
     return path
 
 
@@ -136,7 +136,7 @@ def test_stage_modules_pass_the_stage_contract(invocations: dict) -> None:
 @pytest.mark.parametrize("process", sorted(EXPECTED_TOOLS))
 def test_tool_exists_and_accepts_the_module_options(process: str, invocations: dict) -> None:
     tool_name, options = invocations[process]
-    tool = _tool_or_skip(tool_name)
+    tool = _tool(tool_name)
     assert tool.is_file(), f"bin/{tool_name} is not a file"
     assert os.access(tool, os.X_OK), f"bin/{tool_name} is not executable (chmod +x)"
     first = tool.read_bytes().split(b"\n", 1)[0]
@@ -155,7 +155,7 @@ def test_tool_exists_and_accepts_the_module_options(process: str, invocations: d
 def test_tool_help_runs_without_stdin(process: str, invocations: dict) -> None:
     """The tool starts, prints its help and exits 0 with stdin closed (it never prompts)."""
     tool_name, _options = invocations[process]
-    tool = _tool_or_skip(tool_name)
+    tool = _tool(tool_name)
     env = dict(
         os.environ,
         PATH=f"{BIN}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}"
