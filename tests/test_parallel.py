@@ -300,16 +300,22 @@ def test_killed_batch_resumes_to_the_same_outputs(tmp_path: Path) -> None:
     deadline = time.monotonic() + 240
     while not second.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, "the batch ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first_dir = resumed / pairs[0][0] / pairs[0][1]
-    before = read_record(PairLayout(first_dir, P.resolve({})).record(4))
+    second_dir = resumed / pairs[1][0] / pairs[1][1]
+    last = max(P.STAGE_NAMES)
+    before = read_record(PairLayout(first_dir, P.resolve({})).record(last))
     assert before is not None  # the first pair had finished
+    # the kill came while the second pair was under way: its last stage had not run
+    assert read_record(PairLayout(second_dir, P.resolve({})).record(last)) is None
+    assert not (second_dir / "result.json").exists()
     done = subprocess.run(exo2micro_cmd(*args, "--outdir", str(resumed)), env=child_env(),
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     # The finished pair was not re-run; the interrupted one was completed.
-    after = read_record(PairLayout(first_dir, P.resolve({})).record(4))
+    after = read_record(PairLayout(first_dir, P.resolve({})).record(last))
     assert after is not None and after["run_id"] == before["run_id"]
     for sample, dye in pairs:
         a, b = clean / sample / dye, resumed / sample / dye
