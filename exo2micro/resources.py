@@ -3,8 +3,15 @@
 CPU budget (README, "Running a batch on one machine"): an explicit value wins, then
 ``SLURM_CPUS_PER_TASK``, then the CPU
 affinity mask, then the cgroup CPU quota, then the host's count — so a 4-core Slurm allocation
-on a 128-core node counts 4. Native thread pools (OpenCV, BLAS/OpenMP) are sized with
-:func:`configure_threads` so that workers × threads never oversubscribe the budget.
+on a 128-core node counts 4.
+
+Native thread pools follow the budget, never the host's core count, in every process that does
+pipeline work (the runner, pool workers, task subprocesses, each stage tool): the entry points
+set the OpenMP/BLAS variables before numpy is imported (:func:`set_thread_env`), and
+:func:`configure_threads` sizes the pools again at run time — the BLAS/OpenMP libraries already
+loaded (threadpoolctl), OpenCV, and the worker count of tifffile's codecs
+(:func:`native_threads`); the stages' own thread pools take the thread count as an argument —
+so that workers × threads never oversubscribe the budget.
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ import resource
 from pathlib import Path
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "NUMEXPR_NUM_THREADS")
+               "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+#: Threads per native pool in this process, set by :func:`configure_threads`.
+_native_threads: int | None = None
 
 
 def peak_rss_bytes() -> int:
@@ -92,18 +102,36 @@ def cpu_budget(explicit: int | None = None) -> tuple[int, str]:
     return os.cpu_count() or 1, "host CPU count"
 
 
-def configure_threads(n: int) -> None:
-    """Size native thread pools to ``n`` threads in this process (and its children).
-
-    OpenCV is resized at once; the BLAS/OpenMP variables take effect in child processes and in
-    libraries loaded after this call.
-    """
-    n = max(1, int(n))
+def set_thread_env(n: int) -> None:
+    """Set the OpenMP/BLAS thread variables to ``n``: read by those libraries when they load,
+    so in this process only if numpy is not imported yet, and in every child process."""
     for var in _THREAD_ENV:
-        os.environ[var] = str(n)
+        os.environ[var] = str(max(1, int(n)))
+
+
+def configure_threads(n: int) -> None:
+    """Size every native thread pool of this process (and of its children) to ``n`` threads.
+
+    The environment (:func:`set_thread_env`) for libraries loaded later and for children; the
+    BLAS/OpenMP libraries already loaded (numpy's and scipy's OpenBLAS, any OpenMP runtime)
+    through threadpoolctl; OpenCV; and :func:`native_threads`, the worker count of tifffile's
+    codecs.
+    """
+    global _native_threads
+    n = max(1, int(n))
+    _native_threads = n
+    set_thread_env(n)
     import cv2
+    from threadpoolctl import threadpool_limits
 
     cv2.setNumThreads(n)
+    threadpool_limits(limits=n)
+
+
+def native_threads() -> int:
+    """Threads one native pool of this process may use (e.g. tifffile's ``maxworkers``): the
+    value of the last :func:`configure_threads`, else the CPU budget."""
+    return _native_threads if _native_threads is not None else cpu_budget()[0]
 
 
 # ----------------------------------------------------------------------------- memory

@@ -44,6 +44,7 @@ import tifffile
 
 from exo2micro.atomic import atomic_path
 from exo2micro.errors import InputDataError, InsufficientMemoryError
+from exo2micro.resources import native_threads
 
 #: Largest accepted image side (px); larger headers are treated as corrupt.
 MAX_SIDE = 500_000
@@ -815,10 +816,6 @@ def _unspool(spool: BinaryIO, shape: tuple[int, int], dtype: np.dtype, rows: int
         yield block
 
 
-#: Threads that compress tiles (tifffile's ``maxworkers``; its default is half the cores).
-COMPRESS_WORKERS = max(1, os.cpu_count() or 1)
-
-
 def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.dtype,
                 blocks: Iterable[np.ndarray], *, tile: int = TILE,
                 compression: str | None = None, description: str | None = None,
@@ -845,7 +842,8 @@ def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.
     (then ``description`` is ignored: put free text into ``ome.description``).
     ``compression`` is a tifffile codec name (``None``: uncompressed, ``'zlib'``/``'deflate'``,
     ``'zstd'`` — at level 1, its fast end —, …), encoded by ``maxworkers`` threads (default
-    :data:`COMPRESS_WORKERS`). Compressed integer tiles use horizontal differencing; float tiles
+    :func:`exo2micro.resources.native_threads`, the CPU budget; tifffile's own default is half
+    the host's cores). Compressed integer tiles use horizontal differencing; float tiles
     use no predictor, because Bio-Formats (QuPath, Fiji) cannot undo the floating-point one.
     """
     h, w = shape
@@ -859,7 +857,7 @@ def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.
         "dtype": dtype, "tile": (tile, tile), "compression": compression,
         "compressionargs": {"level": 1} if compression == "zstd" else None,
         "predictor": compression is not None and dtype.kind in "ui",
-        "maxworkers": (maxworkers or COMPRESS_WORKERS) if compression else None,
+        "maxworkers": (maxworkers or native_threads()) if compression else None,
         "photometric": "minisblack", "metadata": None}
     path = Path(path)
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tw, \
