@@ -30,9 +30,15 @@ pair is runnable, or missing, incomplete (only pre or only post) or duplicate. S
 one error listing every problem pair; lenient mode returns them as :class:`SkippedPair`.
 
 Samplesheet (docs/usage.md, "A samplesheet"): ``sample,dye,pre,post`` plus any extra columns,
-validated against
-``assets/schema_input.json`` (the same file Nextflow's nf-schema plugin uses). Row numbers in
-messages are line numbers of the file (the header is row 1).
+validated against ``assets/schema_input.json`` (the same file Nextflow's nf-schema plugin
+uses). Row numbers in messages are line numbers of the file (the header is row 1).
+
+Optional columns give one pair's image facts (:data:`IMAGE_COLUMNS`): ``pixel_size_um`` (µm,
+both images), ``pre_pixel_size_um`` / ``post_pixel_size_um`` (one image; over
+``pixel_size_um``), ``channel`` (index or OME channel name) and ``pre_exposure_s`` /
+``post_exposure_s`` (s). They override the batch-wide parameters of the same names for that
+pair only (:attr:`PairSpec.image`, :mod:`exo2micro.params` "Per-pair image facts") and are kept
+in ``extra`` like any other column. An empty cell means "not given".
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ SAMPLESHEET_COLUMNS: tuple[str, ...] = ("sample", "dye", "pre", "post")
 #: Resource-estimate columns written by ``e2m-discover --estimates`` (read by the Nextflow
 #: pipeline's resource directives). They are not pair metadata: reading a sheet drops them.
 ESTIMATE_COLUMNS: tuple[str, ...] = ("mem_bytes", "time_s", "disk_bytes")
+#: Optional columns holding one pair's image facts (module docstring); the schema declares them.
+IMAGE_COLUMNS: tuple[str, ...] = ("pixel_size_um", "pre_pixel_size_um", "post_pixel_size_um",
+                                  "channel", "pre_exposure_s", "post_exposure_s")
 TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 ALL_DYES = "*"
 """Dye of a :class:`SkippedPair` that stands for every dye of its sample (e.g. empty folder)."""
@@ -108,6 +117,26 @@ class PairSpec:
     def id(self) -> str:
         """``<sample>_<dye>``: the task name (Nextflow ``meta.id``); dyes never contain ``_``."""
         return f"{self.sample}_{self.dye}"
+
+    @property
+    def image(self) -> dict[str, Any]:
+        """The pair's own image facts from its :data:`IMAGE_COLUMNS` (:func:`image_facts`)."""
+        return image_facts(self.extra)
+
+
+def image_facts(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """One pair's image facts (:data:`exo2micro.params.PAIR_FACTS`) from its samplesheet
+    columns or tool options: ``pixel_size_um`` gives both ``pre_pixel_size_um`` and
+    ``post_pixel_size_um`` unless those are given; empty or ``None`` values are absent. Values
+    are passed on as they are: :func:`exo2micro.params.resolve_pair` checks them when the pair
+    runs (a samplesheet's are checked on reading, against the schema)."""
+    given = {k: v for k, v in columns.items() if k in IMAGE_COLUMNS
+             and v is not None and str(v).strip() != ""}
+    both = given.pop("pixel_size_um", None)
+    if both is not None:
+        for which in ("pre", "post"):
+            given.setdefault(f"{which}_pixel_size_um", both)
+    return given
 
 
 @dataclass(frozen=True)
@@ -537,15 +566,36 @@ def _row_label(sheet: str, line: int, row: Mapping[str, str]) -> str:
     return f"{sheet} row {line}" + (f" ({who})" if who else "")
 
 
-def _schema_message(error: jsonschema.ValidationError) -> str:
-    """One line for a row-level schema error, preferring the schema's ``errorMessage``."""
+def _schema_message(error: jsonschema.ValidationError, row: Mapping[str, str]) -> str:
+    """One line for a row-level schema error, preferring the schema's ``errorMessage``; the
+    value is quoted as the cell of ``row`` reads."""
     if error.validator == "required":
         column = error.message.split("'")[1]
         return f"'{column}' is empty"
     schema = error.schema if isinstance(error.schema, dict) else {}
     custom = schema.get("errorMessage")
-    value = error.instance
+    value = row.get(str(error.path[0]), error.instance) if error.path else error.instance
     return f"{custom} (got '{value}')" if custom else error.message
+
+
+def _typed(row: Mapping[str, str], properties: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` without empty cells (nf-schema treats them as absent, so 'required' reports
+    them), numbers where the schema's column has type ``number`` and the cell is a finite one
+    (as nf-schema converts cells before validating); other cells stay text, so the schema's
+    type check names a cell that is not a number."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if value == "":
+            continue
+        out[key] = value
+        if (properties.get(key) or {}).get("type") == "number":
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                out[key] = number
+    return out
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -608,13 +658,13 @@ def load_samplesheet(
             f"{hints}")
     errors: list[str] = []
     validator = jsonschema.Draft202012Validator(load_schema()["items"])
+    properties = load_schema()["items"]["properties"]
     seen: dict[tuple[str, str], int] = {}
     found: dict[str, dict[str, PairSpec | str]] = {}
     for line, row in rows:
         label = _row_label(sheet.name, line, row)
-        # nf-schema treats empty cells as absent; do the same so 'required' reports them.
-        bad = [_schema_message(e) for e in validator.iter_errors(
-            {k: v for k, v in row.items() if v != ""})]
+        bad = [_schema_message(e, row)
+               for e in validator.iter_errors(_typed(row, properties))]
         if bad:
             errors += [f"{label}: {b}" for b in bad]
             continue
@@ -638,9 +688,10 @@ def load_samplesheet(
             f"{label}: " + "; ".join(absent) if absent
             else PairSpec(key[0], key[1], pre, post, extra))
     if errors:
-        n = len(errors)
-        head = (errors[0] if n == 1 else
-                f"samplesheet '{sheet}' has {n} invalid rows:\n  " + "\n  ".join(errors))
+        n = len({e.split(":", 1)[0] for e in errors})  # a row may have several errors
+        head = (errors[0] if len(errors) == 1 else
+                f"samplesheet '{sheet}' has {n} invalid row{'s' if n > 1 else ''}:\n  "
+                + "\n  ".join(errors))
         raise DiscoveryError(head + f"\nexpected columns: {','.join(SAMPLESHEET_COLUMNS)} "
                                     "(rows numbered as lines of the file; the header is row 1)")
     pairs, skipped = _resolve(

@@ -15,6 +15,15 @@ Fingerprints
 :func:`fingerprint` hashes the *effective* values of the parameters that can change stage *k*'s
 output (those of stages ≤ *k*, minus the ones that are accepted but ignored) together with the
 stage's algorithm version, so a resume re-runs a stage exactly when its result could differ.
+
+Per-pair image facts
+--------------------
+A parameter dict may hold, under :data:`PAIR_KEY`, one pair's own image facts (samplesheet
+columns, docs/usage.md): the pixel size of its pre and of its post image, its channel and its
+exposure times (:data:`PAIR_FACTS`). Each overrides, for that pair only, the registry parameter
+it is named after (:func:`effective`). They are facts about the pair's images, not settings, so
+they enter the fingerprint of the stage that reads them and of every later stage, never a file
+suffix: a corrected pixel size re-runs the pair from stage 1 under the same file names.
 """
 
 from __future__ import annotations
@@ -161,6 +170,15 @@ BY_NAME: dict[str, Param] = {p.name: p for p in REGISTRY}
 BY_ABBR: dict[str, Param] = {p.abbr: p for p in REGISTRY}
 DEFAULTS: dict[str, Any] = {p.name: p.default for p in REGISTRY}
 
+#: Key of a parameter dict under which one pair's image facts are (module docstring).
+PAIR_KEY = "pair"
+#: Per-pair image facts → the registry parameter each overrides for its pair (and shares type,
+#: range and stage with): pixel sizes (µm) of pre and post, channel, exposure times (s).
+PAIR_FACTS: dict[str, str] = {"pre_pixel_size_um": "pixel_size_um",
+                              "post_pixel_size_um": "pixel_size_um", "channel": "channel",
+                              "pre_exposure_s": "pre_exposure_s",
+                              "post_exposure_s": "post_exposure_s"}
+
 _TRUE = {"true", "t", "yes", "y", "1", "on"}
 _FALSE = {"false", "f", "no", "n", "0", "off"}
 
@@ -212,6 +230,37 @@ def _fmt(v: float | None) -> str:
     return "-inf" if v is None else format(v, "g")
 
 
+def resolve_pair(facts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate one pair's image facts (:data:`PAIR_FACTS`): each is checked like the parameter
+    it overrides, ``None`` values are dropped. Raises :class:`ParameterError` naming the fact."""
+    if facts is None:
+        return {}
+    if not isinstance(facts, Mapping):
+        raise ParameterError(f"{PAIR_KEY!r} must map image facts ({', '.join(PAIR_FACTS)}) to "
+                             f"values, got {facts!r}")
+    unknown = sorted(set(facts) - set(PAIR_FACTS))
+    if unknown:
+        raise ParameterError(f"unknown per-pair image fact(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(PAIR_FACTS)}")
+    out: dict[str, Any] = {}
+    for name, value in facts.items():
+        base = BY_NAME[PAIR_FACTS[name]]
+        try:
+            coerced = _coerce(base, value)
+        except ParameterError as exc:
+            raise ParameterError(f"per-pair {name}: {exc}") from None
+        if coerced is not None:
+            out[name] = coerced
+    return out
+
+
+def effective(values: Mapping[str, Any], fact: str) -> Any:
+    """The value of image fact ``fact`` (:data:`PAIR_FACTS`) for this pair: its own value
+    when the pair has one, else the batch-wide parameter's (``None``: read from the files)."""
+    pair = values.get(PAIR_KEY) or {}
+    return pair[fact] if fact in pair else values.get(PAIR_FACTS[fact])
+
+
 def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Return the full parameter dict: defaults updated with validated ``overrides``.
 
@@ -219,7 +268,7 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     valid one. Cross-parameter rules (``scale_min <= scale_max``) are checked too.
     """
     values = dict(DEFAULTS)
-    unknown = sorted(set(overrides or {}) - set(BY_NAME))
+    unknown = sorted(set(overrides or {}) - set(BY_NAME) - {PAIR_KEY})
     if unknown:
         from exo2micro.suggest import closest
 
@@ -228,7 +277,12 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise ParameterError(
             f"unknown parameter(s) {', '.join(named)}; valid names: {', '.join(BY_NAME)}")
     for name, value in (overrides or {}).items():
-        values[name] = _coerce(BY_NAME[name], value)
+        if name == PAIR_KEY:
+            facts = resolve_pair(value)
+            if facts:
+                values[PAIR_KEY] = facts
+        else:
+            values[name] = _coerce(BY_NAME[name], value)
     if values["scale_min"] > values["scale_max"]:
         raise ParameterError(
             f"scale_min ({values['scale_min']:g}) must not exceed scale_max "
@@ -351,6 +405,10 @@ def fingerprint(values: Mapping[str, Any], stage: int) -> str:
     """A stable hash of what determines stage ``stage``'s output (parameters + algorithm)."""
     relevant = {p.name: values[p.name] for p in REGISTRY if p.stage <= stage and not p.ignored}
     relevant["__algorithm__"] = [ALGORITHM_VERSION[s] for s in range(1, stage + 1)]
+    pair = {n: v for n, v in (values.get(PAIR_KEY) or {}).items()
+            if BY_NAME[PAIR_FACTS[n]].stage <= stage}
+    if pair:  # absent when none is given: fingerprints without per-pair facts stay as they were
+        relevant["__pair__"] = pair
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

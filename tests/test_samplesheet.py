@@ -1,17 +1,27 @@
-"""Samplesheet I/O: schema, validation with row-level errors, round trip with discovery."""
+"""Samplesheet I/O: schema, validation with row-level errors, round trip with discovery, and
+the per-pair image columns (pixel sizes, channel, exposure times) through a local run."""
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tifffile
 
+from exo2micro import params as P
+from exo2micro.batch.api import run_batch
+from exo2micro.batch.plan import build_task_list, split_options
 from exo2micro.discover import (
+    IMAGE_COLUMNS,
     SAMPLESHEET_COLUMNS,
     DiscoveryError,
     PairSpec,
     discover,
+    image_facts,
     load_samplesheet,
     load_schema,
     read_samplesheet,
@@ -19,7 +29,10 @@ from exo2micro.discover import (
     write_skipped,
 )
 from exo2micro.discover import SkippedPair as Skipped
-from exo2micro.errors import EXIT_DATA, exit_code_for
+from exo2micro.errors import EXIT_DATA, ParameterError, exit_code_for
+from exo2micro.layout import PairLayout
+from exo2micro.synth import SynthSpec, batch_specs, make_batch
+from tests.runner_helpers import SIZE
 
 
 def touch(path: Path) -> Path:
@@ -229,3 +242,153 @@ def test_write_samplesheet_rejects_clashing_extra_column(tmp_path: Path) -> None
 def test_write_skipped_keeps_one_line_per_pair(tmp_path: Path) -> None:
     out = write_skipped([Skipped("CD070", "DAPI", "multi\nline\treason")], tmp_path / "s.tsv")
     assert out.read_text() == "sample\tdye\treason\nCD070\tDAPI\tmulti line reason\n"
+
+
+# ---------------------------------------------------------------------- per-pair image facts
+
+
+def test_schema_declares_the_image_columns_with_the_parameters_ranges() -> None:
+    """The per-pair columns share type and range with the parameter each one overrides."""
+    properties = load_schema()["items"]["properties"]
+    for column in IMAGE_COLUMNS:
+        prop = properties[column]
+        base = P.BY_NAME[P.PAIR_FACTS.get(column, column)]
+        assert prop["errorMessage"].startswith(f"{column} must be"), column
+        if base.kind is float:
+            assert prop["type"] == "number", column
+            assert (prop["minimum"], prop["maximum"]) == (base.low, base.high), column
+        else:
+            assert prop["type"] == "string" and prop["pattern"], column
+    assert "pixel_size_um" not in load_schema()["items"]["required"]
+
+
+def test_image_columns_are_checked_row_by_row(images: Path) -> None:
+    ok = "CD070/x_pre_DAPI.tif,CD070/x_post_DAPI.tif"
+    sheet = write_sheet(images / "samplesheet.csv",
+                        "sample,dye,pre,post,pixel_size_um,pre_pixel_size_um,channel,"
+                        "post_exposure_s\n"
+                        f"CD070,DAPI,{ok},abc,,,\n"
+                        f"CD071,DAPI,{ok},,-0.5,,\n"
+                        f"CD072,DAPI,{ok},nan,,red channel,0\n"
+                        f"CD073,DAPI,{ok},0.325,,1,0.2\n")
+    lines = sheet_error(sheet).splitlines()
+    assert lines[0] == f"samplesheet '{sheet}' has 3 invalid rows:"  # 5 errors
+    assert lines[1] == ("  samplesheet.csv row 2 (sample=CD070, dye=DAPI): pixel_size_um must be "
+                        "the pixel size in µm of both images: a number from 0.0001 to 10000 "
+                        "(got 'abc')")
+    assert lines[2].startswith("  samplesheet.csv row 3 (sample=CD071, dye=DAPI): "
+                               "pre_pixel_size_um must be the pixel size in µm of the pre-stain")
+    assert lines[2].endswith("(got '-0.5')")
+    row4 = [line for line in lines if "row 4 " in line]
+    assert [line.split(": ", 1)[1].split(" must")[0] for line in row4] == [
+        "pixel_size_um", "channel", "post_exposure_s"], row4
+    assert "(got 'nan')" in row4[0] and "(got 'red channel')" in row4[1]
+    assert not any("row 5 " in line for line in lines)  # a valid row
+
+
+def test_image_columns_give_the_pairs_own_facts_and_round_trip(images: Path,
+                                                               tmp_path: Path) -> None:
+    sheet = write_sheet(images / "samplesheet.csv",
+                        "sample,dye,pre,post,pixel_size_um,post_pixel_size_um,channel,site\n"
+                        "CD070,DAPI,CD070/x_pre_DAPI.tif,CD070/x_post_DAPI.tif,0.5,0.45,DAPI,A\n"
+                        "CD063,DAPI,CD063/x_pre_DAPI.tif,CD063/x_post_DAPI.tif,,,,B\n")
+    first, second = read_samplesheet(sheet)
+    assert first.image == {"pre_pixel_size_um": "0.5", "post_pixel_size_um": "0.45",
+                           "channel": "DAPI"}
+    assert second.image == {}
+    assert first.extra["site"] == "A" and first.extra["pixel_size_um"] == "0.5"
+    copy = write_samplesheet([first, second], tmp_path / "pairs.csv")
+    assert [p.image for p in read_samplesheet(copy)] == [first.image, {}]
+    assert image_facts({"pixel_size_um": 0.3, "pre_exposure_s": None, "channel": ""}) == {
+        "pre_pixel_size_um": 0.3, "post_pixel_size_um": 0.3}
+
+
+def test_pair_facts_enter_the_fingerprint_not_the_file_names(images: Path) -> None:
+    """A pair's own pixel size overrides the batch-wide parameter for that pair only; it changes
+    the fingerprint of stage 1 and later (so resume re-runs the pair), never a file suffix."""
+    pairs = [PairSpec("CD070", "DAPI", images / "a.tif", images / "b.tif",
+                      {"pixel_size_um": "0.5", "post_exposure_s": "0.3"}),
+             PairSpec("CD063", "DAPI", images / "c.tif", images / "d.tif")]
+    tasks = build_task_list(pairs, {"pixel_size_um": 0.9})
+    own, batch = (P.resolve(split_options(opts)[1]) for _, _, opts in tasks)
+    assert own[P.PAIR_KEY] == {"pre_pixel_size_um": 0.5, "post_pixel_size_um": 0.5,
+                               "post_exposure_s": 0.3}
+    assert P.PAIR_KEY not in batch
+    assert P.effective(own, "pre_pixel_size_um") == 0.5
+    assert P.effective(batch, "pre_pixel_size_um") == 0.9
+    assert P.effective(own, "pre_exposure_s") is None
+    assert all(P.suffix(own, s) == P.suffix(batch, s) == "_px0.9" for s in P.STAGE_NAMES)
+    assert all(P.fingerprint(own, s) != P.fingerprint(batch, s) for s in P.STAGE_NAMES)
+    exposure_only = P.resolve({P.PAIR_KEY: {"post_exposure_s": 0.3}})
+    assert [P.fingerprint(exposure_only, s) == P.fingerprint(P.resolve(), s)
+            for s in P.STAGE_NAMES] == [True, True, True, False, False]
+    with pytest.raises(ParameterError, match="per-pair pre_pixel_size_um"):
+        P.resolve({P.PAIR_KEY: {"pre_pixel_size_um": "-1"}})
+    with pytest.raises(ParameterError, match="unknown per-pair image fact"):
+        P.resolve({P.PAIR_KEY: {"pixel_size": 1}})
+
+
+def _physical_size(path: Path) -> float:
+    with tifffile.TiffFile(path) as tif:
+        found = re.search(r'PhysicalSizeX="([^"]+)" PhysicalSizeXUnit="µm"', tif.ome_metadata)
+    assert found, f"{path}: no PhysicalSizeX in its OME-XML"
+    return float(found.group(1))
+
+
+def test_a_run_gives_each_pair_its_own_pixel_size(tmp_path: Path) -> None:
+    """Two pairs of one samplesheet with their own pixel sizes and exposure times: each pair's
+    result.json and products carry its own; sizes that imply the true pre→post scale give no
+    warning, one size for both images of a magnified pair does; a corrected size re-runs that
+    pair from stage 1 under the same file names, the other pair stays as it was."""
+    base = SynthSpec(width=SIZE[0], height=SIZE[1])
+    good, off = (replace(s, scale=scale) for s, scale in zip(batch_specs(2, base), (0.95, 1.06),
+                                                               strict=True))
+    make_batch(tmp_path / "raw", [good, off])
+
+    def sheet(off_size: str) -> Path:
+        rows = ["sample,dye,pre,post,pre_pixel_size_um,post_pixel_size_um,pixel_size_um,channel,"
+                "pre_exposure_s,post_exposure_s"]
+        for spec, cells in ((good, f"{0.4 * 0.95!r},0.4,,0,0.2,0.3"),
+                            (off, f",,{off_size},,,")):
+            names = spec.file_names()
+            rows.append(f"{spec.sample},{spec.dye},raw/{spec.sample}/{names['pre']},"
+                        f"raw/{spec.sample}/{names['post']},{cells}")
+        return write_sheet(tmp_path / "samplesheet.csv", "\n".join(rows) + "\n")
+
+    out = tmp_path / "out"
+    # stage 5 reads no pixel size of its own (its per-mm² counts follow stage 1's post size)
+    results = run_batch(None, None, samplesheet=sheet("0.65"), output_dir=out, to_stage=4,
+                        show_progress=False)
+    assert [r["status"] for r in results] == ["complete", "complete"], results
+    by_sample = {r["sample"]: r for r in results}
+    first, second = by_sample[good.sample], by_sample[off.sample]
+    assert first["pixel_size_um"] == pytest.approx(0.4)
+    assert second["pixel_size_um"] == pytest.approx(0.65)
+    assert first["exposure"]["ratio"] == pytest.approx(1.5)
+    assert second["exposure"]["ratio"] is None
+    assert not any("pixel sizes" in w for w in first["warnings"]), first["warnings"]
+    assert any("imply a pre→post scale of 1.0000" in w for w in second["warnings"]), (
+        second["warnings"])
+    for spec, size in ((good, 0.4), (off, 0.65)):
+        layout = PairLayout(out / spec.sample / spec.dye, P.resolve())
+        for image in (layout.difference("tiff"), layout.aligned_pre("tiff"),
+                      layout.signal("post")):
+            assert _physical_size(image) == pytest.approx(size), image
+    first_load = json.loads((out / good.sample / good.dye / "stages/01_load.json").read_text())
+    assert first_load["images"]["pre"]["pixel_size_um"] == pytest.approx(0.38)
+    assert first_load["images"]["pre"]["pixel_size_source"] == "samplesheet"
+    assert first_load["channels"]["channels"] == [0]
+    assert "parameter channel" in first_load["channels"]["reason"]
+
+    before = {s.sample: json.loads((out / s.sample / s.dye / "stages/01_load.json").read_text())
+              for s in (good, off)}
+    again = run_batch(None, None, samplesheet=sheet("0.7"), output_dir=out, to_stage=4,
+                      show_progress=False)
+    assert {r["sample"]: r["pixel_size_um"] for r in again} == {
+        good.sample: pytest.approx(0.4), off.sample: pytest.approx(0.7)}
+    after = {s.sample: json.loads((out / s.sample / s.dye / "stages/01_load.json").read_text())
+             for s in (good, off)}
+    assert after[good.sample]["run_id"] == before[good.sample]["run_id"]
+    assert after[off.sample]["run_id"] != before[off.sample]["run_id"]
+    assert sorted(p.name for p in (out / off.sample / off.dye / "stages").iterdir()) == [
+        f"0{s}_{name}.json" for s, name in P.STAGE_NAMES.items() if s <= 4]

@@ -92,8 +92,10 @@ def build_task_list(pairs: Iterable[Any], params: Mapping[str, Any] | None = Non
     ``pairs`` are ``(sample, dye)`` tuples — their files are found under ``raw_dir`` when the
     task runs, so a missing file becomes that task's error — or discovered
     :class:`~exo2micro.discover.PairSpec` objects, whose file paths and extra samplesheet
-    columns (``meta``) are carried along. ``options`` holds the run options (:data:`TASK_KEYS`)
-    and the pipeline parameters.
+    columns (``meta``) are carried along, and whose image facts (``PairSpec.image``: pixel
+    sizes, channel, exposure times) become that task's parameter :data:`~exo2micro.params.
+    PAIR_KEY` over the batch's (validated when the pair runs, so a bad value is that pair's
+    error). ``options`` holds the run options (:data:`TASK_KEYS`) and the pipeline parameters.
     """
     tasks: list[Task] = []
     for pair in pairs:
@@ -103,6 +105,9 @@ def build_task_list(pairs: Iterable[Any], params: Mapping[str, Any] | None = Non
                                 "checkpoint_format": checkpoint_format}
         if hasattr(pair, "pre"):
             opts.update(pre=str(pair.pre), post=str(pair.post), meta=dict(pair.extra))
+            image = getattr(pair, "image", None)
+            if image:
+                opts[P.PAIR_KEY] = {**(opts.get(P.PAIR_KEY) or {}), **image}
             sample, dye = pair.sample, pair.dye
         else:
             sample, dye = pair

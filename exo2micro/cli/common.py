@@ -18,6 +18,7 @@ import click
 
 from exo2micro.errors import EXIT_INTERNAL, EXIT_USAGE, exit_code_for
 from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout
+from exo2micro.params import PAIR_KEY
 from exo2micro.pipeline import prepare, run_stage
 from exo2micro.suggest import closest
 
@@ -139,17 +140,22 @@ def setup_logging(verbose: bool = False) -> None:
 def run_pair_stage(stage: int, work: Callable[[PairLayout, int], dict[str, Any]], *,
                    pair_dir: str, param_values: tuple[str, ...], threads: int | None,
                    force: bool, checkpoint_format: str,
-                   inputs: Mapping[str, Path] | None = None
+                   inputs: Mapping[str, Path] | None = None,
+                   pair: Mapping[str, Any] | None = None
                    ) -> tuple[PairLayout, dict[str, Any], bool]:
     """The body every stage tool shares: logging, then parameters and thread pools
     (:func:`exo2micro.pipeline.prepare`), then ``work(layout, n_threads)`` under
     :func:`exo2micro.pipeline.run_stage` (resume check, stage record, peak RSS).
 
-    ``inputs`` are stage 1's raw ``{"pre", "post"}`` TIFFs (part of its resume check).
+    ``inputs`` are stage 1's raw ``{"pre", "post"}`` TIFFs (part of its resume check); ``pair``
+    the pair's own image facts (:data:`exo2micro.params.PAIR_KEY`, part of the fingerprint).
     Returns the pair layout, the stage record and whether the stage was skipped as current.
     """
     setup_logging()
-    layout, n = prepare(pair_dir, parse_param_options(param_values), threads)
+    overrides: dict[str, Any] = dict(parse_param_options(param_values))
+    if pair:
+        overrides[PAIR_KEY] = dict(pair)
+    layout, n = prepare(pair_dir, overrides, threads)
     rec, skipped = run_stage(stage, layout, lambda: work(layout, n), force=force,
                              checkpoint_format=checkpoint_format, inputs=inputs)
     return layout, rec, skipped
@@ -175,18 +181,19 @@ def run_result_stage(stage: int, work: Callable[[PairLayout, int, dict[str, str]
                                                 dict[str, Any]], *,
                      sample: str, dye: str, meta_values: tuple[str, ...], pair_dir: str,
                      param_values: tuple[str, ...], threads: int | None, force: bool,
-                     checkpoint_format: str) -> dict[str, Any]:
+                     checkpoint_format: str, pair: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
     """:func:`run_pair_stage` for a stage that writes the pair's result.json:
     ``work(layout, n_threads, meta)``; when the stage is skipped as current, result.json is
-    rebuilt (cheap) so that it carries this call's ``--meta``. Returns the stage record and
-    whether the stage was skipped."""
+    rebuilt (cheap) so that it carries this call's ``--meta``. ``pair``: as for
+    :func:`run_pair_stage`. Returns the stage record and whether the stage was skipped."""
     from exo2micro.result import build_result, write_result
 
     meta = parse_meta(meta_values)
     layout, rec, skipped = run_pair_stage(
         stage, lambda layout, n: work(layout, n, meta), pair_dir=pair_dir,
         param_values=param_values, threads=threads, force=force,
-        checkpoint_format=checkpoint_format)
+        checkpoint_format=checkpoint_format, pair=pair)
     if skipped:
         write_result(layout, build_result(layout, sample, dye, "complete", meta))
     return rec, skipped

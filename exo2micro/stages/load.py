@@ -12,10 +12,13 @@ For each of pre and post this stage
 4. writes the pyramid and the metadata (shape, dtype, channel choice, value range, tissue
    footprint statistics, physical pixel size and exposure time) into the stage record.
 
-The signal channel is, in this order: the ``channel`` parameter (an index, or an OME channel
-name), the one OME channel named after the dye, or the strongest channel(s). The pixel size
-(µm) is the ``pixel_size_um`` parameter, else what the file's metadata states
-(:func:`exo2micro.tiffio.read_physical`); the signal TIFFs carry it in their OME-XML.
+The signal channel is, in this order: the pair's own ``channel`` (a samplesheet column), the
+``channel`` parameter (an index, or an OME channel name), the one OME channel named after the
+dye, or the strongest channel(s). The pixel size (µm) of each image is the pair's own
+``pre_pixel_size_um`` / ``post_pixel_size_um`` (samplesheet), else the ``pixel_size_um``
+parameter, else what the file's metadata states (:func:`exo2micro.tiffio.read_physical`); the
+signal TIFFs carry it in their OME-XML. The pair's own facts (:data:`exo2micro.params.PAIR_KEY`)
+are part of this stage's fingerprint and are listed in its record under ``pair``.
 
 Memory: one raw block (512 rows × width × samples), its signal, one padded tile row and the
 first pyramid level (≤ 4096 px on its longer side, float32 ≤ 64 MiB) per image, plus the
@@ -29,12 +32,14 @@ decoding pre twice: once for the channel choice, once for streaming).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from exo2micro import params as P
 from exo2micro.errors import InputDataError
 from exo2micro.footprint import footprint_stats, tissue_mask
 from exo2micro.layout import PairLayout
@@ -99,14 +104,25 @@ def _named_choice(img: TiffImage, channel: str | None, dye: str | None
     return None
 
 
-def _physical(img: TiffImage, choice: ChannelChoice, pixel_size_um: float | None
+def _given_size(values: Mapping[str, Any], which: str) -> tuple[float | None, str | None]:
+    """The pixel size (µm) given for ``which`` ('pre' or 'post') and where it was given:
+    ``'samplesheet'`` (the pair's own), ``'parameter'`` (batch-wide), or ``(None, None)``."""
+    fact = f"{which}_pixel_size_um"
+    size = P.effective(values, fact)
+    if size is None:
+        return None, None
+    return size, "samplesheet" if fact in (values.get(P.PAIR_KEY) or {}) else "parameter"
+
+
+def _physical(img: TiffImage, choice: ChannelChoice, given: tuple[float | None, str | None]
               ) -> dict[str, Any]:
-    """Pixel size (µm, the parameter over the metadata) and the exposure time (s) of the
-    chosen channel(s) (``None`` unless all of them state the same one)."""
+    """Pixel size (µm; ``given`` by :func:`_given_size` over the metadata) and the exposure
+    time (s) of the chosen channel(s) (``None`` unless all of them state the same one)."""
     phys = img.physical
+    pixel_size_um, source = given
     times = {phys.exposure_s[c] if c < len(phys.exposure_s) else None for c in choice.channels}
     return {"pixel_size_um": pixel_size_um if pixel_size_um is not None else phys.pixel_size_um,
-            "pixel_size_source": "parameter" if pixel_size_um is not None else
+            "pixel_size_source": source if pixel_size_um is not None else
             (phys.source or None),
             "exposure_s": times.pop() if len(times) == 1 else None,
             "metadata": phys.to_json()}
@@ -171,10 +187,10 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
     raws = {"pre": Path(pre_raw), "post": Path(post_raw)}
     outputs = [layout.signal(w) for w in WHICH] + [layout.pyramid(w) for w in WHICH]
     images: dict[str, TiffImage] = {}
+    channel = P.effective(layout.params, "channel")
     try:
         for which in WHICH:
-            images[which] = TiffImage(raws[which],
-                                      pages_as_channels=layout.params.get("channel") is not None)
+            images[which] = TiffImage(raws[which], pages_as_channels=channel is not None)
         # identities before reading: a file replaced while we read makes the next run redo it
         identity = {w: raw_identity(raws[w]) for w in WHICH}
         whole = any(images[w].decodes_whole for w in WHICH)
@@ -192,7 +208,7 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
                     images[which].drop_cache()
             choices = _choose(strengths)
             for which in WHICH:
-                named = _named_choice(images[which], layout.params.get("channel"), dye)
+                named = _named_choice(images[which], channel, dye)
                 choices[which] = named or choices[which]
         counts = {w: len(images[w].color_channels()) for w in WHICH}
         if counts["pre"] != counts["post"]:
@@ -200,7 +216,7 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
                      f"using channel(s) {list(choices['pre'].channels)} of pre and "
                      f"{list(choices['post'].channels)} of post")
 
-        physical = {w: _physical(images[w], choices[w], layout.params.get("pixel_size_um"))
+        physical = {w: _physical(images[w], choices[w], _given_size(layout.params, w))
                     for w in WHICH}
 
         def one(which: str) -> dict[str, Any]:
@@ -232,5 +248,5 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
     run.info.update({"inputs": {w: str(raws[w]) for w in WHICH}, "input_identity": identity,
                      "channels": choices["post"].to_json(),
                      "channels_per_image": {w: choices[w].to_json() for w in WHICH},
-                     "images": meta})
+                     "images": meta, "pair": dict(layout.params.get(P.PAIR_KEY) or {})})
     return run.record()

@@ -84,6 +84,7 @@ from exo2micro.errors import InputDataError
 from exo2micro.fitsio import FitsImage, make_header, write_streamed
 from exo2micro.footprint import footprint_stats, tissue_mask
 from exo2micro.layout import PairLayout, formats, tiff_compression
+from exo2micro.params import effective
 from exo2micro.pyramid import Pyramid
 from exo2micro.records import StageRun, stage1_physical
 from exo2micro.result import build_result, write_result
@@ -570,10 +571,11 @@ def active_scales(fit: scale.ScaleFit, ratio: scale.Histogram, values: Mapping[s
 
 
 def exposure_facts(layout: PairLayout) -> dict[str, float | None]:
-    """Exposure times (s) of pre and post (parameters over stage 1's OME metadata) and their
-    ratio post/pre. Raises :class:`InputDataError` when ``manual_scale=exposure`` lacks one."""
-    times = {w: layout.params.get(f"{w}_exposure_s") or stage1_physical(layout, w)["exposure_s"]
-             for w in ("pre", "post")}
+    """Exposure times (s) of pre and post (the pair's own, else the parameters, over stage 1's
+    OME metadata) and their ratio post/pre. Raises :class:`InputDataError` when
+    ``manual_scale=exposure`` lacks one."""
+    times = {w: effective(layout.params, f"{w}_exposure_s")
+             or stage1_physical(layout, w)["exposure_s"] for w in ("pre", "post")}
     ratio = times["post"] / times["pre"] if times["pre"] and times["post"] else None
     if layout.params.get("manual_scale") == "exposure" and ratio is None:
         missing = " and ".join(w for w, t in times.items() if not t)
