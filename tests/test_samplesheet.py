@@ -348,7 +348,7 @@ def test_a_run_gives_each_pair_its_own_pixel_size(tmp_path: Path) -> None:
     def sheet(off_size: str) -> Path:
         rows = ["sample,dye,pre,post,pre_pixel_size_um,post_pixel_size_um,pixel_size_um,channel,"
                 "pre_exposure_s,post_exposure_s"]
-        for spec, cells in ((good, f"{0.4 * 0.95!r},0.4,,0,0.2,0.3"),
+        for spec, cells in ((good, f"{0.4 * 0.95!r},0.4,,1,0.2,0.3"),
                             (off, f",,{off_size},,,")):
             names = spec.file_names()
             rows.append(f"{spec.sample},{spec.dye},raw/{spec.sample}/{names['pre']},"
@@ -377,8 +377,9 @@ def test_a_run_gives_each_pair_its_own_pixel_size(tmp_path: Path) -> None:
     first_load = json.loads((out / good.sample / good.dye / "stages/01_load.json").read_text())
     assert first_load["images"]["pre"]["pixel_size_um"] == pytest.approx(0.38)
     assert first_load["images"]["pre"]["pixel_size_source"] == "samplesheet"
-    assert first_load["channels"]["channels"] == [0]
+    assert first_load["channels"]["channels"] == [1]  # green: SybrGld's in the synthetic RGB
     assert "parameter channel" in first_load["channels"]["reason"]
+    assert first_load["pair"]["channel"] == "1"
 
     before = {s.sample: json.loads((out / s.sample / s.dye / "stages/01_load.json").read_text())
               for s in (good, off)}

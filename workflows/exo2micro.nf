@@ -26,7 +26,27 @@ def reservedColumns() {
 }
 
 /*
+ * Samplesheet columns that give one pair's own image facts (docs/usage.md, "A samplesheet"), by
+ * the stage tool that takes them as options of the same names (--pixel-size-um, ...).
+ */
+def imageColumns() {
+    return [
+        load: ['pixel_size_um', 'pre_pixel_size_um', 'post_pixel_size_um', 'channel'],
+        subtract: ['pre_exposure_s', 'post_exposure_s'],
+    ]
+}
+
+// [ load: [column: value], subtract: [column: value] ] of a row's non-empty image columns.
+def imageFacts(row) {
+    return imageColumns().collectEntries { tool, columns ->
+        [tool, columns.findAll { column -> row[column] }.collectEntries { column -> [column, row[column]] }]
+    }
+}
+
+/*
  * One samplesheet row -> [ meta, pre, post ]. Extra columns go to meta.extra (-> result.json);
+ * the image columns also to meta.image (imageFacts), which LOAD and SUBTRACT pass to their tools:
+ * a changed value changes those tasks' inputs, so -resume re-runs the pair from that stage on.
  * meta.code is the code version (main.nf codeVersion), an input of every task for -resume.
  * Image paths are resolved to their real location: DISCOVER saw the raw directory through a link
  * in its own work folder, which changes from run to run (it is never cached), and the stage tasks
@@ -42,6 +62,7 @@ def pairFromRow(row, code) {
         mem_bytes: row.mem_bytes ? Math.ceil(row.mem_bytes.toDouble()) as long : null,
         time_s: row.time_s ? Math.ceil(row.time_s.toDouble()) as long : null,
         extra: row.findAll { key, _value -> !(key in reserved) },
+        image: imageFacts(row),
     ]
     def pre = file(row.pre, checkIfExists: true).toRealPath()
     def post = file(row.post, checkIfExists: true).toRealPath()

@@ -143,6 +143,8 @@ def test_pair_from_row(groovy, tmp_path: Path) -> None:
         "mem_bytes": "1.5e9",
         "time_s": "12.2",
         "site": "core 3",
+        "pixel_size_um": "0.5",
+        "post_exposure_s": "",
     }
     meta, pre, post = groovy(
         "pairFromRow(r, '0.1.0+abc').collect { v -> v instanceof Map ? v : v.toString() }", r=row
@@ -154,7 +156,9 @@ def test_pair_from_row(groovy, tmp_path: Path) -> None:
         "code": "0.1.0+abc",
         "mem_bytes": 1500000000,
         "time_s": 13,
-        "extra": {"site": "core 3"},
+        "extra": {"site": "core 3", "pixel_size_um": "0.5", "post_exposure_s": ""},
+        # the image columns given (not empty), by the stage tool that takes them
+        "image": {"load": {"pixel_size_um": "0.5"}, "subtract": {}},
     }
     # the real location, not the link it was found through
     assert pre == str(real / "a_pre_DAPI.tif") and post == str(real / "a_post_DAPI.tif")

@@ -4,7 +4,8 @@ Every test here starts the pinned Nextflow runtime (scripts/setup-nextflow.sh) o
 synthetic batch with the local executor, the project's venv tools on PATH and no container:
 ``-profile test`` against the local runner on the same batch, failed pairs under ``--lenient``,
 retries of a task killed like the out-of-memory killer does, ``-resume`` after nothing, a
-stage-4 parameter and a raw TIFF changed, ``-stub-run``, ``--help`` and an unknown parameter.
+stage-4 parameter and a raw TIFF changed, a samplesheet with per-pair image columns,
+``-stub-run``, ``--help`` and an unknown parameter.
 Faults are injected from test-only configs given with ``-c``, never from production code.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import tifffile
 
 from exo2micro.synth import SynthSpec, batch_specs, generate_pair
 from tests.runner_helpers import SIZE, make_raw
@@ -357,6 +359,46 @@ def test_a_replaced_raw_tiff_reruns_its_pair_from_stage1(resumed: dict[str, Run]
     assert ran == sorted((stage, "SYN02/SybrGld") for stage in STAGES), rows
     after = resumed_result(resumed["replaced"], "SYN02/SybrGld")
     assert after["scale_estimate"] == pytest.approx(1.6, rel=0.01), after["scale_estimate"]
+
+
+# ------------------------------------------------------------------------------------------
+# per-pair image columns
+
+
+def test_samplesheet_image_columns_reach_each_pair(tmp_path: Path) -> None:
+    """docs/usage.md, "A samplesheet": each pair's own pixel sizes, channel and exposure times
+    reach its LOAD and SUBTRACT tools (as options, so they are part of those tasks' hash) and
+    its result.json and products; the pre/post sizes of SYN01 imply its true scale (no
+    warning), the one size given for both images of SYN02 does not (the warning)."""
+    raw = tmp_path / "raw"
+    first, second = (replace(s, scale=scale) for s, scale in zip(
+        batch_specs(2, SynthSpec(width=SIZE[0], height=SIZE[1])), (0.95, 1.06), strict=True))
+    for spec in (first, second):  # magnifications far enough from 1 for the check to tell
+        generate_pair(spec, raw)
+    rows = ["sample,dye,pre,post,pre_pixel_size_um,post_pixel_size_um,pixel_size_um,channel,"
+            "pre_exposure_s,post_exposure_s,site"]
+    for spec, cells in ((first, f"{0.4 * 0.95!r},0.4,,,0.2,0.3,A"), (second, ",,0.65,1,,,B")):
+        names = spec.file_names()
+        rows.append(f"{spec.sample},{spec.dye},{raw / spec.sample / names['pre']},"
+                    f"{raw / spec.sample / names['post']},{cells}")
+    sheet = tmp_path / "samplesheet.csv"
+    sheet.write_text("\n".join(rows) + "\n")
+    run = nextflow_run(tmp_path / "launch", "--input", str(sheet))
+    assert run.proc.returncode == 0, run.explain()
+    results = {spec.sample: json.loads((run.outdir / spec.sample / spec.dye / "result.json")
+                                       .read_text()) for spec in (first, second)}
+    one, two = results[first.sample], results[second.sample]
+    assert (one["status"], two["status"]) == ("complete", "complete")
+    assert one["pixel_size_um"] == pytest.approx(0.4)
+    assert two["pixel_size_um"] == pytest.approx(0.65)
+    assert one["exposure"]["ratio"] == pytest.approx(1.5) and two["exposure"]["ratio"] is None
+    assert not any("pixel sizes" in w for w in one["warnings"]), one["warnings"]
+    assert any("imply a pre→post scale of 1.0000" in w for w in two["warnings"]), two["warnings"]
+    assert one["meta"]["site"] == "A" and one["suffix"] == two["suffix"] == ""
+    for spec, size in ((first, "0.4"), (second, "0.65")):
+        with tifffile.TiffFile(run.outdir / spec.sample / spec.dye / "tiff" / "04_difference.tif"
+                               ) as tif:
+            assert f'PhysicalSizeX="{size}" PhysicalSizeXUnit="µm"' in tif.ome_metadata
 
 
 # ------------------------------------------------------------------------------------------
