@@ -359,9 +359,11 @@ def test_a_run_gives_each_pair_its_own_pixel_size(tmp_path: Path) -> None:
     # stage 5 reads no pixel size of its own (its per-mm² counts follow stage 1's post size)
     results = run_batch(None, None, samplesheet=sheet("0.65"), output_dir=out, to_stage=4,
                         show_progress=False)
-    assert [r["status"] for r in results] == ["complete", "complete"], results
     by_sample = {r["sample"]: r for r in results}
     first, second = by_sample[good.sample], by_sample[off.sample]
+    # the pixel-size disagreement may make the second pair need review, never fail
+    assert (first["status"], second["status"] in ("complete", "needs-review")) == (
+        "complete", True), results
     assert first["pixel_size_um"] == pytest.approx(0.4)
     assert second["pixel_size_um"] == pytest.approx(0.65)
     assert first["exposure"]["ratio"] == pytest.approx(1.5)

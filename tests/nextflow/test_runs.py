@@ -388,7 +388,8 @@ def test_samplesheet_image_columns_reach_each_pair(tmp_path: Path) -> None:
     results = {spec.sample: json.loads((run.outdir / spec.sample / spec.dye / "result.json")
                                        .read_text()) for spec in (first, second)}
     one, two = results[first.sample], results[second.sample]
-    assert (one["status"], two["status"]) == ("complete", "complete")
+    # the pixel-size disagreement may make SYN02 need review, never fail
+    assert (one["status"], two["status"] in ("complete", "needs-review")) == ("complete", True)
     assert one["pixel_size_um"] == pytest.approx(0.4)
     assert two["pixel_size_um"] == pytest.approx(0.65)
     assert one["exposure"]["ratio"] == pytest.approx(1.5) and two["exposure"]["ratio"] is None
