@@ -1,4 +1,5 @@
-"""One-line captions of the diagnostic plots: what each shows and what a good pair looks like.
+"""One-line captions of the diagnostic plots: what each shows, then ("Good: …") what a good pair
+looks like.
 
 The same sentence is drawn under the plot in its PNG and printed under its thumbnail in
 report.html, so a reader meets one explanation wherever the plot appears. Keys are the plot
@@ -9,32 +10,38 @@ from __future__ import annotations
 
 CAPTIONS: dict[str, str] = {
     "registration": (
-        "Post (magenta) over the aligned pre (green) with both tissue outlines: good alignment "
-        "looks grey-white with no coloured fringes, and the outlines coincide."),
+        "How the final transform lays pre on post. Good: the green final outline lies on the "
+        "dashed post outline, the overlay is grey except magenta stain, and texture runs on "
+        "across the checkerboard seams."),
     "pre_post_heatmap": (
-        "Pixel counts of pre against post intensity: mineral autofluorescence forms one "
-        "straight ridge along k \u00d7 pre; stained microbes sit above it."),
+        "Pixel counts of aligned pre against post intensity over the tissue. Good: the "
+        "autofluorescence forms one straight ridge along the k line; stained microbes sit "
+        "above it."),
     "pre_post_histograms": (
-        "Intensity histograms of pre, post and k \u00d7 pre: good scaling puts k \u00d7 pre on "
-        "top of post except for the bright tail the stain adds."),
+        "Intensity histograms of post, aligned pre and k \u00d7 aligned pre over the tissue. "
+        "Good: k \u00d7 pre lies on post except for the bright tail the stain adds."),
     "ratio_histogram": (
-        "Histogram of log10(post / pre) over the tissue: the peak is the autofluorescence "
-        "brightening k; the fitted curve should follow the peak, the stain forms a right tail."),
+        "Histogram of log10(post / aligned pre) over the tissue; its peak gives k. Good: the "
+        "dashed fit follows the peak and the k line sits on it; the stain forms a tail to the "
+        "right."),
     "excess_heatmap": (
-        "Where post is brighter than the mineral alone explains: counts above the k line are "
-        "stain candidates; a good fit leaves nothing systematic along the line itself."),
+        "Pixels where post is brighter than pre, less the count with the two swapped, so "
+        "symmetric noise cancels. Good: the autofluorescence ridge runs along the k line; the "
+        "cloud above it is the stain the subtraction keeps."),
     "difference_histogram": (
-        "Histogram of post \u2212 k \u00d7 aligned pre: a narrow peak centred on 0 (noise only) "
-        "with a positive tail from the stain."),
+        "Histogram of the difference post \u2212 k \u00d7 aligned pre over the tissue. Good: "
+        "a narrow peak centred on 0 (noise) and a tail to the right from the stain; a peak "
+        "away from 0 points to a wrong k."),
     "difference_image": (
-        "The difference post \u2212 k \u00d7 aligned pre: the background should be flat "
-        "noise around 0 (white); microbes appear as compact positive spots."),
+        "The difference post \u2212 k \u00d7 aligned pre. Good: flat, near-white noise over "
+        "the tissue and microbes as compact red spots; red and blue rims along grain edges "
+        "mean misalignment."),
     "detections": (
-        "Sources found by stage 5, circled on the difference image and coloured by SNR: "
-        "circles should sit on compact spots, not on grain edges or noise."),
+        "Sources found by stage 5, circled and coloured by SNR on the difference image. Good: "
+        "circles sit on compact spots, not on grain edges or along the tissue border."),
     "detection_snr_histogram": (
-        "Signal-to-noise of every detected source with the detection threshold: real "
-        "microbes form a tail well to the right of the threshold."),
+        "SNR of every detected source, with the detection threshold. Good: most sources lie "
+        "well right of the threshold; a pile-up just above it suggests noise peaks."),
 }
 
 

@@ -5,7 +5,10 @@ post level with the final ``post_to_pre``. Four panels: footprint outlines befor
 (raw frames overlaid), after stage 2 and after the final transform; a colour overlay (post
 magenta, aligned pre green: grey where they agree); a checkerboard; and a zoom at the finest
 pyramid level around the tissue centre, where sub-pixel quality shows as continuous texture
-across the checkerboard seams.
+across the checkerboard seams. Outlines that coincide stay distinguishable: the stage-2
+outline is a wide band under the narrower final one, and the post footprint is dashed on top.
+The legend sits under the first panel, the caption under the figure, and each panel gets a
+µm scale bar when the post pixel size is known.
 """
 
 from __future__ import annotations
@@ -14,14 +17,25 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from exo2micro.atomic import atomic_path
+from exo2micro.diagnostics import new_figure, save_figure, scale_bar
 from exo2micro.footprint import tissue_mask
 from exo2micro.pyramid import Pyramid
 from exo2micro.stages.align_boundary import common_level, to_level
 
 OVERVIEW_SIDE = 900
 ZOOM_PX = 160
+#: Outline styles on the first panel, drawn in this order (later on top): colour, line
+#: width (pt), line style, label.
+OUTLINES = (("#ff3366", 1.2, "-", "before (raw frames)"),
+            ("#ffcc00", 4.0, "-", "after stage 2"),
+            ("#00cc88", 1.6, "-", "final"),
+            ("white", 1.0, "--", "post footprint"))
+#: Layout (inches): figure width, outer margin, gap between panels, room above the panels
+#: (title and panel titles) and under them (the legend).
+_WIDTH, _MARGIN, _GAP, _TOP, _BOTTOM = 14.5, 0.12, 0.2, 0.8, 0.6
 
 
 def _stretch_pair(post: np.ndarray, aligned: np.ndarray, mask: np.ndarray
@@ -50,15 +64,12 @@ def _checker(a: np.ndarray, b: np.ndarray, n: int = 8) -> np.ndarray:
     return np.where(((yy // cell) + (xx // cell)) % 2 == 0, a, b)
 
 
-def plot_registration(pre_pyr: Pyramid, post_pyr: Pyramid, stage2: np.ndarray,
-                      final: np.ndarray, out: Path, *, title: str, status: str,
-                      accuracy_px: float) -> None:
-    """Write the registration figure to ``out`` (PNG, atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def registration_figure(pre_pyr: Pyramid, post_pyr: Pyramid, stage2: np.ndarray,
+                        final: np.ndarray, *, title: str, status: str, accuracy_px: float,
+                        pixel_size_um: float | None = None) -> Figure:
+    """The registration figure; ``stage2`` and ``final`` are ``post_to_pre`` matrices between
+    full-resolution frames, ``pixel_size_um`` the post pixel size (µm; ``None``: no scale
+    bars). Panels are drawn in the level's pixels, so their bars use the level's box size."""
     pre_l, post_l, f = common_level(pre_pyr, post_pyr, OVERVIEW_SIDE)
     shape = post_l.shape
     post_m = tissue_mask(post_l)
@@ -66,20 +77,25 @@ def plot_registration(pre_pyr: Pyramid, post_pyr: Pyramid, stage2: np.ndarray,
     p_s, a_s = _stretch_pair(post_l, aligned, post_m)
     overlay = np.dstack([p_s, a_s, p_s])
 
-    fig, axes = plt.subplots(1, 4, figsize=(20, 5.6), constrained_layout=True)
+    side = (_WIDTH - 2 * _MARGIN - 3 * _GAP) / 4
+    body = _TOP + side * float(np.clip(shape[0] / shape[1], 0.55, 1.4)) + _BOTTOM
+    fig = new_figure(_WIDTH, body, "registration", left=_MARGIN / _WIDTH,
+                     right=1 - _MARGIN / _WIDTH, bottom=_BOTTOM / body, top=1 - _TOP / body,
+                     wspace=_GAP / side)
+    axes = fig.subplots(1, 4)
     ax = axes[0]
     ax.imshow(p_s, cmap="gray")
-    identity = np.eye(3)
-    for matrix, colour, label in ((identity, "#ff3366", "before (raw frames)"),
-                                  (stage2, "#ffcc00", "after stage 2"),
-                                  (final, "#00cc88", "final")):
-        m = _warp(tissue_mask(pre_l).astype(np.float32), to_level(matrix, f, f), shape)
-        ax.contour(m, levels=[0.5], colors=[colour], linewidths=1.2)
-        ax.plot([], [], color=colour, label=label)
-    ax.contour(post_m.astype(float), levels=[0.5], colors=["white"], linewidths=1.0,
-               linestyles="dashed")
-    ax.plot([], [], color="white", linestyle="dashed", label="post footprint")
-    ax.legend(loc="lower left", fontsize=8, facecolor="#222222", labelcolor="white")
+    pre_mask = tissue_mask(pre_l).astype(np.float32)
+    masks = [_warp(pre_mask, to_level(m, f, f), shape) for m in (np.eye(3), stage2, final)]
+    handles = []
+    for z, (mask, (colour, width, style, label)) in enumerate(
+            zip([*masks, post_m.astype(np.float32)], OUTLINES)):
+        ax.contour(mask, levels=[0.5], colors=[colour], linewidths=width, linestyles=style,
+                   zorder=2 + z / 10).set_label(label)
+        handles.append(Line2D([], [], color=colour, lw=width, ls=style, label=label))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.03), ncols=2,
+              fontsize=8.5, facecolor="#222222", edgecolor="#222222", labelcolor="white",
+              framealpha=1, borderaxespad=0)
     ax.set_title("Pre footprint outline on post")
     axes[1].imshow(overlay)
     axes[1].set_title("Overlay: post magenta, aligned pre green")
@@ -98,13 +114,23 @@ def plot_registration(pre_pyr: Pyramid, post_pyr: Pyramid, stage2: np.ndarray,
                            fine_al[y0:y0 + ZOOM_PX, x0:x0 + ZOOM_PX],
                            fm[y0:y0 + ZOOM_PX, x0:x0 + ZOOM_PX])
     axes[3].imshow(_checker(zp, za, 4), cmap="gray", interpolation="nearest")
-    axes[3].set_title(f"Zoom {ZOOM_PX}×{ZOOM_PX} px at 1/{ff} resolution (checkerboard)")
-    for a in axes:
+    resolution = "full resolution" if ff == 1 else f"1/{ff} resolution"
+    axes[3].set_title(f"Zoom at {resolution}, checkerboard")
+    um = None if pixel_size_um is None else float(pixel_size_um)
+    for a, level in zip(axes, (f, f, f, ff)):
         a.set_xticks([])
         a.set_yticks([])
+        a.title.set_fontsize(10)
+        scale_bar(a, None if um is None else um * level)
     fig.suptitle(f"{title} — registration ({status}; estimated accuracy "
-                 f"{accuracy_px:.2f} px)", fontsize=13)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+                 f"{accuracy_px:.2f} px)")
+    return fig
+
+
+def plot_registration(pre_pyr: Pyramid, post_pyr: Pyramid, stage2: np.ndarray,
+                      final: np.ndarray, out: Path, *, title: str, status: str,
+                      accuracy_px: float, pixel_size_um: float | None = None) -> Path:
+    """Write :func:`registration_figure` to ``out`` (PNG, atomically); return the path."""
+    return save_figure(registration_figure(pre_pyr, post_pyr, stage2, final, title=title,
+                                           status=status, accuracy_px=accuracy_px,
+                                           pixel_size_um=pixel_size_um), Path(out))

@@ -42,7 +42,7 @@ import numpy as np
 from exo2micro.footprint import tissue_mask
 from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
-from exo2micro.records import StageRun, product_ome, require_stage
+from exo2micro.records import StageRun, product_ome, require_stage, stage1_physical
 from exo2micro.stages.align_boundary import to_level
 from exo2micro.stages.warp import output_shape, warp_to_files, warp_window
 from exo2micro.tiffio import TiffImage
@@ -340,7 +340,8 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
         plot_registration(pre_pyr, post_pyr, stage2.post_to_pre, tr.post_to_pre, png,
                           title=f"{sample} / {dye}" if sample else layout.root.name,
                           status=f"stage 2 {stage2.status}, stage 3 {tr.status}",
-                          accuracy_px=acc)
+                          accuracy_px=acc,
+                          pixel_size_um=stage1_physical(layout, "post")["pixel_size_um"])
     run.add_outputs([layout.interior_transform(), *outs.values(), png])
     run.info.update({"transform_status": tr.status, "reason": tr.reason,
                      "estimated_accuracy_px": acc})

@@ -822,7 +822,7 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
         run.add_outputs([
             diagnostics.plot_detections(layout.stage_plot("detections", 5), sample, dye,
                                         preview, factor, pad, columns["x"], columns["y"],
-                                        columns["snr"], math.sqrt(model.a)),
+                                        columns["snr"], math.sqrt(model.a), pixel_um),
             diagnostics.plot_detection_snr_histogram(
                 layout.stage_plot("detection_snr_histogram", 5), sample, dye, columns["snr"],
                 threshold)])

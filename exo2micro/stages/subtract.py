@@ -738,7 +738,8 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     with run.timed("plots"):
         ctx = diagnostics.PlotContext(sample=sample, dye=dye, units=units, scales=scales,
                                       percentile=layout.params.get("scale_percentile"),
-                                      thresholds=(thr.post, thr.pre))
+                                      thresholds=(thr.post, thr.pre),
+                                      pixel_size_um=pixel_scale["pixel_size_um"]["post"])
         run.add_outputs(diagnostics.write_all(
             layout, ctx, fit=fit, ratio=p1.ratio, grid=p2.grid, differences=p2.differences,
             preview=p1.preview, preview_factor=p1.preview_factor))
