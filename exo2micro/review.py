@@ -18,6 +18,12 @@ mirror images about the post tissue centroid), each at its best shift within
   pre and post are not images of the same sample;
 * stage 2 judged its own result ``suspect`` (poor overlap, or a scale far from 1).
 
+Besides this check, :func:`problems_in_warnings` picks from a pair's ``result.json`` warnings
+the failed consistency checks of other stages that make a finished pair need review in the
+batch summary: the pre→post scale implied by the two physical pixel sizes disagreeing with
+stage 2's measured scale (stage 4, :func:`exo2micro.stages.subtract.pixel_scale_check`; a wrong
+pixel size makes every µm and per-mm² value of the pair wrong).
+
 Texture is the band-passed log intensity of :func:`exo2micro.stages.align_boundary.band_pass`.
 Coordinates follow :mod:`exo2micro.transform` (``post_to_pre``, x = column, y = row).
 Memory: a few images of ≤ 512 px side.
@@ -25,6 +31,8 @@ Memory: a few images of ≤ 512 px side.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +53,13 @@ MIN_CORRELATION = 0.5
 BETTER_FACTOR = 1.5
 #: Band-pass scale (level px) of the compared texture.
 SIGMA = 1.5
+
+#: Warnings (``result.json`` ``warnings``, ``stage N: `` prefix optional) that are failed
+#: consistency checks: the pixel-size check of stage 4.
+REVIEW_WARNINGS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"the pixel sizes \(pre .* µm, post .* µm\) imply a pre→post scale of "),
+)
+_STAGE_PREFIX = re.compile(r"^stage \d+: ")
 
 ORIENTATIONS: tuple[tuple[str, int, bool], ...] = tuple(
     (f"{'mirrored and ' if m else ''}rotated by {r}°" if r else
@@ -149,3 +164,17 @@ def review_alignment(pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre: np.ndarra
     elif stage2_status == "suspect":
         review.problems.append(f"the outline alignment is doubtful ({outline})")
     return review
+
+
+def problems_in_warnings(warnings: Iterable[Any]) -> list[str]:
+    """The warnings of ``warnings`` (``result.json`` ``warnings``) that are failed consistency
+    checks (:data:`REVIEW_WARNINGS`), each as a problem sentence without its ``stage N:``
+    prefix, in their order; anything that is not a string is ignored."""
+    found = []
+    for warning in warnings:
+        if not isinstance(warning, str):
+            continue
+        text = _STAGE_PREFIX.sub("", warning.strip())
+        if any(p.search(text) for p in REVIEW_WARNINGS):
+            found.append(text)
+    return found

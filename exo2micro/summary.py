@@ -1,6 +1,5 @@
 """The batch summary (docs/output.md): a text table, ``summary.tsv``, ``summary.md``,
-``manifest.json``
-and ``report.html`` at the top of the output folder.
+``counts.tsv``, ``manifest.json`` and ``report.html`` at the top of the output folder.
 
 Both orchestrators build it from the same inputs: the per-pair results (``result.json`` dicts,
 written for every pair that was attempted), the pairs discovery skipped (sample, dye, reason),
@@ -8,11 +7,20 @@ and — under Nextflow — the pairs that were expected (the samplesheet) and th
 workflow recorded (stage, exit code, attempts). A pair that was expected but has no result is
 reported as failed, so a pair killed before it could write anything still shows up.
 
+Per pair the tables show the scales k, the exposure ratio and k net of exposure (when both
+exposure times are known), the post image's physical pixel size (µm, when known) and stage 5's
+microbe count (sources with SNR ≥ 5, per mm² of tissue when the pixel size is known); the
+counts also form a sample × dye table (``summary.md``, ``report.html``, ``counts.tsv``). A
+finished pair needs review when stage 4's consistency check failed or when its warnings hold
+another failed check (:func:`exo2micro.review.problems_in_warnings`: pixel sizes that disagree
+with the measured scale); it is listed first under Problems.
+
 Every path written is relative to the output folder. ``report.html`` is one self-contained
 page: inline CSS and vanilla JavaScript (sort by any column, filter by text), and per pair
-small thumbnails of the difference image and key diagnostics, embedded as base64 PNGs made by
-box-averaging the full PNGs (matplotlib's PNG reader/writer, no other imaging dependency), each
-linking to the full-size file. The embedded thumbnails share a byte budget
+small thumbnails of the difference image, the detections and key diagnostics, embedded as
+base64 PNGs made by box-averaging the full PNGs (matplotlib's PNG reader/writer, no other
+imaging dependency), each linking to the full-size file; under the column headers, each plot's
+one-line caption (:func:`exo2micro.captions.caption`). The embedded thumbnails share a byte budget
 (:data:`EMBED_BUDGET_BYTES`), filled column by column (every pair's difference image first):
 past it a cell links to the full PNG without a thumbnail, so the page of a batch of thousands of
 pairs stays under Seqera Platform's 10 MB preview limit and opens quickly.
@@ -29,16 +37,20 @@ import math
 import os
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from exo2micro.atomic import write_json_atomic, write_text_atomic
+from exo2micro.captions import caption
+from exo2micro.params import STAGE_NAMES
 
-#: Diagnostics shown as thumbnails in the HTML report, in column order.
+#: Diagnostics shown as thumbnails in the HTML report, in column order (plot names of
+#: :meth:`exo2micro.layout.PairLayout.plot`, without the parameter suffix).
 THUMBNAILS: tuple[tuple[str, str], ...] = (
     ("difference_image", "Difference"),
+    ("detections", "Detections"),
     ("registration", "Registration"),
     ("ratio_histogram", "Ratio histogram"),
 )
@@ -47,10 +59,11 @@ THUMB_SIDE = 160
 #: Bytes of base64 thumbnails one report embeds at most (Seqera Platform previews reports up
 #: to 10 MB; the table itself takes about 1 kB a pair).
 EMBED_BUDGET_BYTES = 7_000_000
-FILES = ("summary.tsv", "summary.md", "manifest.json", "report.html")
+FILES = ("summary.tsv", "summary.md", "counts.tsv", "manifest.json", "report.html")
 #: Reason of an expected pair without a result (and without a recorded failure).
 NO_RESULT = "no result: the pair did not finish (no result.json was written)"
-STAGE_KEYS = ("load", "align_boundary", "align_interior", "subtract")
+#: Stage names in stage order (``result.json`` ``stages`` keys).
+STAGE_KEYS = tuple(STAGE_NAMES[s] for s in sorted(STAGE_NAMES))
 #: Row states; ``needs-review``: finished, but a consistency check failed (exo2micro.review).
 STATES = ("complete", "needs-review", "error", "skipped")
 
@@ -69,6 +82,11 @@ class PairRow:
     manual: float | None = None
     accuracy_px: float | None = None
     pixel_size_um: float | None = None   # post frame, µm; None when unknown
+    exposure_ratio: float | None = None  # post / pre exposure time; None unless both known
+    k_net_of_exposure: float | None = None   # Moffat k / exposure_ratio
+    detections: int | None = None        # stage 5 sources; None: stage 5 did not run
+    detections_snr5: int | None = None   # of which SNR >= 5
+    detections_per_mm2: float | None = None  # all sources per mm² of tissue (pixel size known)
     stage2: str = ""
     stage3: str = ""
     last_stage: int | None = None
@@ -95,9 +113,20 @@ class PairRow:
     @property
     def status(self) -> str:
         """The short status shown in tables."""
-        if self.state == "complete" and self.last_stage is not None and self.last_stage < 4:
+        if (self.state == "complete" and self.last_stage is not None
+                and self.last_stage < len(STAGE_KEYS)):
             return f"complete (to stage {self.last_stage})"
         return self.state
+
+    @property
+    def microbes_per_mm2(self) -> float | None:
+        """Sources with SNR ≥ 5 per mm² of tissue (``None`` without a pixel size or stage 5):
+        the all-source density scaled by their share (both over the same tissue area)."""
+        if self.detections_per_mm2 is None or self.detections_snr5 is None:
+            return None
+        if not self.detections:
+            return self.detections_per_mm2
+        return self.detections_per_mm2 * self.detections_snr5 / self.detections
 
     def problem(self) -> str:
         """One line for the Problems section: what went wrong, where, how often."""
@@ -132,18 +161,31 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    """``value`` when it is a JSON array, else an empty one (a result of the wrong shape)."""
+    return value if isinstance(value, list) else []
+
+
 def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> PairRow:
     """A summary row from a ``result.json`` dict (complete, needs-review or error).
 
-    Raises ``TypeError``/``ValueError``/``AttributeError`` for a result of the wrong shape;
-    :func:`collect_rows` turns that into an error row."""
+    A complete pair whose warnings hold a failed consistency check
+    (:func:`exo2micro.review.problems_in_warnings`) needs review, with that warning as (part of)
+    its reason. Raises ``TypeError``/``ValueError``/``AttributeError`` for a result of the
+    wrong shape; :func:`collect_rows` turns that into an error row."""
+    from exo2micro.review import problems_in_warnings
+
     sample, dye = str(result.get("sample", "?")), str(result.get("dye", "?"))
     status = str(result.get("status", "error: no status in result"))
     state = status if status in ("complete", "needs-review") else "error"
     reason = status.split(":", 1)[1].strip() if ":" in status and state == "error" else ""
+    flagged = problems_in_warnings(_list(result.get("warnings")))
+    if state == "complete" and flagged:
+        state = "needs-review"
     if state == "needs-review":
-        problems = _dict(result.get("review")).get("problems") or []
-        reason = "; ".join(str(p) for p in problems) or "a consistency check failed"
+        problems = [str(p) for p in _list(_dict(result.get("review")).get("problems"))]
+        reason = "; ".join(problems + flagged) or "a consistency check failed"
+    exposure, found = _dict(result.get("exposure")), _dict(result.get("detections"))
     alignment = result.get("alignment") or {}
     stages = result.get("stages") or {}
     error = result.get("error") or {}
@@ -165,6 +207,10 @@ def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> 
         manual=_num(result.get("manual_scale")),
         accuracy_px=_num(alignment.get("estimated_accuracy_px")),
         pixel_size_um=_num(result.get("pixel_size_um")),
+        exposure_ratio=_num(exposure.get("ratio")),
+        k_net_of_exposure=_num(exposure.get("k_net_of_exposure")),
+        detections=_int(found.get("n")), detections_snr5=_int(found.get("n_snr5")),
+        detections_per_mm2=_num(found.get("per_mm2")),
         stage2=str(_dict(alignment.get("stage2")).get("status", "")),
         stage3=str(_dict(alignment.get("stage3")).get("status", "")),
         # the last stage that completed (the runner's `last_stage` is the one it was asked to
@@ -255,47 +301,117 @@ def collect_rows(results: Iterable[tuple[Mapping[str, Any], Path | None]],
 
 
 # ------------------------------------------------------------------------------ text
-def _fmt_scale(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def _scale_columns(rows: Sequence[PairRow]) -> list[tuple[str, str]]:
-    """(header, attribute) of the scale columns: Moffat always, the others when used."""
-    cols = [("Moffat", "moffat")]
-    if any(r.percentile is not None for r in rows):
-        cols.append(("Percentile", "percentile"))
-    if any(r.manual is not None for r in rows):
-        cols.append(("Manual", "manual"))
-    return cols
-
-
 #: What the scale columns mean, printed under every table that shows them.
 SCALE_LEGEND = ("k is how much brighter the mineral's autofluorescence is in post than in pre "
                 "(post/pre); Moffat: fitted to the histogram of log10(post/pre), and the k of "
                 "the main difference image; Percentile / Manual: the k asked for with "
                 "scale_percentile / manual_scale.")
+#: What the exposure columns mean (shown when a pair has both exposure times).
+EXPOSURE_LEGEND = ("Exposure ratio: post / pre exposure time (pre_exposure_s / post_exposure_s "
+                   "or the images' OME metadata); k net of exposure: Moffat k / exposure ratio, "
+                   "the change of the autofluorescence that the exposure times do not explain "
+                   "(1 = none).")
+#: What the pixel-size column means (shown when a pair's pixel size is known).
+PIXEL_LEGEND = ("Pixel µm: the post image's physical pixel size (every output from stage 2 on "
+                "is in the post frame).")
+#: What the microbe columns mean (shown when stage 5 ran for a pair).
+MICROBE_LEGEND = ("Microbes: the sources stage 5 detected with SNR ≥ 5 ('12 of 15': of 15 "
+                  "above a detect_threshold below 5); Microbes/mm²: those per mm² of tissue, "
+                  "when the pixel size is known.")
+
+def _fmt_density(v: float) -> str:
+    """A count per mm²: whole numbers from 100 on, else three significant digits."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
 
 
-def _table_cells(rows: Sequence[PairRow]) -> tuple[list[str], list[list[str]]]:
-    scales = _scale_columns(rows)
-    header = ["Sample", "Dye", *(h for h, _ in scales), "Status"]
-    body = [[r.sample, r.dye, *(_fmt_scale(getattr(r, a)) for _, a in scales), r.status]
-            for r in rows]
+def _microbes(row: PairRow) -> str:
+    """The microbe count of a row: SNR ≥ 5 sources, 'N of M' when fewer than all sources."""
+    if row.detections_snr5 is None:
+        return ""
+    if row.detections is not None and row.detections != row.detections_snr5:
+        return f"{row.detections_snr5} of {row.detections}"
+    return str(row.detections_snr5)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A value column of the pair tables (text, summary.md, report.html): its header, the
+    row's value (the sort key in report.html), how the value is shown, and the legend that
+    explains it."""
+
+    header: str
+    value: Callable[[PairRow], float | int | None]
+    fmt: str = "{}"
+    show: Callable[[PairRow], str] | None = None
+    legend: str = ""
+    long: str = ""   # the header in report.html, when it differs
+
+    @property
+    def html_header(self) -> str:
+        return self.long or self.header
+
+    def text(self, row: PairRow) -> str:
+        """The cell's text ('' when the row has no value)."""
+        v = self.value(row)
+        if v is None:
+            return ""
+        return self.show(row) if self.show is not None else self.fmt.format(v)
+
+
+def value_columns(rows: Sequence[PairRow]) -> list[Column]:
+    """The value columns of the pair tables: Moffat k always; percentile and manual k,
+    exposure ratio and k net of exposure, pixel size, microbes and microbes per mm² when any
+    row has them."""
+    cols = [Column("Moffat", lambda r: r.moffat, "{:.4f}", legend=SCALE_LEGEND, long="Moffat k")]
+    if any(r.percentile is not None for r in rows):
+        cols.append(Column("Percentile", lambda r: r.percentile, "{:.4f}", long="Percentile k"))
+    if any(r.manual is not None for r in rows):
+        cols.append(Column("Manual", lambda r: r.manual, "{:.4f}", long="Manual k"))
+    if any(r.exposure_ratio is not None for r in rows):
+        cols += [Column("Exposure ratio", lambda r: r.exposure_ratio, "{:.4g}",
+                        legend=EXPOSURE_LEGEND, long="Exp. ratio"),
+                 Column("k net of exposure", lambda r: r.k_net_of_exposure, "{:.4f}",
+                        long="k net of exp.")]
+    if any(r.pixel_size_um is not None for r in rows):
+        cols.append(Column("Pixel µm", lambda r: r.pixel_size_um, "{:.4g}",
+                           legend=PIXEL_LEGEND))
+    if any(r.detections_snr5 is not None for r in rows):
+        cols.append(Column("Microbes", lambda r: r.detections_snr5, show=_microbes,
+                           legend=MICROBE_LEGEND))
+    if any(r.microbes_per_mm2 is not None for r in rows):
+        cols.append(Column("Microbes/mm²", lambda r: r.microbes_per_mm2,
+                           show=lambda r: _fmt_density(r.microbes_per_mm2 or 0.0),
+                           long="per mm²"))
+    return cols
+
+
+def _legends(columns: Sequence[Column]) -> list[str]:
+    """The legends of ``columns``, in column order."""
+    return [c.legend for c in columns if c.legend]
+
+
+def _table_cells(rows: Sequence[PairRow], columns: Sequence[Column]
+                 ) -> tuple[list[str], list[list[str]]]:
+    header = ["Sample", "Dye", *(c.header for c in columns), "Status"]
+    body = [[r.sample, r.dye, *(c.text(r) or "-" for c in columns), r.status] for r in rows]
     return header, body
 
 
 def format_text(rows: Sequence[PairRow]) -> str:
-    """exo2micro 2.4's table (Sample, Dye, Moffat[, Percentile][, Manual], Status) followed by
-    a Problems section with the full reason of every failed or skipped pair."""
+    """exo2micro 2.4's table (Sample, Dye, Moffat[, Percentile][, Manual], Status, with the
+    exposure, pixel-size and microbe columns of :func:`value_columns` before Status when a pair
+    has them) followed by the legends and a Problems section with the full reason of every
+    pair that needs review, failed or was skipped."""
     if not rows:
         return "No pairs were run (no runnable pairs)."
-    header, body = _table_cells(rows)
+    columns = value_columns(rows)
+    header, body = _table_cells(rows, columns)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*cells) for cells in body]
     problems = _problems(rows)
-    lines += ["", SCALE_LEGEND, "", _counts_line(rows)]
+    lines += ["", *_legends(columns), "", _counts_line(rows)]
     if problems:
         lines.append("")
         lines.append(f"Problems ({len(problems)}):")
@@ -323,7 +439,8 @@ def _meta_columns(rows: Sequence[PairRow]) -> list[str]:
 
 
 TSV_COLUMNS = ("sample", "dye", "status", "reason", "scale_moffat", "scale_percentile",
-               "manual_scale", "accuracy_px", "pixel_size_um",
+               "manual_scale", "accuracy_px", "pixel_size_um", "exposure_ratio",
+               "k_net_of_exposure", "detections_n", "detections_n_snr5", "detections_per_mm2",
                "stage2", "stage3", "last_stage", "wall_s",
                "peak_rss_bytes", "attempts", "exit_code", "error_class", "error_stage",
                "fingerprint", "result")
@@ -343,7 +460,8 @@ def format_tsv(rows: Sequence[PairRow]) -> str:
     lines = ["\t".join(names)]
     for r in rows:
         values = [r.sample, r.dye, r.state, r.reason, r.moffat, r.percentile, r.manual,
-                  r.accuracy_px, r.pixel_size_um,
+                  r.accuracy_px, r.pixel_size_um, r.exposure_ratio, r.k_net_of_exposure,
+                  r.detections, r.detections_snr5, r.detections_per_mm2,
                   r.stage2, r.stage3, r.last_stage, r.wall_s, r.peak_rss_bytes,
                   r.attempts, r.exit_code, r.error_class, r.error_stage, r.fingerprint,
                   r.result_path, *(r.meta.get(m) for m in meta)]
@@ -351,6 +469,80 @@ def format_tsv(rows: Sequence[PairRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------ counts
+#: What the sample × dye count table shows, printed above it.
+COUNTS_LEGEND = ("Microbes (sources with SNR ≥ 5) per sample and dye, and per mm² of tissue "
+                 "when the pixel size is known; * the pair needs review; failed / skipped: see "
+                 "Problems; – stage 5 did not run.")
+
+
+def count_table(rows: Sequence[PairRow]) -> tuple[list[str], list[tuple[str, dict[str, PairRow]]]]:
+    """The dyes (in order of appearance) and per sample (in order of appearance) its rows by
+    dye: the layout of the sample × dye count table."""
+    dyes = list(dict.fromkeys(r.dye for r in rows))
+    samples: dict[str, dict[str, PairRow]] = {}
+    for r in rows:
+        samples.setdefault(r.sample, {}).setdefault(r.dye, r)
+    return dyes, list(samples.items())
+
+
+def _count_cell(row: PairRow | None) -> tuple[str, str]:
+    """(count, per mm²) shown in a cell of the count table ('' for a pair not in the batch)."""
+    if row is None:
+        return "", ""
+    if row.state == "error":
+        return "failed", ""
+    if row.state == "skipped":
+        return "skipped", ""
+    if row.detections_snr5 is None:
+        return "–", ""
+    mark = " *" if row.state == "needs-review" else ""
+    density = row.microbes_per_mm2
+    return f"{row.detections_snr5}{mark}", "" if density is None else _fmt_density(density)
+
+
+def has_counts(rows: Sequence[PairRow]) -> bool:
+    """Whether stage 5 counted microbes for any row (the count tables are shown then)."""
+    return any(r.detections_snr5 is not None for r in rows)
+
+
+def format_counts_tsv(rows: Sequence[PairRow]) -> str:
+    """``counts.tsv``: one line per sample, per dye the columns ``<dye>_n_snr5`` (sources with
+    SNR ≥ 5) and ``<dye>_n_snr5_per_mm2`` (those per mm² of tissue); empty where the pair did
+    not run stage 5, failed, was skipped or (per mm²) has no pixel size."""
+    dyes, samples = count_table(rows)
+    names = ["sample", *(f"{d}_{c}" for d in dyes for c in ("n_snr5", "n_snr5_per_mm2"))]
+    lines = ["\t".join(_tsv_value(n) for n in names)]
+    for sample, by_dye in samples:
+        values: list[Any] = [sample]
+        for d in dyes:
+            row = by_dye.get(d)
+            if row is not None and row.state in ("complete", "needs-review"):
+                values += [row.detections_snr5, row.microbes_per_mm2]
+            else:
+                values += [None, None]
+        lines.append("\t".join(_tsv_value(v) for v in values))
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_counts(rows: Sequence[PairRow]) -> list[str]:
+    """The sample × dye count table of summary.md (empty when no pair counted microbes)."""
+    if not has_counts(rows):
+        return []
+    dyes, samples = count_table(rows)
+    out = ["", "## Microbes per sample and dye", "", COUNTS_LEGEND, "",
+           "| Sample | " + " | ".join(_md(d) for d in dyes) + " |",
+           "|" + "---|" * (len(dyes) + 1)]
+    for sample, by_dye in samples:
+        cells = []
+        for d in dyes:
+            count, density = _count_cell(by_dye.get(d))
+            cells.append(f"{count} ({density}/mm²)" if density else count)
+        out.append(f"| {_md(sample)} | " + " | ".join(_md(c) for c in cells) + " |")
+    return out
+
+
+# ------------------------------------------------------------------------------ markdown
 def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -358,11 +550,13 @@ def _md(text: str) -> str:
 def format_markdown(rows: Sequence[PairRow], title: str = "exo2micro batch summary") -> str:
     out = [f"# {title}", "", f"{_counts_line(rows)}.", ""]
     if rows:
-        header, body = _table_cells(rows)
+        columns = value_columns(rows)
+        header, body = _table_cells(rows, columns)
         out.append("| " + " | ".join(header) + " |")
         out.append("|" + "---|" * len(header))
         out += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in body]
-        out += ["", SCALE_LEGEND]
+        out += ["", "\n\n".join(_legends(columns))]
+        out += _markdown_counts(rows)
     else:
         out.append("No runnable pairs.")
     problems = _problems(rows)
@@ -385,6 +579,11 @@ def manifest(rows: Sequence[PairRow], extra: Mapping[str, Any] | None = None) ->
             "scales": {"moffat": r.moffat, "percentile": r.percentile, "manual": r.manual},
             "accuracy_px": r.accuracy_px, "alignment": {"stage2": r.stage2 or None,
                                                         "stage3": r.stage3 or None},
+            "pixel_size_um": r.pixel_size_um,
+            "exposure": {"ratio": r.exposure_ratio, "k_net_of_exposure": r.k_net_of_exposure},
+            "detections": None if r.detections is None else {
+                "n": r.detections, "n_snr5": r.detections_snr5,
+                "per_mm2": r.detections_per_mm2},
             "last_stage": r.last_stage, "timings_s": r.timings_s, "wall_s": r.wall_s,
             "peak_rss_bytes": {**r.stage_peaks, "max": r.peak_rss_bytes},
             "attempts": r.attempts, "fingerprint": r.fingerprint or None, "params": r.params,
@@ -439,7 +638,7 @@ def thumbnail_png(path: str | os.PathLike[str], max_side: int = THUMB_SIDE) -> b
 
 
 _CSS = """
-body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5em;color:#222}
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1em;color:#222}
 h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.2em 0 .4em}
 .counts span{display:inline-block;margin-right:1em;padding:.1em .6em;border-radius:1em}
 .counts .complete{background:#e3f5ea}.error{background:#fde4e4}.skipped{background:#fff3d6}
@@ -448,13 +647,22 @@ tr.complete td.status{color:#116b32}
 #filter{width:28em;padding:.35em;font-size:1em;margin-right:1em}
 table{border-collapse:collapse;margin-top:.6em}
 th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:middle;text-align:left}
+#pairs th,#pairs td{padding:.2em .35em}#pairs th{font-size:12px}
 th{background:#f2f2f2;cursor:pointer;user-select:none;position:sticky;top:0}
 th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-td img{display:block;max-width:140px;max-height:140px}
+#pairs{font-size:13px}
+td img{display:block;max-width:104px;max-height:104px}
+tr.captions td{vertical-align:top;background:#fafafa}
+.caption{width:104px;font-size:.85em;line-height:1.25;color:#555}
+.legend{font-size:.9em;color:#444;margin:.4em 0}
+table.microbes th{cursor:default;position:static}
+table.microbes small{display:block;color:#555}
 tr.error td.status{color:#a40000;font-weight:600}.needs-review{background:#fbe3f7}
 tr.needs-review td.status{color:#8a0070;font-weight:600}tr.skipped td.status{color:#8a5a00}
-td.reason{min-width:10em;max-width:22em;font-size:.9em;overflow-wrap:anywhere}
+td.status summary{cursor:pointer}
+.reason{min-width:14em;max-width:24em;font-size:.9em;font-weight:400;color:#222;
+overflow-wrap:anywhere}
 """
 
 _JS = """
@@ -487,11 +695,23 @@ _JS = """
 """
 
 
-def _cell(value: Any, kind: str = "", fmt: str = "{}") -> str:
+def _cell(value: Any, kind: str = "", fmt: str = "{}", shown: str | None = None) -> str:
+    """A table cell of ``value`` (its sort key), shown as ``shown`` or formatted by ``fmt``."""
     if value is None or value == "":
         return f'<td class="{kind}" data-v=""></td>'
-    shown = fmt.format(value) if not isinstance(value, str) else value
+    if shown is None:
+        shown = fmt.format(value) if not isinstance(value, str) else value
     return f'<td class="{kind}" data-v="{html.escape(str(value))}">{html.escape(shown)}</td>'
+
+
+def _status_cell(row: PairRow) -> str:
+    """The status cell; a reason folds out under the status (closed, it takes no width, and the
+    row's text still holds it for the filter)."""
+    status = html.escape(row.status)
+    if not row.reason:
+        return f'<td class="status" data-v="{status}">{status}</td>'
+    return (f'<td class="status" data-v="{status}"><details><summary>{status}</summary>'
+            f'<div class="reason">{html.escape(row.reason)}</div></details></td>')
 
 
 def _thumbnail_cell(row: PairRow, name: str, label: str, output_dir: Path,
@@ -538,6 +758,27 @@ def _thumbnail_cells(rows: Sequence[PairRow], output_dir: Path, threads: int,
     return [[cells[(c, i)] for c in range(len(THUMBNAILS))] for i in range(len(rows))]
 
 
+def _count_table_html(rows: Sequence[PairRow]) -> str:
+    """The sample × dye count table of report.html ('' when no pair counted microbes)."""
+    if not has_counts(rows):
+        return ""
+    dyes, samples = count_table(rows)
+    ths = "".join(f"<th>{html.escape(d)}</th>" for d in dyes)
+    trs = []
+    for sample, by_dye in samples:
+        cells = []
+        for d in dyes:
+            row = by_dye.get(d)
+            count, density = _count_cell(row)
+            extra = f"<small>{html.escape(density)} /mm²</small>" if density else ""
+            state = row.state if row is not None else ""
+            cells.append(f'<td class="num {state}">{html.escape(count)}{extra}</td>')
+        trs.append(f"<tr><td>{html.escape(sample)}</td>{''.join(cells)}</tr>")
+    return (f'<section id="microbes"><h2>Microbes per sample and dye</h2>'
+            f"<p>{html.escape(COUNTS_LEGEND)}</p><table class=\"microbes\"><thead><tr>"
+            f"<th>Sample</th>{ths}</tr></thead><tbody>{''.join(trs)}</tbody></table></section>")
+
+
 def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
                 title: str = "exo2micro batch report", threads: int = 1) -> str:
     """The self-contained HTML report (see the module docstring); ``threads`` make the
@@ -545,24 +786,28 @@ def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
     out_dir = Path(output_dir)
     thumbs = _thumbnail_cells(rows, out_dir, threads)
     counts = _counts(rows)
-    scales = _scale_columns(rows)
+    columns = value_columns(rows)
     meta = _meta_columns(rows)
-    head = ["Sample", "Dye", "Status", *(f"{h} k" for h, _ in scales)]
-    tail = ["Accuracy px", "Stage 2", "Stage 3", "Wall s", "Peak RSS GiB", "Attempts", *meta,
-            "Reason"]
+    head = ["Sample", "Dye", "Status", *(c.html_header for c in columns)]
+    tail = ["Accuracy px", "Stage 2 / 3", "Wall s", "Peak RSS GiB", "Tries", *meta]
     ths = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     ths += "".join(f'<th data-nosort="1">{html.escape(label)}</th>' for _, label in THUMBNAILS)
     ths += "".join(f"<th>{html.escape(h)}</th>" for h in tail)
+    captions = (f'<tr class="captions"><td colspan="{len(head)}"></td>'
+                + "".join(f'<td><div class="caption">{html.escape(caption(name))}</div></td>'
+                          for name, _ in THUMBNAILS)
+                + f'<td colspan="{len(tail)}"></td></tr>')
     trs = []
     for r, thumb in zip(rows, thumbs):
-        cells = [_cell(r.sample), _cell(r.dye), _cell(r.status, "status"),
-                 *(_cell(getattr(r, a), "num", "{:.4f}") for _, a in scales), *thumb]
-        cells += [_cell(r.accuracy_px, "num", "{:.3f}"), _cell(r.stage2), _cell(r.stage3),
+        cells = [_cell(r.sample), _cell(r.dye), _status_cell(r),
+                 *(_cell(c.value(r), "num", shown=c.text(r)) for c in columns), *thumb]
+        cells += [_cell(r.accuracy_px, "num", "{:.3f}"),
+                  _cell(" / ".join((r.stage2 or "-", r.stage3 or "-"))
+                        if r.stage2 or r.stage3 else None),
                   _cell(r.wall_s, "num", "{:.1f}"),
                   _cell(None if r.peak_rss_bytes is None else r.peak_rss_bytes / 2**30, "num",
                         "{:.2f}"),
-                  _cell(r.attempts, "num"), *(_cell(r.meta.get(m)) for m in meta),
-                  _cell(r.reason, "reason")]
+                  _cell(r.attempts, "num"), *(_cell(r.meta.get(m)) for m in meta)]
         trs.append(f'<tr class="{r.state}">' + "".join(cells) + "</tr>")
     problems = _problems(rows)
     prob_html = ""
@@ -572,10 +817,12 @@ def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
         prob_html = (f'<section id="problems"><h2>Problems ({len(problems)})</h2>'
                      f"<ul>{items}</ul></section>")
     created = time.strftime("%Y-%m-%d %H:%M")
+    legends = "".join(f'<p class="legend">{html.escape(t)}</p>' for t in _legends(columns))
     table = (f'<input id="filter" type="search" placeholder="Filter rows: words that must all '
              f'appear, e.g. error CD070"><span id="count"></span>'
-             f'<table id="pairs"><thead><tr>{ths}</tr></thead><tbody>{"".join(trs)}</tbody>'
-             f"</table>" if rows else "<p>No runnable pairs.</p>")
+             f'<table id="pairs"><thead><tr>{ths}</tr>{captions}</thead>'
+             f'<tbody>{"".join(trs)}</tbody></table>{legends}'
+             if rows else "<p>No runnable pairs.</p>")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
@@ -585,21 +832,22 @@ def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
             f'<span class="needs-review">{counts["needs-review"]} need review</span>'
             f'<span class="error">{counts["error"]} failed</span>'
             f'<span class="skipped">{counts["skipped"]} skipped</span></p>{prob_html}'
-            f"<h2>Pairs</h2>{table}<p>{html.escape(SCALE_LEGEND)}</p>"
+            f"{_count_table_html(rows)}<h2>Pairs</h2>{table}"
             f"<script>{_JS}</script></body></html>\n")
 
 
 # ------------------------------------------------------------------------------ files
 def write_summary(output_dir: str | os.PathLike[str], rows: Sequence[PairRow],
                   extra: Mapping[str, Any] | None = None, threads: int = 1) -> dict[str, Path]:
-    """Write ``summary.tsv``, ``summary.md``, ``manifest.json`` and ``report.html`` into
-    ``output_dir`` (atomically, each) and return their paths. ``threads`` make the report's
-    thumbnails."""
+    """Write ``summary.tsv``, ``summary.md``, ``counts.tsv``, ``manifest.json`` and
+    ``report.html`` into ``output_dir`` (atomically, each) and return their paths. ``threads``
+    make the report's thumbnails."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in FILES}
     write_text_atomic(paths["summary.tsv"], format_tsv(rows))
     write_text_atomic(paths["summary.md"], format_markdown(rows))
+    write_text_atomic(paths["counts.tsv"], format_counts_tsv(rows))
     write_json_atomic(paths["manifest.json"], manifest(rows, extra))
     write_text_atomic(paths["report.html"], render_html(rows, out, threads=threads))
     return paths
