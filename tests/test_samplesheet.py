@@ -395,3 +395,24 @@ def test_a_run_gives_each_pair_its_own_pixel_size(tmp_path: Path) -> None:
     assert after[off.sample]["run_id"] != before[off.sample]["run_id"]
     assert sorted(p.name for p in (out / off.sample / off.dye / "stages").iterdir()) == [
         f"0{s}_{name}.json" for s, name in P.STAGE_NAMES.items() if s <= 4]
+
+
+def test_stage_tools_take_and_check_the_pairs_own_facts(tmp_path: Path) -> None:
+    """e2m-load / e2m-subtract take the per-pair values as options (what the Nextflow tasks
+    pass) and refuse a bad one as a usage error (exit 2) naming it, before reading anything."""
+    from click.testing import CliRunner
+
+    from exo2micro.cli.load import load
+    from exo2micro.cli.subtract import subtract
+
+    common = ["--sample", "CD070", "--dye", "DAPI", "--pair-dir", str(tmp_path / "pair")]
+    done = CliRunner().invoke(load, ["--pre", str(tmp_path / "a.tif"), "--post",
+                                     str(tmp_path / "b.tif"), "--pre-pixel-size-um", "0",
+                                     *common])
+    assert done.exit_code == 2, done.output
+    assert "per-pair pre_pixel_size_um" in done.output and "out of range" in done.output
+    done = CliRunner().invoke(subtract, ["--post-exposure-s", "-1", *common])
+    assert done.exit_code == 2 and "per-pair post_exposure_s" in done.output, done.output
+    done = CliRunner().invoke(load, ["--pre", "a.tif", "--post", "b.tif", "--channel", "a b",
+                                     *common])
+    assert done.exit_code == 2 and "per-pair channel" in done.output, done.output
