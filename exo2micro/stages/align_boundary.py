@@ -9,6 +9,8 @@ sample does not, so this stage matches footprints, not intensities:
    px wide, smoothed by ``boundary_smooth`` px) is rotated/scaled about its centroid and the
    best translation is found by FFT cross-correlation with the post band. The whole
    translation range is covered (zero-padded correlation), so no prior on the shift is needed.
+   Candidates are ranked at half that resolution and only the leading ones, and the grid
+   neighbours of the best, are scored at the search level (:func:`grid_search`).
 2. **Refinement** beyond the grid: a Gauss–Newton (Lucas–Kanade) fit of the 4 similarity
    parameters on smoothed footprints, coarse to fine over pyramid levels (``multiscale``), up
    to ``stopit`` iterations or a parameter step below ``stopdelta``. Pixels whose pre sample
@@ -47,6 +49,10 @@ from exo2micro.transform import (
 SEARCH_SIDE = 384
 #: Longer sides (px) of the levels used by the refinement, coarse to fine.
 REFINE_SIDES = (512, 1024)
+#: Grid candidates scored at the search level: those whose half-resolution score is within
+#: this fraction of the best one, and at least :data:`RANK_KEEP` (:func:`grid_search`).
+RANK_MARGIN = 0.05
+RANK_KEEP = 8
 #: Smallest intersection-over-union of the footprints for an "ok" result.
 MIN_IOU = 0.6
 
@@ -119,44 +125,105 @@ def _grid(low: float, high: float, step: float) -> np.ndarray:
     return np.unique(np.append(values, high)) if values[-1] < high - 1e-9 else values
 
 
+class _Correlator:
+    """Zero-padded FFT cross-correlation of images against one fixed ``post`` image."""
+
+    def __init__(self, post_img: np.ndarray) -> None:
+        ph, pw = post_img.shape
+        self.shape = (cv2.getOptimalDFTSize(2 * ph), cv2.getOptimalDFTSize(2 * pw))
+        self.post_f = np.fft.rfft2(post_img, s=self.shape)
+        self.post_norm = float(np.linalg.norm(post_img)) or 1.0
+
+    def peak(self, warped: np.ndarray, norm: float) -> tuple[float, int, int]:
+        """``(score, dy, dx)``: the correlation peak over the two L2 norms and its shift (px),
+        for every shift at once."""
+        fh, fw = self.shape
+        corr = np.fft.irfft2(self.post_f * np.conj(np.fft.rfft2(warped, s=self.shape)),
+                             s=self.shape)
+        iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
+        score = float(corr[iy, ix]) / (norm * self.post_norm)
+        return score, int(iy if iy < fh // 2 else iy - fh), int(ix if ix < fw // 2 else ix - fw)
+
+
+def _halved(img: np.ndarray) -> np.ndarray:
+    """``img`` at half resolution (2×2 box mean), the ranking pass's level."""
+    h, w = img.shape
+    return cv2.resize(img, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
+
+
 def grid_search(pre_img: np.ndarray, post_img: np.ndarray, angles: np.ndarray,
                 scales: np.ndarray) -> GridResult:
     """Search rotation × scale; translation by zero-padded FFT cross-correlation.
 
     ``pre_img``/``post_img`` are non-negative feature images (boundary bands) at one level.
     The score is the correlation peak divided by the two images' L2 norms (1 = identical).
+
+    Two passes, so that the cost follows the image rather than the grid: every candidate is
+    ranked by its score at half the resolution (a quarter of the FFT work); then candidates
+    are scored at the search level — those ranked within :data:`RANK_MARGIN` of the best
+    (at least :data:`RANK_KEEP`), then every grid neighbour of the best two until both are
+    surrounded by scored candidates. The result is the best of the scored candidates, computed
+    exactly as a full search computes it; ties go to the first in grid order (scales, then
+    angles).
     """
     ph, pw = post_img.shape
-    fh, fw = cv2.getOptimalDFTSize(2 * ph), cv2.getOptimalDFTSize(2 * pw)
-    post_f = np.fft.rfft2(post_img, s=(fh, fw))
-    post_norm = float(np.linalg.norm(post_img)) or 1.0
     cy_pre, cx_pre = _centroid(pre_img)
     cy_post, cx_post = _centroid(post_img)
-    best: tuple[float, np.ndarray, float, float] | None = None
-    scores = []
-    for s in scales:
-        for theta in angles:
-            rot = cv2.getRotationMatrix2D((cx_pre, cy_pre), float(theta), float(s))
-            rot[:, 2] += (cx_post - cx_pre, cy_post - cy_pre)
-            warped = cv2.warpAffine(pre_img, rot, (pw, ph), flags=cv2.INTER_LINEAR)
-            norm = float(np.linalg.norm(warped))
-            if norm == 0:
-                continue
-            corr = np.fft.irfft2(post_f * np.conj(np.fft.rfft2(warped, s=(fh, fw))), s=(fh, fw))
-            iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
-            score = float(corr[iy, ix]) / (norm * post_norm)
-            scores.append(score)
-            if best is None or score > best[0]:
-                dy = iy if iy < fh // 2 else iy - fh
-                dx = ix if ix < fw // 2 else ix - fw
-                shifted = np.vstack([rot, [0, 0, 1]])
-                shifted[:2, 2] += (dx, dy)
-                best = (score, np.linalg.inv(shifted), float(theta), float(s))
-    if best is None:
+    grid = [(float(s), float(theta)) for s in scales for theta in angles]
+
+    def warp(i: int) -> tuple[np.ndarray, np.ndarray, float]:
+        s, theta = grid[i]
+        rot = cv2.getRotationMatrix2D((cx_pre, cy_pre), theta, s)
+        rot[:, 2] += (cx_post - cx_pre, cy_post - cy_pre)
+        warped = cv2.warpAffine(pre_img, rot, (pw, ph), flags=cv2.INTER_LINEAR)
+        return rot, warped, float(np.linalg.norm(warped))
+
+    coarse = _Correlator(_halved(post_img))
+    ranked: dict[int, float] = {}
+    for i in range(len(grid)):
+        _, warped, norm = warp(i)
+        if norm > 0:
+            small = _halved(warped)
+            ranked[i] = coarse.peak(small, float(np.linalg.norm(small)) or 1.0)[0]
+    if not ranked:
         raise InputDataError("pre footprint is empty at the search level")
-    ordered = sorted(scores, reverse=True)
-    return GridResult(best[1], best[2], best[3], best[0],
-                      ordered[1] if len(ordered) > 1 else 0.0, len(scores))
+
+    fine = _Correlator(post_img)
+    scored: dict[int, tuple[float, np.ndarray]] = {}
+
+    def score(i: int) -> None:
+        rot, warped, norm = warp(i)
+        value, dy, dx = fine.peak(warped, norm)
+        shifted = np.vstack([rot, [0, 0, 1]])
+        shifted[:2, 2] += (dx, dy)
+        scored[i] = (value, np.linalg.inv(shifted))
+
+    order = sorted(ranked, key=lambda i: (-ranked[i], i))
+    best_rank = ranked[order[0]]
+    for k, i in enumerate(order):
+        if k >= RANK_KEEP and ranked[i] < best_rank - RANK_MARGIN * abs(best_rank):
+            break
+        score(i)
+    n_angles = len(angles)
+    while True:
+        top = sorted(scored, key=lambda i: (-scored[i][0], i))[:2]
+        todo = [j for i in top for j in _neighbours(i, len(scales), n_angles)
+                if j in ranked and j not in scored]
+        if not todo:
+            break
+        for j in todo:
+            score(j)
+    best, second = top[0], (top[1] if len(top) > 1 else None)
+    s, theta = grid[best]
+    return GridResult(scored[best][1], theta, s, scored[best][0],
+                      scored[second][0] if second is not None else 0.0, len(ranked))
+
+
+def _neighbours(i: int, n_scales: int, n_angles: int) -> list[int]:
+    """Grid indices (scale-major) of the up to 8 neighbours of candidate ``i``."""
+    si, ai = divmod(i, n_angles)
+    return [(si + a) * n_angles + ai + b for a in (-1, 0, 1) for b in (-1, 0, 1)
+            if (a or b) and 0 <= si + a < n_scales and 0 <= ai + b < n_angles]
 
 
 def _centroid(img: np.ndarray) -> tuple[float, float]:
