@@ -37,6 +37,7 @@ task's result. Stages that are already current (resume) are left out of the esti
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import math
 import os
@@ -425,6 +426,40 @@ def max_workers_fitting(mems: Sequence[int], available: int, limit: int) -> int:
         if sum(ordered[:n]) <= WARN_FRACTION * available:
             best = n
     return best
+
+
+#: Share of a pair's one-thread time that its threads divide (Amdahl's law): one 30 000 ×
+#: 25 000 pair ran 38.9 s on 4 CPUs and 36.6 s on 16 (a 16-CPU node, docs/benchmarks.md),
+#: i.e. about a quarter of its work runs in parallel; small pairs are dominated by fixed costs.
+THREAD_SHARE = 0.25
+#: ``auto`` takes the fewest workers whose estimated batch wall time is within this fraction of
+#: the least (fewer workers: less memory, more threads per pair).
+WALL_TOLERANCE = 0.02
+
+
+def pair_seconds(one_thread_s: float, threads: int) -> float:
+    """Estimated wall time (s) of a pair that takes ``one_thread_s`` on one thread, on
+    ``threads`` threads (:data:`THREAD_SHARE`)."""
+    return one_thread_s * (1 - THREAD_SHARE + THREAD_SHARE / max(1, threads))
+
+
+def batch_seconds(times_s: Sequence[float], workers: int, threads: int) -> float:
+    """Estimated wall time (s) of pairs of one-thread times ``times_s`` on ``workers`` workers
+    of ``threads`` threads each: the longest first, each to the worker that is free first."""
+    free = [0.0] * max(1, workers)
+    for t in sorted(times_s, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + pair_seconds(t, threads))
+    return max(free)
+
+
+def fastest_workers(times_s: Sequence[float], budget: int, limit: int) -> int:
+    """Worker count (1 … ``limit``) whose batch wall time (:func:`batch_seconds`, with
+    ``budget // workers`` threads each) is least; of those within :data:`WALL_TOLERANCE` of it,
+    the fewest. Many small pairs get many single-thread workers; a few large ones get fewer
+    workers with more threads each."""
+    walls = {w: batch_seconds(times_s, w, max(1, budget // w)) for w in range(1, max(1, limit) + 1)}
+    least = min(walls.values())
+    return min(w for w, wall in walls.items() if wall <= least * (1 + WALL_TOLERANCE))
 
 
 def _memory_remedies(plans: Sequence[PairPlan], mems: Sequence[int], available: int,

@@ -189,3 +189,28 @@ def test_cgroup_v1_and_unlimited(tmp_path: Path) -> None:
     _write(d / "memory.limit_in_bytes", "9223372036854771712")
     assert cgroup_memory_headroom(root, tmp_path / "self") is None
     assert cgroup_memory_headroom(root, tmp_path / "missing") is None
+
+
+# ------------------------------------------------------------------ auto: workers × threads
+def test_pair_seconds_divides_only_the_thread_share() -> None:
+    assert preflight.pair_seconds(10.0, 1) == pytest.approx(10.0)
+    assert preflight.pair_seconds(10.0, 4) == pytest.approx(
+        10.0 * (1 - preflight.THREAD_SHARE + preflight.THREAD_SHARE / 4))
+
+
+def test_batch_seconds_schedules_the_longest_first() -> None:
+    # 3 on one worker, 1 + 1 + 1 on the other: 3 s, not the 4 s of the order given
+    assert preflight.batch_seconds([1, 1, 1, 3], 2, 1) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(("times", "budget", "limit", "workers"), [
+    ([6.0] * 16, 16, 16, 16),    # many small pairs: one single-thread worker per CPU
+    ([6.0] * 500, 16, 16, 16),
+    ([40.0] * 2, 16, 16, 2),     # two large pairs: two workers of 8 threads
+    ([40.0] * 3, 16, 2, 2),      # memory lets two run at once
+    ([40.0] * 20, 16, 16, 10),   # two rounds either way: the fewest workers, more threads
+    ([40.0] * 3, 16, 1, 1),
+])
+def test_fastest_workers_follows_the_pair_sizes(times: list[float], budget: int, limit: int,
+                                                workers: int) -> None:
+    assert preflight.fastest_workers(times, budget, limit) == workers

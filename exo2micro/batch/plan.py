@@ -169,8 +169,10 @@ def choose_auto_mode(pairs: Sequence[Any], output_dir: str | os.PathLike[str],
                      n_workers: int, cpus: int | None, **stages: Any) -> tuple[str, int, str]:
     """``(mode, workers, reason)`` for ``parallel='auto'``: the process pool when at least two
     pairs can run at once — two CPUs in the budget and the pre-flight estimate of two
-    concurrent pairs within 80 % of the available memory — with as many workers
-    (≤ ``n_workers``) as both allow; serial otherwise."""
+    concurrent pairs within 80 % of the available memory — with the worker count (≤
+    ``n_workers`` and what both allow) whose estimated batch wall time is least
+    (:func:`exo2micro.preflight.fastest_workers`: many small pairs, many single-thread workers;
+    a few large ones, fewer workers with more threads each); serial otherwise."""
     from exo2micro import preflight
     from exo2micro.resources import cpu_budget
 
@@ -188,5 +190,12 @@ def choose_auto_mode(pairs: Sequence[Any], output_dir: str | os.PathLike[str],
     if fit < 2:
         return "serial", 1, (f"two pairs at once would not fit in 80 % of the available "
                              f"{preflight.fmt_bytes(avail)}")
-    return "process", fit, (f"{fit} pairs at once fit the CPU budget ({budget}) and 80 % of "
-                            f"the available {preflight.fmt_bytes(avail)}")
+    times = [p.estimate.time_s for p in plans if p.estimate is not None and p.stages]
+    workers = preflight.fastest_workers(times, budget, fit)
+    if workers < 2:
+        return "serial", 1, (f"one pair at a time on all {budget} CPUs is estimated fastest "
+                             f"for these pair sizes")
+    return "process", workers, (f"{workers} workers × {budget // workers} thread(s) is estimated "
+                                f"fastest for these pair sizes; {fit} pairs at once fit the CPU "
+                                f"budget ({budget}) and 80 % of the available "
+                                f"{preflight.fmt_bytes(avail)}")
