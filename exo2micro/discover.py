@@ -701,9 +701,19 @@ def load_samplesheet(
         missing_dye=lambda s, d: (f"no row for dye '{d}' of sample '{s}' in '{sheet.name}' "
                                   f"(dyes: {', '.join(found[s])})"))
     warnings = [] if rows else [f"samplesheet '{sheet}' has no data rows"]
+    warnings += _near_image_columns(header)
     discovery = Discovery(source=f"samplesheet '{sheet}'", pairs=pairs, skipped=skipped,
                           warnings=warnings)
     return _check_strict(discovery, strict, "")
+
+
+def _near_image_columns(header: Sequence[str]) -> list[str]:
+    """A warning per extra column whose name is close to an image column's (a typo would
+    silently leave the pair's value unused)."""
+    known = (*SAMPLESHEET_COLUMNS, *ESTIMATE_COLUMNS, *IMAGE_COLUMNS)
+    return [f"column '{column}' is kept as an extra column, not read as an image column"
+            f"{hint}" for column in header
+            if column and column not in known and (hint := did_you_mean(column, IMAGE_COLUMNS))]
 
 
 def read_samplesheet(path: str | os.PathLike[str]) -> list[PairSpec]:

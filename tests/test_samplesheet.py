@@ -303,6 +303,16 @@ def test_image_columns_give_the_pairs_own_facts_and_round_trip(images: Path,
         "pre_pixel_size_um": 0.3, "post_pixel_size_um": 0.3}
 
 
+def test_a_mistyped_image_column_is_warned_about(images: Path) -> None:
+    sheet = write_sheet(images / "samplesheet.csv",
+                        "sample,dye,pre,post,pixelsize_um,site\n"
+                        "CD070,DAPI,CD070/x_pre_DAPI.tif,CD070/x_post_DAPI.tif,0.5,A\n")
+    found = load_samplesheet(sheet)
+    assert found.pairs[0].image == {}
+    assert found.warnings == ["column 'pixelsize_um' is kept as an extra column, not read as an "
+                              "image column; did you mean 'pixel_size_um'?"]
+
+
 def test_pair_facts_enter_the_fingerprint_not_the_file_names(images: Path) -> None:
     """A pair's own pixel size overrides the batch-wide parameter for that pair only; it changes
     the fingerprint of stage 1 and later (so resume re-runs the pair), never a file suffix."""
