@@ -12,9 +12,10 @@ from typing import Any, TextIO
 def print_summary(results: Sequence[Mapping[str, Any]],
                   skipped: Iterable[tuple[str, str, str]] = (),
                   file: TextIO | None = None) -> None:
-    """Print the summary table (Sample, Dye, Moffat, Percentile/Manual when any result has
-    them, Status) and a Problems section with the full reason of every failed or skipped
-    pair."""
+    """Print the summary table (Sample, Dye, Moffat, Percentile/Manual, exposure ratio and k
+    net of exposure, pixel size, microbes and microbes per mm² when any result has them,
+    Status) and a Problems section with the full reason of every pair that needs review,
+    failed or was skipped."""
     from exo2micro.summary import collect_rows, format_text
 
     rows = collect_rows([(r, None) for r in results], skipped)

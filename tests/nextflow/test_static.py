@@ -156,6 +156,7 @@ MUTATIONS = [
         "modules/local/summary/main.nf",
         '    stub:\n    """\n    printf \'sample\\\\tdye\\\\tstatus\\\\n\' > summary.tsv\n'
         "    printf '# exo2micro summary\\\\n' > summary.md\n"
+        "    printf 'sample\\\\n' > counts.tsv\n"
         "    printf '{\"pairs\": []}\\\\n' > manifest.json\n"
         "    printf '<html><body>exo2micro summary</body></html>\\\\n' > report.html\n"
         "    printf 'exo2micro: stub\\\\n' > versions.yml\n"

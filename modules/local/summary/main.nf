@@ -1,6 +1,7 @@
 /*
  * Batch summary: one row per expected pair (complete, skipped with its reason, or failed with
- * stage, exit code and attempts), the Problems section, manifest.json and report.html.
+ * stage, exit code and attempts), the Problems section, the sample x dye microbe counts
+ * (counts.tsv), manifest.json and report.html.
  * Tool: e2m-summary (exo2micro/cli/summary.py).
  */
 include { shellQuote } from '../utils'
@@ -21,6 +22,7 @@ process SUMMARY {
     output:
     tuple val(meta), path('summary.tsv'), emit: tsv
     tuple val(meta), path('summary.md'), emit: md
+    tuple val(meta), path('counts.tsv'), emit: counts
     tuple val(meta), path('manifest.json'), emit: manifest
     tuple val(meta), path('report.html'), emit: html
     tuple val(meta), path('versions.yml'), emit: versions
@@ -47,6 +49,7 @@ process SUMMARY {
     """
     printf 'sample\\tdye\\tstatus\\n' > summary.tsv
     printf '# exo2micro summary\\n' > summary.md
+    printf 'sample\\n' > counts.tsv
     printf '{"pairs": []}\\n' > manifest.json
     printf '<html><body>exo2micro summary</body></html>\\n' > report.html
     printf 'exo2micro: stub\\n' > versions.yml
