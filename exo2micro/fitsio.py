@@ -13,20 +13,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from exo2micro.atomic import atomic_path
 from exo2micro.errors import InputDataError
 from exo2micro.params import BY_NAME, non_default
+
+if TYPE_CHECKING:  # astropy is imported where FITS is read or written: TIFF-only runs skip it
+    from astropy.io import fits
 
 
 def make_header(*, sample: str, dye: str, stage: int, params: Mapping[str, Any],
                 scale: float | None = None, scale_kind: str | None = None,
                 accuracy_px: float | None = None) -> fits.Header:
     """The exo2micro FITS header for one image."""
+    from astropy.io import fits
+
     hdr = fits.Header()
     hdr["SAMPLE"] = (sample, "sample id")
     hdr["DYE"] = (dye, "dye / channel name")
@@ -46,6 +50,8 @@ def make_header(*, sample: str, dye: str, stage: int, params: Mapping[str, Any],
 def write_streamed(path: str | os.PathLike[str], shape: tuple[int, int], header: fits.Header,
                    blocks: Iterable[np.ndarray]) -> None:
     """Write a float32 image from consecutive full-width row blocks, atomically."""
+    from astropy.io import fits
+
     h, w = shape
     hdr = fits.Header([("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", w),
                        ("NAXIS2", h)])
@@ -73,6 +79,8 @@ class FitsImage:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from astropy.io import fits
+
         self.path = str(path)
         try:
             with fits.open(self.path, memmap=True, mode="readonly") as hdul:
@@ -147,6 +155,8 @@ _BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 def check_readable(path: str | os.PathLike[str]) -> bool:
     """Header parses and the file holds all the data it declares."""
+    from astropy.io import fits
+
     try:
         with fits.open(path, memmap=True) as hdul:
             hdu = hdul[0]
