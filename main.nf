@@ -29,7 +29,7 @@ def registryParametersByStage() {
             'max_scale_diff', 'stopit', 'stopdelta', 'save_all_intermediates',
         ],
         3: ['interior_ecc', 'interior_blur_base', 'interior_max_correction', 'interior_min_inlier_ratio'],
-        4: ['scale_percentile', 'manual_scale', 'pre_exposure_s', 'post_exposure_s'],
+        4: ['scale_percentile', 'manual_scale', 'k_model', 'pre_exposure_s', 'post_exposure_s'],
         5: ['detect_threshold', 'detect_min_area', 'detect_deblend'],
     ]
 }

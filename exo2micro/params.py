@@ -141,6 +141,11 @@ REGISTRY: tuple[Param, ...] = (
     Param("manual_scale", None, "msc", 4, float,
           "Also subtract with this fixed k, or with 'exposure': the post/pre exposure-time "
           "ratio.", 1e-6, 1e6, optional=True, words=("exposure",)),
+    Param("k_model", "auto", "km", 4, str,
+          "How k may vary across the field: 'smooth' fits a smooth map of k to per-tile "
+          "estimates and subtracts with it, 'global' uses one k, 'auto' the map only when the "
+          "tiles show that k varies significantly (docs/output.md).",
+          words=("auto", "global", "smooth")),
     # --- stage 5: detect
     Param("detect_threshold", 5.0, "dth", 5, float,
           "Detection threshold (σ) on the matched-filter significance of the difference image.",
@@ -192,6 +197,9 @@ def _coerce(param: Param, value: Any) -> Any:
     if isinstance(value, str) and value.strip().lower() in param.words:
         return value.strip().lower()
     if param.kind is str:
+        if param.words:  # a choice: only its words (matched above) are accepted
+            raise ParameterError(f"parameter {param.name!r} = {value!r} must be one of "
+                                 f"{', '.join(param.words)} ({param.help})")
         text = str(value).strip()
         if not re.fullmatch(r"[A-Za-z0-9.+-]+", text):
             raise ParameterError(f"parameter {param.name!r} = {value!r} must be letters, "
@@ -425,6 +433,8 @@ def markdown_table(params: Iterable[Param] = REGISTRY) -> str:
         rng = ("true/false" if p.kind is bool else "text" if p.kind is str
                else f"{_fmt(p.low)} … {_fmt(p.high)}")
         rng += "".join(f" or `{w}`" for w in p.words)
+        if p.kind is str and p.words:  # a choice among words
+            rng = " or ".join(f"`{w}`" for w in p.words)
         if p.optional:
             rng += " or None"
         rows.append(f"| `{p.name}` | {p.stage} | `{p.default}` | `{p.abbr}` | {rng} | {p.help} |")

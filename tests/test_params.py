@@ -23,8 +23,8 @@ def non_default_value(p: P.Param) -> Any:
     """A valid value different from ``p``'s default, of ``p``'s type, not trivially round."""
     if p.kind is bool:
         return not p.default
-    if p.kind is str:
-        return "DAPI"
+    if p.kind is str:  # a choice (words): another of its words
+        return next((w for w in p.words if w != p.default), "DAPI")
     if p.optional and p.default is None:
         return p.low + (p.high - p.low) * 0.3137
     if p.kind is int:

@@ -38,7 +38,9 @@ TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
 def entry(p: Param, old: dict) -> dict:
     # a numeric parameter that also takes words (manual_scale=exposure): number or one of them
-    new: dict = {"type": [TYPES[p.kind], "string"] if p.words else TYPES[p.kind]}
+    # (a text parameter with words is a choice among them: a string with that pattern)
+    new: dict = {"type": [TYPES[p.kind], "string"] if p.words and p.kind is not str
+                 else TYPES[p.kind]}
     if p.words:
         new["pattern"] = "^(" + "|".join(p.words) + ")$"
     if p.default is not None:

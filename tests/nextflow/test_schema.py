@@ -142,7 +142,9 @@ def test_registry_parameter_is_a_pipeline_parameter(
     assert param.name in schema_params, f"{param.name} missing from nextflow_schema.json"
     spec = schema_params[param.name]
     # a numeric parameter that also takes words (manual_scale=exposure): number or one of them
-    expected = [KIND_TO_TYPE[param.kind], "string"] if param.words else KIND_TO_TYPE[param.kind]
+    # (a text parameter with words is a choice among them: a string with that pattern)
+    expected = ([KIND_TO_TYPE[param.kind], "string"] if param.words and param.kind is not str
+                else KIND_TO_TYPE[param.kind])
     assert spec["type"] == expected, param.name
     if param.words:
         assert all(re.fullmatch(spec["pattern"], word) for word in param.words), param.name
