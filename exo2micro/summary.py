@@ -652,9 +652,9 @@ th{background:#f2f2f2;cursor:pointer;user-select:none;position:sticky;top:0}
 th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 #pairs{font-size:13px}
-td img{display:block;max-width:104px;max-height:104px}
+td.thumb{min-width:104px}td.thumb img{display:block;max-width:100%;max-height:150px}
 tr.captions td{vertical-align:top;background:#fafafa}
-.caption{width:104px;font-size:.85em;line-height:1.25;color:#555}
+.caption{min-width:104px;max-width:170px;font-size:.85em;line-height:1.25;color:#555}
 .legend{font-size:.9em;color:#444;margin:.4em 0}
 table.microbes th{cursor:default;position:static}
 table.microbes small{display:block;color:#555}
@@ -730,8 +730,8 @@ def _thumbnail_cell(row: PairRow, name: str, label: str, output_dir: Path,
         data = base64.b64encode(thumbnail_png(path)).decode()
     except (OSError, ValueError, SyntaxError):  # unreadable PNG: link only
         return plain
-    return (f'<td><a href="{href}"><img alt="{html.escape(label)} of {html.escape(row.key)}" '
-            f'src="data:image/png;base64,{data}"></a></td>')
+    return (f'<td class="thumb"><a href="{href}"><img alt="{html.escape(label)} of '
+            f'{html.escape(row.key)}" src="data:image/png;base64,{data}"></a></td>')
 
 
 def _thumbnail_cells(rows: Sequence[PairRow], output_dir: Path, threads: int,
