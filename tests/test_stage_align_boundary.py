@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from alignment_helpers import make_aligned
@@ -84,3 +85,46 @@ def test_boundary_band_ignores_frame_edges() -> None:
     mask[:, :60] = True  # tissue cut by the left, top and bottom frame edges
     band = boundary_band(mask, 5, 0)
     assert band[:, :50].sum() == 0 and band[50, 55:60].all()
+
+
+def _exhaustive_grid(pre: np.ndarray, post: np.ndarray, angles: np.ndarray,
+                     scales: np.ndarray) -> list[tuple[float, float, float, np.ndarray]]:
+    """Every grid candidate scored at the search level: ``(score, scale, angle, post_to_pre)``
+    in grid order (the search the two-pass one must agree with)."""
+    cy_pre, cx_pre = ab._centroid(pre)
+    cy_post, cx_post = ab._centroid(post)
+    corr = ab._Correlator(post)
+    out = []
+    for s in scales:
+        for theta in angles:
+            rot = cv2.getRotationMatrix2D((cx_pre, cy_pre), float(theta), float(s))
+            rot[:, 2] += (cx_post - cx_pre, cy_post - cy_pre)
+            warped = cv2.warpAffine(pre, rot, post.shape[::-1], flags=cv2.INTER_LINEAR)
+            score, dy, dx = corr.peak(warped, float(np.linalg.norm(warped)))
+            m = np.vstack([rot, [0, 0, 1]])
+            m[:2, 2] += (dx, dy)
+            out.append((score, float(s), float(theta), np.linalg.inv(m)))
+    return out
+
+
+@pytest.mark.parametrize(("axes", "rotation", "scale", "lobe"), [
+    ((60, 40), 7.3, 1.04, True), ((55, 50), -12.6, 0.93, False), ((65, 28), 0.4, 1.0, True)])
+def test_two_pass_grid_search_finds_the_exhaustive_best(axes: tuple[int, int], rotation: float,
+                                                        scale: float, lobe: bool) -> None:
+    pre_mask = np.zeros((160, 200), np.uint8)
+    cv2.ellipse(pre_mask, (100, 80), axes, 20, 0, 360, 1, -1)
+    if lobe:  # an asymmetric footprint
+        cv2.circle(pre_mask, (100 + axes[0] - 8, 80), 20, 1, -1)
+    m = cv2.getRotationMatrix2D((100, 80), rotation, scale)
+    m[:, 2] += (7, -5)
+    post_mask = cv2.warpAffine(pre_mask, m, (200, 160), flags=cv2.INTER_NEAREST)
+    pre, post = (boundary_band(k.astype(bool), 10, 2.5) for k in (pre_mask, post_mask))
+    angles, scales = _grid(-20, 20, 1), _grid(0.85, 1.15, 0.05)
+    result = ab.grid_search(pre, post, angles, scales)
+    every = _exhaustive_grid(pre, post, angles, scales)
+    ranked = sorted(range(len(every)), key=lambda i: (-every[i][0], i))
+    best, second = every[ranked[0]], every[ranked[1]]
+    assert (result.score, result.scale, result.rotation_deg) == best[:3]
+    assert result.second_score == second[0]
+    np.testing.assert_array_equal(result.post_to_pre, best[3])
+    assert result.candidates == len(every)
