@@ -211,8 +211,8 @@ def load_schema() -> dict[str, Any]:
 
 
 #: Names at the top of an output folder: a sample folder of the same name would collide.
-RESERVED_SAMPLE_NAMES = frozenset({"summary.tsv", "summary.md", "manifest.json", "report.html",
-                                   "pipeline_info", "synthetic_raw"})
+RESERVED_SAMPLE_NAMES = frozenset({"summary.tsv", "summary.md", "counts.tsv", "manifest.json",
+                                   "report.html", "pipeline_info", "synthetic_raw"})
 
 
 def _name_problem(column: str, value: str) -> str | None:

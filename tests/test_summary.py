@@ -484,3 +484,10 @@ def test_report_fits_a_1400px_window(batch: Path, tmp_path: Path) -> None:
     width = re.search(r'data-width="(\d+)"', done.stdout)
     assert width, done.stderr[-2000:]
     assert int(width.group(1)) <= 1400
+
+
+def test_every_batch_file_is_a_reserved_sample_name() -> None:
+    """A sample folder named like a batch file (counts.tsv too) would collide with it."""
+    from exo2micro.discover import RESERVED_SAMPLE_NAMES
+
+    assert set(S.FILES) <= RESERVED_SAMPLE_NAMES
