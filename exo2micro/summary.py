@@ -316,8 +316,9 @@ PIXEL_LEGEND = ("Pixel µm: the post image's physical pixel size (every output f
                 "is in the post frame).")
 #: What the microbe columns mean (shown when stage 5 ran for a pair).
 MICROBE_LEGEND = ("Microbes: the sources stage 5 detected with SNR ≥ 5 ('12 of 15': of 15 "
-                  "above a detect_threshold below 5); Microbes/mm²: those per mm² of tissue, "
-                  "when the pixel size is known.")
+                  "above a detect_threshold below 5); Microbes/mm² (per mm²): those per mm² of "
+                  "tissue, when the pixel size is known.")
+
 
 def _fmt_density(v: float) -> str:
     """A count per mm²: whole numbers from 100 on, else three significant digits."""
