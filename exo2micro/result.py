@@ -26,7 +26,8 @@ NEEDS_REVIEW = "needs-review"
 
 
 def _alignment(layout: PairLayout) -> dict[str, Any]:
-    out: dict[str, Any] = {"post_to_pre": None, "estimated_accuracy_px": None,
+    out: dict[str, Any] = {"post_to_pre": None, "residual_field": None,
+                           "estimated_accuracy_px": None,
                            "stage2": {"status": "not run"}, "stage3": {"status": "not run"}}
     for stage, path in ((2, layout.boundary_transform()), (3, layout.interior_transform())):
         if not path.is_file():
@@ -40,6 +41,12 @@ def _alignment(layout: PairLayout) -> dict[str, Any]:
                                             "inlier_ratio", "n_patches", "residual_rms_px",
                                             "overlap_iou")}}
         out["post_to_pre"] = tr.post_to_pre.tolist()
+        if stage == 3:
+            out["residual_field"] = (tr.residual_field.to_json() if tr.residual_field
+                                     else None)
+            out["stage3"].update({k: tr.metrics[k] for k in ("residual_model",
+                                                               "residual_field_max_px")
+                                  if k in tr.metrics})
         if "estimated_accuracy_px" in tr.metrics:
             out["estimated_accuracy_px"] = tr.metrics["estimated_accuracy_px"]
     return out

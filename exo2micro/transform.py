@@ -10,6 +10,12 @@ This is exactly the matrix OpenCV's ``warpAffine``/``warpPerspective`` expect wi
 ``scale·L`` px long in post. *Rotation* ``θ`` (degrees, counter-clockwise in the image as
 displayed, i.e. with y pointing down it is the OpenCV ``getRotationMatrix2D`` sense) turns pre
 into post.
+
+A pair whose two acquisitions differ by more than an affine map (lens distortion, swelling)
+carries a :class:`ResidualField` on top: the pre pixel of post pixel ``x`` is then
+``post_to_pre(x) + field(x)``, the field interpolated bicubically from a coarse grid.
+``post_to_pre`` stays the global part, so every reader that ignores the field still gets the
+best affine approximation.
 """
 
 from __future__ import annotations
@@ -111,23 +117,115 @@ def affine_for_window(post_to_pre: np.ndarray, post_origin: tuple[float, float],
     return shift_pre @ np.asarray(post_to_pre, dtype=np.float64) @ shift_post
 
 
+def _cubic_weights(coords: np.ndarray, n: int) -> np.ndarray:
+    """Catmull–Rom interpolation weights (len(coords) × n) of grid positions ``coords``
+    (in node units) over ``n`` nodes, the edge nodes repeated beyond the grid. The kernel
+    reproduces quadratics exactly, so a smooth field's interpolation error falls with the cube
+    of the node spacing."""
+    c = np.asarray(coords, np.float64).ravel()
+    base = np.floor(c)
+    t = c - base
+    taps = ((-t ** 3 + 2 * t ** 2 - t) / 2, (3 * t ** 3 - 5 * t ** 2 + 2) / 2,
+            (-3 * t ** 3 + 4 * t ** 2 + t) / 2, (t ** 3 - t ** 2) / 2)
+    weights = np.zeros((c.size, n))
+    rows = np.arange(c.size)
+    for offset, tap in zip((-1, 0, 1, 2), taps, strict=True):
+        np.add.at(weights, (rows, np.clip(base.astype(np.int64) + offset, 0, n - 1)), tap)
+    return weights
+
+
+@dataclass(frozen=True)
+class ResidualField:
+    """A smooth displacement added to ``post_to_pre``: the pre pixel of raw post pixel ``x`` is
+    ``post_to_pre(x) + field(x)`` (pre px).
+
+    The field is sampled on a regular grid of the raw post frame — node ``(i, j)`` at post pixel
+    ``(origin_x + j·grid_step_px, origin_y + i·grid_step_px)`` — and interpolated bicubically
+    between nodes (Catmull–Rom; the edge nodes are repeated beyond the grid). ``dx``, ``dy`` are
+    float32 arrays of shape (rows, cols); ``model`` names what produced the nodes.
+    """
+
+    model: str
+    grid_step_px: float
+    origin: tuple[float, float]
+    dx: np.ndarray
+    dy: np.ndarray
+
+    def _node_units(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return ((np.asarray(xs, np.float64) - self.origin[0]) / self.grid_step_px,
+                (np.asarray(ys, np.float64) - self.origin[1]) / self.grid_step_px)
+
+    def at(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The field (dx, dy) at scattered raw post coordinates ``xs``, ``ys`` (equal shapes;
+        cost grows with points × nodes: for whole windows use :meth:`on_window`)."""
+        u, v = self._node_units(xs, ys)
+        rows, cols = self.dx.shape
+        wx, wy = _cubic_weights(u, cols), _cubic_weights(v, rows)
+        return tuple(((wy @ g.astype(np.float64)) * wx).sum(axis=1).reshape(np.shape(xs))
+                     for g in (self.dx, self.dy))  # type: ignore[return-value]
+
+    def on_window(self, x0: float, y0: float, width: int, height: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """The field (dx, dy), each (height × width) float64, over the window of raw post pixels
+        whose top-left pixel is ``(x0, y0)`` — separable, so two small matrix products."""
+        u, v = self._node_units(x0 + np.arange(width), y0 + np.arange(height))
+        rows, cols = self.dx.shape
+        wx, wy = _cubic_weights(u, cols), _cubic_weights(v, rows)
+        return wy @ self.dx.astype(np.float64) @ wx.T, wy @ self.dy.astype(np.float64) @ wx.T
+
+    def max_px(self) -> float:
+        """Largest displacement (px) over the grid nodes."""
+        return float(np.hypot(self.dx, self.dy).max()) if self.dx.size else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "grid_step_px": self.grid_step_px,
+                "origin": list(self.origin), "dx": np.round(self.dx, 5).tolist(),
+                "dy": np.round(self.dy, 5).tolist()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ResidualField:
+        dx = np.asarray(data["dx"], np.float32)
+        dy = np.asarray(data["dy"], np.float32)
+        step = float(data["grid_step_px"])
+        if dx.ndim != 2 or dx.shape != dy.shape or step <= 0 or not (
+                np.all(np.isfinite(dx)) and np.all(np.isfinite(dy))):
+            raise ValueError("residual_field needs finite equal 2-D dx, dy and a positive step")
+        ox, oy = (float(v) for v in data["origin"])
+        return cls(str(data["model"]), step, (ox, oy), dx, dy)
+
+
+def map_points(post_to_pre: np.ndarray, field: ResidualField | None, xy: np.ndarray
+               ) -> np.ndarray:
+    """Pre pixels of the raw post points ``xy`` (N×2) under ``post_to_pre`` plus ``field``."""
+    out = apply(post_to_pre, xy)
+    if field is not None:
+        dx, dy = field.at(xy[:, 0], xy[:, 1])
+        out = out + np.column_stack([dx, dy])
+    return out
+
+
 @dataclass
 class TransformRecord:
-    """A transform on disk: ``post_to_pre`` plus what produced it and how good it is."""
+    """A transform on disk: ``post_to_pre`` plus what produced it and how good it is, and the
+    smooth ``residual_field`` on top of it when the pair needed one (``None``: rigid)."""
 
     post_to_pre: np.ndarray
     status: str
     stage: int
     metrics: dict[str, Any]
     reason: str = ""
+    residual_field: ResidualField | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"convention": "post_to_pre: raw post pixel (x=col, y=row, integer centres) -> "
+        data = {"convention": "post_to_pre: raw post pixel (x=col, y=row, integer centres) -> "
                               "raw pre pixel",
                 "stage": self.stage, "status": self.status, "reason": self.reason,
                 "post_to_pre": np.asarray(self.post_to_pre, dtype=float).tolist(),
                 "decomposition": decompose_similarity(self.post_to_pre),
                 "metrics": self.metrics}
+        if self.residual_field is not None:
+            data["residual_field"] = self.residual_field.to_json()
+        return data
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_json())
@@ -136,10 +234,24 @@ class TransformRecord:
     def load(cls, path: str | Path) -> TransformRecord:
         try:
             data: Mapping[str, Any] = json.loads(Path(path).read_text())
-            matrix = np.array(data["post_to_pre"], dtype=np.float64)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise InputDataError(f"{path}: not a readable transform JSON ({exc})") from None
+        return cls.from_json(data, str(path))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str = "transform") -> TransformRecord:
+        """The record of :meth:`to_json`'s ``data``; :class:`InputDataError` naming ``source``
+        when it is not one."""
+        try:
+            matrix = np.array(data["post_to_pre"], dtype=np.float64)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputDataError(f"{source}: not a readable transform JSON ({exc})") from None
         if matrix.shape != (3, 3) or not np.all(np.isfinite(matrix)):
-            raise InputDataError(f"{path}: post_to_pre must be a finite 3×3 matrix")
+            raise InputDataError(f"{source}: post_to_pre must be a finite 3×3 matrix")
+        try:
+            field = (ResidualField.from_json(data["residual_field"])
+                     if data.get("residual_field") else None)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputDataError(f"{source}: unreadable residual_field ({exc})") from None
         return cls(matrix, str(data.get("status", "")), int(data.get("stage", 0)),
-                   dict(data.get("metrics", {})), str(data.get("reason", "")))
+                   dict(data.get("metrics", {})), str(data.get("reason", "")), field)

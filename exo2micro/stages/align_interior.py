@@ -22,8 +22,15 @@ misalignment *locally at full resolution* and fits one transform to all measurem
    stage 2's transform is kept and the reason recorded. ``estimated_accuracy_px`` is the mean,
    over tissue, of the fit's predicted standard error (least-squares covariance of the affine
    fit with the residual spread of the inliers).
-5. **Warp.** Pre is warped into the post frame once, from the stage-1 image, in tiles
-   (:mod:`exo2micro.stages.warp`), to ``03_interior_aligned_pre`` (float32).
+5. **Non-rigid residual, when the data ask.** The last round's correspondences are offered to
+   :func:`exo2micro.nonrigid.select`: when a polynomial map of higher degree explains them
+   better than the affine by the information criterion (lens distortion, swelling), the map is
+   split into the affine ``post_to_pre`` and a smooth :class:`~exo2micro.transform.ResidualField`,
+   and the patches are measured again through both until tissue moves < 0.01 px. A rigid pair
+   keeps no field, and its result is the affine fit above unchanged.
+6. **Warp.** Pre is warped into the post frame once, from the stage-1 image, in tiles
+   (:mod:`exo2micro.stages.warp`, through the field when there is one), to
+   ``03_interior_aligned_pre`` (float32).
 
 Patches are measured in a thread pool of ``threads`` workers (OpenCV and numpy release the GIL).
 """
@@ -39,6 +46,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from exo2micro import nonrigid
 from exo2micro.footprint import tissue_mask
 from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
@@ -47,10 +55,12 @@ from exo2micro.stages.align_boundary import to_level
 from exo2micro.stages.warp import output_shape, warp_to_files, warp_window
 from exo2micro.tiffio import TiffImage
 from exo2micro.transform import (
+    ResidualField,
     TransformRecord,
     apply,
     decompose_similarity,
     grid_points,
+    map_points,
     max_displacement,
 )
 
@@ -60,6 +70,8 @@ PATCH = 256
 MAX_PATCHES = 96
 #: Largest number of measure-and-fit rounds.
 ROUNDS = 5
+#: Largest number of re-measuring rounds through a residual field.
+FIELD_ROUNDS = 4
 #: Border (px) of a patch left out of the Lucas–Kanade sums (filter edge effects).
 BORDER = 12
 #: RANSAC inlier threshold (px in the pre frame).
@@ -174,15 +186,16 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure(post: TiffImage, pre: TiffImage, post_to_pre: np.ndarray,
             centres: Sequence[tuple[float, float]], sigma_hi: float, coarse: bool,
-            threads: int) -> list[Measurement]:
-    """Measure the residual shift at every patch centre under ``post_to_pre``."""
+            threads: int, field: ResidualField | None = None) -> list[Measurement]:
+    """Measure the residual shift at every patch centre under ``post_to_pre`` (plus
+    ``field``)."""
     half = PATCH // 2
     window = cv2.createHanningWindow((PATCH, PATCH), cv2.CV_32F)
 
     def one(c: tuple[float, float]) -> Measurement:
         x0, y0 = round(c[0]) - half, round(c[1]) - half
         post_p = post.read_window(y0, y0 + PATCH, x0, x0 + PATCH)[:, :, 0].astype(np.float32)
-        pre_p = warp_window(pre, post_to_pre, y0, y0 + PATCH, x0, x0 + PATCH)
+        pre_p = warp_window(pre, post_to_pre, y0, y0 + PATCH, x0, x0 + PATCH, field=field)
         pf, qf = band_pass(post_p, sigma_hi), band_pass(pre_p, sigma_hi)
         centre = (x0 + (PATCH - 1) / 2.0, y0 + (PATCH - 1) / 2.0)
         if coarse:
@@ -265,7 +278,9 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
     tissue_xy = np.array(centres)
     current, fit = start, None
     history = []
+    measured_under = current
     for rnd in range(ROUNDS):
+        measured_under = current
         ms = measure(post, pre, current, centres, params["interior_blur_base"], rnd == 0,
                      threads)
         new = fit_affine(current, ms)
@@ -286,16 +301,27 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                                f"interior texture too weak or inconsistent: {textured} of {n} "
                                f"patches share texture between pre and post (correlation ≥ "
                                f"{MIN_PATCH_CORRELATION}); kept stage 2")
-    ratio = float(fit.inliers.sum() / n)  # over all patches: untextured ones count against
+    n_inliers, rms = int(fit.inliers.sum()), fit.residual_rms_px
+    accuracy = predicted_error(fit, tissue_xy)
+    refined = _fit_field(post, pre, measured_under, centres, ms,
+                          params["interior_blur_base"], threads)
+    field = None
+    field_metrics: dict[str, Any] = {}
+    if refined is not None:
+        current, field, model, field_metrics = refined
+        n_inliers, rms = int(model.inliers.sum()), model.residual_rms_px
+        accuracy = float(math.hypot(model.predicted_error(tissue_xy), ACCURACY_FLOOR_PX))
+    ratio = float(n_inliers / n)  # over all patches: untextured ones count against
     correction = max_displacement(current, start, tissue_xy)
     dec = decompose_similarity(current)
-    metrics = {"n_patches": n, "n_inliers": int(fit.inliers.sum()), "inlier_ratio": ratio,
-               "residual_rms_px": fit.residual_rms_px, "rounds": history,
+    metrics = {"n_patches": n, "n_inliers": n_inliers, "inlier_ratio": ratio,
+               "residual_rms_px": rms, "rounds": history,
                "correction_vs_stage2_px": correction, "rotation_deg": dec["rotation_deg"],
                "scale": dec["scale"], "anisotropy": dec["anisotropy"],
                "shear_deg": dec["shear_deg"], "stage2_status": stage2.status,
-               "estimated_accuracy_px": predicted_error(fit, tissue_xy),
-               "accuracy_source": "predicted standard error of the interior fit"}
+               "estimated_accuracy_px": accuracy,
+               "accuracy_source": "predicted standard error of the interior fit",
+               **field_metrics}
     if ratio < params["interior_min_inlier_ratio"]:
         return TransformRecord(start, "fallback", 3, {**metrics, **base},
                                f"only {fit.inliers.sum()} of {n} patches agree (inlier ratio "
@@ -306,7 +332,51 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                                f"refinement would move tissue by {correction:.1f} px > "
                                f"interior_max_correction {params['interior_max_correction']}; "
                                f"kept stage 2")
-    return TransformRecord(current, "ok", 3, metrics)
+    return TransformRecord(current, "ok", 3, metrics, residual_field=field)
+
+
+def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
+               centres: Sequence[tuple[float, float]], ms: Sequence[Measurement],
+               sigma_hi: float, threads: int
+               ) -> tuple[np.ndarray, ResidualField, nonrigid.PolyMap, dict[str, Any]] | None:
+    """A residual field on top of the fitted ``affine`` when the measurements ask for one
+    (:func:`exo2micro.nonrigid.select` prefers a higher polynomial degree), refined by
+    re-measuring the patches through it; ``None`` keeps the pair affine."""
+    frame = post.shape
+
+    def correspondences(a: np.ndarray, f: ResidualField | None, found: Sequence[Measurement]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        good = [m for m in found if m.quality >= MIN_PATCH_CORRELATION]
+        src = np.array([m.centre for m in good], np.float64).reshape(-1, 2)
+        moved = src + np.array([m.shift for m in good], np.float64).reshape(-1, 2)
+        return src, map_points(a, f, moved)
+
+    model = nonrigid.select(*correspondences(affine, None, ms))
+    if model is None or model.degree == 1:
+        return None
+    xy = np.array(centres)
+    field: ResidualField | None = None
+    rounds = []
+    for rnd in range(FIELD_ROUNDS):
+        new_affine, new_field = nonrigid.split(model, frame)
+        if new_field is None:
+            return None
+        moved = float(np.abs(map_points(new_affine, new_field, xy)
+                             - map_points(affine, field, xy)).max())
+        affine, field = new_affine, new_field
+        rounds.append({"round": rnd + 1, "degree": model.degree, "bic": model.bic,
+                       "residual_rms_px": model.residual_rms_px, "moved_px": moved})
+        if moved < 0.01 and rnd > 0:
+            break
+        found = measure(post, pre, affine, centres, sigma_hi, False, threads, field)
+        refit = nonrigid.select(*correspondences(affine, field, found))
+        if refit is None or refit.degree == 1:
+            return None
+        model = refit
+    assert field is not None
+    return affine, field, model, {"residual_model": field.model,
+                                  "residual_field_max_px": field.max_px(),
+                                  "field_rounds": rounds}
 
 
 def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", threads: int = 1,
@@ -331,6 +401,7 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
         acc = tr.metrics["estimated_accuracy_px"]
         with run.timed("warp"):
             warp_to_files(pre, tr.post_to_pre, output_shape(post.shape, pad), pad, outs,
+                          field=tr.residual_field,
                           compression=tiff_compression(checkpoint_format),
                           fits_header=lambda: make_header(sample=sample, dye=dye, stage=3,
                                                           params=params, accuracy_px=acc),

@@ -3,7 +3,9 @@
 The output frame is the raw post frame extended by ``pad`` px on every side: output pixel
 ``(x, y)`` is raw post pixel ``(x − pad, y − pad)``, so
 ``out(x, y) = pre(post_to_pre @ (x − pad, y − pad, 1))`` with bicubic interpolation; pixels
-that map outside the pre frame are 0 (no data).
+that map outside the pre frame are 0 (no data). With a residual field (stage 3 of a non-rigid
+pair) the source is ``post_to_pre(x) + field(x)``, evaluated per chunk and sampled with
+``cv2.remap`` instead of ``cv2.warpAffine``.
 
 The output is produced in blocks of :data:`~exo2micro.tiffio.TILE` rows, each block in column
 chunks of :data:`CHUNK` px. For each chunk only the pre window that the chunk maps into (plus a
@@ -24,7 +26,7 @@ import cv2
 import numpy as np
 
 from exo2micro.tiffio import TILE, OmeMeta
-from exo2micro.transform import affine_for_window, apply
+from exo2micro.transform import ResidualField, affine_for_window, apply
 
 #: Column chunk width (px) of the streamed warp.
 CHUNK = 2048
@@ -47,10 +49,17 @@ def output_shape(post_shape: tuple[int, int], pad: int) -> tuple[int, int]:
 
 
 def warp_window(pre: WindowReader, post_to_pre: np.ndarray, y0: int, y1: int, x0: int, x1: int,
-                pad: int = 0, interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
-    """Aligned pre for output pixels ``[y0:y1, x0:x1]`` as float32 (0 outside the pre frame)."""
+                pad: int = 0, interpolation: int = cv2.INTER_CUBIC,
+                field: ResidualField | None = None) -> np.ndarray:
+    """Aligned pre for output pixels ``[y0:y1, x0:x1]`` as float32 (0 outside the pre frame).
+
+    With a ``field`` the source of each pixel is ``post_to_pre(x) + field(x)``, evaluated for
+    this window only and sampled with :func:`cv2.remap` (same cubic kernel); without one the
+    window is an affine warp."""
     h, w = y1 - y0, x1 - x0
     origin = (float(x0 - pad), float(y0 - pad))  # raw post coords of the window's top-left
+    if field is not None:
+        return _remap_window(pre, post_to_pre, field, origin, (h, w), interpolation)
     corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], float) + origin
     pre_pts = apply(post_to_pre, corners)
     ph, pw = pre.shape
@@ -69,9 +78,33 @@ def warp_window(pre: WindowReader, post_to_pre: np.ndarray, y0: int, y1: int, x0
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
 
+def _remap_window(pre: WindowReader, post_to_pre: np.ndarray, field: ResidualField,
+                  origin: tuple[float, float], shape: tuple[int, int], interpolation: int
+                  ) -> np.ndarray:
+    """:func:`warp_window` with a residual field: per-pixel source maps, one pre read."""
+    h, w = shape
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float64) + origin[0],
+                         np.arange(h, dtype=np.float64) + origin[1])
+    dx, dy = field.on_window(origin[0], origin[1], w, h)
+    a = post_to_pre
+    map_x = a[0, 0] * xs + a[0, 1] * ys + a[0, 2] + dx
+    map_y = a[1, 0] * xs + a[1, 1] * ys + a[1, 2] + dy
+    ph, pw = pre.shape
+    px0 = max(0, int(np.floor(map_x.min())) - MARGIN)
+    py0 = max(0, int(np.floor(map_y.min())) - MARGIN)
+    px1 = min(pw, int(np.ceil(map_x.max())) + MARGIN + 1)
+    py1 = min(ph, int(np.ceil(map_y.max())) + MARGIN + 1)
+    if px1 <= px0 or py1 <= py0:
+        return np.zeros((h, w), np.float32)
+    src = pre.read_window(py0, py1, px0, px1)[:, :, 0].astype(np.float32)
+    return cv2.remap(src, (map_x - px0).astype(np.float32), (map_y - py0).astype(np.float32),
+                     interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
 def iter_warped_blocks(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[int, int],
                        pad: int = 0, block_rows: int = TILE, threads: int = 1,
-                       progress: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+                       progress: Callable[[int], None] | None = None,
+                       field: ResidualField | None = None) -> Iterator[np.ndarray]:
     """Yield consecutive full-width float32 row blocks of the aligned pre image.
 
     The chunks of the *next* block are computed by a pool of ``threads`` workers while the
@@ -83,7 +116,7 @@ def iter_warped_blocks(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tu
     def submit(pool: ThreadPoolExecutor, y0: int) -> list[tuple[int, Future[np.ndarray]]]:
         y1 = min(h, y0 + block_rows)
         return [(x0, pool.submit(warp_window, pre, post_to_pre, y0, y1, x0, min(w, x0 + CHUNK),
-                                 pad)) for x0 in range(0, w, CHUNK)]
+                                 pad, cv2.INTER_CUBIC, field)) for x0 in range(0, w, CHUNK)]
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending = submit(pool, 0) if h > 0 else []
@@ -103,7 +136,7 @@ def warp_to_files(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[i
                   pad: int, outputs: dict[str, Path],
                   fits_header: Callable[[], object] | None = None,
                   compression: str | None = None, threads: int = 1,
-                  ome: OmeMeta | None = None) -> None:
+                  ome: OmeMeta | None = None, field: ResidualField | None = None) -> None:
     """Warp once and write the aligned pre (float32) in every requested format.
 
     The TIFF is a pyramidal OME-TIFF (``ome``: its OME-XML facts; see
@@ -116,7 +149,7 @@ def warp_to_files(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[i
     from exo2micro.fitsio import write_streamed
     from exo2micro.tiffio import TiffImage, write_tiled
 
-    blocks = iter_warped_blocks(pre, post_to_pre, out_shape, pad, threads=threads)
+    blocks = iter_warped_blocks(pre, post_to_pre, out_shape, pad, threads=threads, field=field)
     if "tiff" in outputs:
         write_tiled(outputs["tiff"], out_shape, np.float32, blocks, compression=compression,
                     ome=ome)
