@@ -36,6 +36,10 @@ CAPTIONS: dict[str, str] = {
         "The difference post \u2212 k \u00d7 aligned pre. Good: flat, near-white noise over "
         "the tissue and microbes as compact red spots; red and blue rims along grain edges "
         "mean misalignment."),
+    "scale_map": (
+        "The map of k over the field that the difference was made with, and the per-tile "
+        "estimates it was fitted to. Good: the dots take the colour of the map under them; a "
+        "crossed-out dot is a tile the fit set aside (stain, a fold)."),
     "detections": (
         "Sources found by stage 5, circled and coloured by SNR on the difference image. Good: "
         "circles sit on compact spots, not on grain edges or along the tissue border."),

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import AsinhNorm, LogNorm
+from matplotlib.colors import AsinhNorm, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patheffects import withStroke
@@ -587,3 +587,54 @@ def plot_detection_snr_histogram(path: Path, sample: str, dye: str, snr: np.ndar
                                  threshold: float) -> Path:
     """Write :func:`detection_snr_histogram_figure` to ``path``."""
     return save_figure(detection_snr_histogram_figure(sample, dye, snr, threshold), path)
+
+
+def scale_map_figure(ctx: PlotContext, kmap: np.ndarray, factor: int, tissue: np.ndarray,
+                     table: Any, weights: np.ndarray | None) -> Figure:
+    """The k map of a spatially varying k (``kmap``: k at the centre of every ``factor`` ×
+    ``factor`` cell of the output frame; axes in output px) with the tissue outline, and the
+    per-tile estimates it was fitted to (``table``: :class:`exo2micro.scale.TileTable`) as
+    dots in the same colours; tiles the robust fit down-weighted to under half their weight
+    (``weights``, per tile, relative to the pixel counts) are crossed out."""
+    h, w = kmap.shape
+    fig, cax = _image_figure("scale_map", (h, w), 1, top=1.0)
+    ax = fig.add_subplot()
+    tile_k = 10.0 ** np.asarray(table.log_k)
+    values = np.concatenate([kmap[tissue], tile_k]) if tissue.any() else tile_k
+    lo, hi = (float(np.percentile(values, 1)), float(np.percentile(values, 99))) \
+        if values.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = lo * 0.999, hi * 1.001 + 1e-12
+    extent = (-0.5, w * factor - 0.5, h * factor - 0.5, -0.5)
+    ax.imshow(kmap, cmap="viridis", vmin=lo, vmax=hi, interpolation="antialiased",
+              extent=extent)
+    if tissue.any() and not tissue.all():
+        xs = factor * np.arange(w) + (factor - 1) / 2
+        ys = factor * np.arange(h) + (factor - 1) / 2
+        ax.contour(xs, ys, tissue.astype(np.float32), levels=[0.5], colors="white",
+                   linewidths=0.8)
+    ax.scatter(table.x, table.y, c=tile_k, cmap="viridis", vmin=lo, vmax=hi, s=28,
+               edgecolors="black", linewidths=0.6)
+    if weights is not None and weights.size == table.x.size:
+        base = np.asarray(table.n, float) / float(np.mean(table.n))
+        out = weights < 0.5 * base
+        ax.scatter(np.asarray(table.x)[out], np.asarray(table.y)[out], marker="x", s=40,
+                   color="#ff3366", linewidths=1.2, label="down-weighted tile")
+        if out.any():
+            ax.legend(loc="upper right")
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_xlabel("x [output px]")
+    ax.set_ylabel("y [output px]")
+    scale_bar(ax, ctx.pixel_size_um, "white")
+    fig.colorbar(ScalarMappable(norm=Normalize(vmin=lo, vmax=hi), cmap="viridis"), cax=cax,
+                 label="k (post / aligned pre)")
+    fig.suptitle(f"{ctx.title}: k map, median k = {ctx.scales['moffat']:.4f}\n"
+                 f"dots: the {table.x.size} tile estimates it is fitted to")
+    return fig
+
+
+def plot_scale_map(path: Path, ctx: PlotContext, kmap: np.ndarray, factor: int,
+                   tissue: np.ndarray, table: Any, weights: np.ndarray | None) -> Path:
+    """Write :func:`scale_map_figure` to ``path``."""
+    return save_figure(scale_map_figure(ctx, kmap, factor, tissue, table, weights), path)

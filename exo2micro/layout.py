@@ -71,6 +71,10 @@ class PairLayout:
         tag = "" if kind == "moffat" else f"_{kind}"
         return self._image(fmt, f"04_difference{self.sfx(4)}{tag}")
 
+    def scale_map(self, fmt: str) -> Path:
+        """The map of a spatially varying k (``k_model``), one px per 16 × 16 output px."""
+        return self._image(fmt, f"04_scale_map{self.sfx(4)}")
+
     # stage 5 ---------------------------------------------------------------------------
     def significance(self, fmt: str) -> Path:
         """The significance image ``difference / σ`` of stage 5."""

@@ -414,3 +414,332 @@ def fit_left_wing(hist: Histogram) -> ScaleFit:
 def percentile_scale(hist: Histogram, percentile: float) -> float:
     """``k = 10**P`` with ``P`` the ``percentile``-th percentile (0–100) of log10(post/pre)."""
     return float(10.0 ** hist.quantile(percentile / 100.0))
+
+
+# ---------------------------------------------------------------- a k that varies across the field
+#: Per-tile histograms cover log10(k0) ± this many decades (k0: the first, global estimate).
+TILE_RATIO_HALF = 0.3
+#: Tile sides tried (frame px, smallest first): the first that gives at most
+#: :data:`MAX_TILES_PER_SIDE` tiles along the frame's longer side is used (:func:`tile_side`).
+TILE_SIDES = (128, 256, 512, 1024, 2048, 4096, 8192)
+MAX_TILES_PER_SIDE = 32
+#: A tile is estimated when it holds at least :data:`MIN_FIT_PIXELS` pixels and at least this
+#: fraction of the median count of such tiles (tissue edges, tiles nearly covered by stain).
+MIN_TILE_FRACTION = 0.1
+#: Fewest tile estimates a surface is fitted to; highest polynomial degree tried, and the most
+#: coefficients per tile estimate (a degree needs ``MIN_TILES_PER_TERM ×`` its terms).
+MIN_TILES = 8
+MAX_DEGREE = 4
+MIN_TILES_PER_TERM = 4
+#: Huber constant (units of the robust residual scale) of the surface fit; its iterations.
+HUBER_C = 1.345
+HUBER_ITERATIONS = 30
+#: Under ``k_model=auto`` a surface is used only when k varies over the tissue by more than this
+#: fraction (max / min − 1): below it a single k is as good as any map.
+MIN_RANGE = 0.005
+#: Smallest robust residual scale (decades) of the surface fit: tiles that agree better than
+#: this are treated as agreeing this well (no division by zero on noise-free data).
+MIN_SCATTER = 1e-5
+K_MODELS = ("auto", "global", "smooth")
+
+
+def tile_side(shape: tuple[int, int]) -> int:
+    """The tile side (px) for a frame of ``shape`` (height, width): the smallest of
+    :data:`TILE_SIDES` with at most :data:`MAX_TILES_PER_SIDE` tiles along the longer side."""
+    longest = max(shape)
+    return next((s for s in TILE_SIDES if -(-longest // s) <= MAX_TILES_PER_SIDE),
+                TILE_SIDES[-1])
+
+
+@dataclass
+class TileHistograms:
+    """Log-ratio histograms of the square tiles of a frame, fed block by block.
+
+    Tile ``(ty, tx)`` covers frame rows ``[ty·side, (ty + 1)·side)`` and columns
+    ``[tx·side, (tx + 1)·side)`` (partial tiles at the bottom and right). Every tile uses the
+    fixed grid's bins (:data:`RATIO_BIN`) from ``lo`` over ``bins`` bins, a window of
+    ±:data:`TILE_RATIO_HALF` decades about the first estimate of log10 k; slot 0 of the last
+    axis counts values below the window, slot ``bins + 1`` those above. ``sum_x``/``sum_y`` sum
+    the frame coordinates (px, pixel centres at integers) of the values counted, so each tile's
+    estimate is placed at the centroid of its pixels. The object holds tile rows ``row0 …
+    row0 + rows − 1`` only (a block's part holds the tile rows its frame rows touch).
+    """
+
+    side: int
+    nx: int
+    lo: float
+    bins: int
+    row0: int
+    counts: np.ndarray
+    sum_x: np.ndarray
+    sum_y: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int], side: int, centre: float, row0: int = 0,
+              rows: int | None = None, dtype: type = np.int32) -> TileHistograms:
+        """Empty histograms of the tiles of a ``shape`` frame, centred on log10 k ``centre``
+        (``rows``: tile rows held from ``row0``, default all)."""
+        ny, nx = -(-shape[0] // side), -(-shape[1] // side)
+        rows = ny - row0 if rows is None else rows
+        bins = round(2 * TILE_RATIO_HALF / RATIO_BIN)
+        lo = RATIO_LO + round((centre - TILE_RATIO_HALF - RATIO_LO) / RATIO_BIN) * RATIO_BIN
+        return cls(side, nx, lo, bins, row0, np.zeros((rows, nx, bins + 2), dtype),
+                   np.zeros((rows, nx)), np.zeros((rows, nx)))
+
+    def add(self, values: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
+        """Count log-ratio ``values`` (1-D, finite) of the pixels at frame rows ``ys`` and
+        columns ``xs`` (integer arrays of the same length, inside the rows held)."""
+        if values.size == 0:
+            return
+        pos = (np.asarray(values, np.float32) - np.float32(self.lo)) * np.float32(1 / RATIO_BIN)
+        pos += np.float32(1.0)
+        np.clip(pos, 0, self.bins + 1, out=pos)
+        tile = (ys // self.side - self.row0) * self.nx + xs // self.side
+        n_tiles = self.counts.shape[0] * self.nx
+        flat = tile * (self.bins + 2) + pos.astype(np.intp)
+        self.counts += np.bincount(flat, minlength=self.counts.size).reshape(self.counts.shape)
+        self.sum_x += np.bincount(tile, weights=xs, minlength=n_tiles).reshape(self.sum_x.shape)
+        self.sum_y += np.bincount(tile, weights=ys, minlength=n_tiles).reshape(self.sum_y.shape)
+
+    def merge(self, part: TileHistograms) -> None:
+        """Add ``part`` (same tiles and bins, any tile rows inside these) to these counts."""
+        rows = slice(part.row0 - self.row0, part.row0 - self.row0 + part.counts.shape[0])
+        self.counts[rows] += part.counts
+        self.sum_x[rows] += part.sum_x
+        self.sum_y[rows] += part.sum_y
+
+    def histogram(self, ty: int, tx: int) -> Histogram:
+        """Tile ``(ty, tx)``'s histogram (tile rows counted from ``row0``)."""
+        c = self.counts[ty, tx]
+        return Histogram(self.lo, RATIO_BIN, c[1:-1].astype(np.int64), int(c[0]), int(c[-1]))
+
+    def estimates(self) -> TileTable:
+        """The left-wing estimate (:func:`fit_left_wing`) of every tile with enough pixels
+        (:data:`MIN_TILE_FRACTION`); tiles whose fit fails are dropped."""
+        totals = self.counts.sum(axis=2, dtype=np.int64)
+        enough = totals >= MIN_FIT_PIXELS
+        floor = MIN_TILE_FRACTION * float(np.median(totals[enough])) if enough.any() else 0.0
+        rows: list[tuple[float, float, float, int]] = []
+        for ty, tx in zip(*np.nonzero(enough & (totals >= floor)), strict=True):
+            fit = fit_left_wing(self.histogram(int(ty), int(tx)))
+            if fit.method == "moffat":
+                n = int(totals[ty, tx])
+                rows.append((self.sum_x[ty, tx] / n, self.sum_y[ty, tx] / n, fit.centre, n))
+        x, y, log_k, n = (np.array(c, np.float64) for c in zip(*rows, strict=True)) if rows \
+            else (np.zeros(0),) * 4
+        return TileTable(x, y, log_k, n, tiles=int(np.count_nonzero(totals)),
+                         side=self.side)
+
+
+@dataclass
+class TileTable:
+    """Per-tile estimates of log10 k: the centroid ``x``, ``y`` (frame px) of each tile's
+    pixels, ``log_k`` (decades) and ``n`` (pixels); ``tiles`` counts the tiles that held any
+    pixel (the others were empty), ``side`` is the tile side (px)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    log_k: np.ndarray
+    n: np.ndarray
+    tiles: int
+    side: int
+
+    def shifted(self, factor: float, offset: float) -> TileTable:
+        """The table with coordinates ``factor · (x, y) + offset`` (e.g. from a pyramid level's
+        pixels to the full-resolution frame)."""
+        return TileTable(factor * self.x + offset, factor * self.y + offset, self.log_k, self.n,
+                         self.tiles, round(self.side * factor))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"side_px": self.side, "tiles_with_pixels": self.tiles,
+                "estimated": int(self.x.size),
+                "x": [round(float(v), 2) for v in self.x],
+                "y": [round(float(v), 2) for v in self.y],
+                "log10_k": [round(float(v), 7) for v in self.log_k],
+                "pixels": [int(v) for v in self.n]}
+
+
+def _terms(degree: int) -> list[tuple[int, int]]:
+    """Exponents ``(i, j)`` of the monomials ``u^i v^j`` of total degree ≤ ``degree``, by total
+    degree then by decreasing power of u."""
+    return [(d - j, j) for d in range(degree + 1) for j in range(d + 1)]
+
+
+@dataclass(frozen=True)
+class KSurface:
+    """A smooth k over the frame: ``k(x, y) = 10 ** clip(P(u, v), *clip)``.
+
+    ``P`` is a polynomial of total degree ``degree`` with ``coefficients`` on the monomials
+    ``u^i v^j`` (order of :func:`_terms`) of the normalised coordinates
+    ``u = (x − centre[0]) / half[0]``, ``v = (y − centre[1]) / half[1]``, where ``x``, ``y`` are
+    frame px (pixel centres at integers). ``clip`` bounds log10 k (the range over the tissue),
+    so that k does not run away where the polynomial extrapolates beyond the tiles.
+    """
+
+    degree: int
+    coefficients: tuple[float, ...]
+    centre: tuple[float, float]
+    half: tuple[float, float]
+    clip: tuple[float, float] = (-math.inf, math.inf)
+
+    def log10_grid(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """log10 k (float64) at every ``(xs[i], ys[j])``: an array ``(len(ys), len(xs))``."""
+        d = self.degree
+        u = (np.asarray(xs, np.float64) - self.centre[0]) / self.half[0]
+        v = (np.asarray(ys, np.float64) - self.centre[1]) / self.half[1]
+        coef = np.zeros((d + 1, d + 1))
+        for c, (i, j) in zip(self.coefficients, _terms(d), strict=True):
+            coef[j, i] = c
+        pu = u[None, :] ** np.arange(d + 1)[:, None]
+        pv = v[None, :] ** np.arange(d + 1)[:, None]
+        return np.clip(pv.T @ coef @ pu, *self.clip)
+
+    def grid(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """k (float32) at every ``(xs[i], ys[j])``, shape ``(len(ys), len(xs))``."""
+        return (10.0 ** self.log10_grid(xs, ys)).astype(np.float32)
+
+    def log10_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """log10 k at the points ``(x[n], y[n])`` (1-D arrays)."""
+        u = (np.asarray(x, np.float64) - self.centre[0]) / self.half[0]
+        v = (np.asarray(y, np.float64) - self.centre[1]) / self.half[1]
+        return np.clip(_basis(u, v, self.degree) @ np.asarray(self.coefficients), *self.clip)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": "polynomial in log10 k", "degree": self.degree,
+                "terms_u_v_exponents": [list(t) for t in _terms(self.degree)],
+                "coefficients": list(self.coefficients),
+                "u": f"(x - {self.centre[0]!r}) / {self.half[0]!r}",
+                "v": f"(y - {self.centre[1]!r}) / {self.half[1]!r}",
+                "centre_px": list(self.centre), "half_size_px": list(self.half),
+                "clip_log10": list(self.clip)}
+
+
+def _basis(u: np.ndarray, v: np.ndarray, degree: int) -> np.ndarray:
+    """The design matrix ``(N, terms)`` of :func:`_terms` at the points ``(u, v)``."""
+    return np.stack([u ** i * v ** j for i, j in _terms(degree)], axis=1)
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+@dataclass(frozen=True)
+class SurfaceFit:
+    """One robust fit: the surface, its robust residual scale (decades), the Huber-clipped
+    weighted mean square residual (decades²) and the final weight of each tile."""
+
+    surface: KSurface
+    scale: float
+    mean_square: float
+    weights: np.ndarray
+
+    def bic(self, n: int) -> float:
+        """Bayesian information criterion ``N ln σ² + p ln N`` of the fit to ``n`` tiles."""
+        return n * math.log(self.mean_square) + len(self.surface.coefficients) * math.log(n)
+
+
+def fit_surface(table: TileTable, degree: int, shape: tuple[int, int]) -> SurfaceFit:
+    """Robust polynomial fit of ``table``'s log10 k over a frame of ``shape`` (height, width).
+
+    Weighted least squares with each tile weighted by its pixel count, iterated with Huber
+    weights (:data:`HUBER_C` times the weighted median absolute residual · 1.4826): a tile full
+    of stain, or on a fold, whose estimate stands apart from its neighbours is down-weighted
+    instead of pulling the surface.
+    """
+    h, w = shape
+    centre, half = ((w - 1) / 2, (h - 1) / 2), (max((w - 1) / 2, 1.0), max((h - 1) / 2, 1.0))
+    a = _basis((table.x - centre[0]) / half[0], (table.y - centre[1]) / half[1], degree)
+    base = table.n / table.n.mean()
+    huber = np.ones_like(base)
+    coef = np.zeros(a.shape[1])
+    scale_ = MIN_SCATTER
+    for _ in range(HUBER_ITERATIONS):
+        sw = np.sqrt(base * huber)
+        new, *_ = np.linalg.lstsq(a * sw[:, None], table.log_k * sw, rcond=None)
+        resid = table.log_k - a @ new
+        scale_ = max(1.4826 * _weighted_median(np.abs(resid), base), MIN_SCATTER)
+        huber = np.minimum(1.0, HUBER_C * scale_ / np.maximum(np.abs(resid), 1e-300))
+        done = np.allclose(new, coef, rtol=0, atol=1e-9)
+        coef = new
+        if done:
+            break
+    resid = table.log_k - a @ coef
+    clipped = np.minimum(resid ** 2, (HUBER_C * scale_) ** 2)
+    mean_square = max(float(np.sum(base * clipped) / base.sum()), MIN_SCATTER ** 2)
+    surface = KSurface(degree, tuple(float(c) for c in coef), centre, half)
+    return SurfaceFit(surface, scale_, mean_square, base * huber)
+
+
+@dataclass
+class CellGrid:
+    """Tissue pixel counts on a coarse grid of the frame: ``counts[j, i]`` pixels around the
+    frame point ``(xs[i], ys[j])`` (px)."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    counts: np.ndarray
+
+    def summary(self, surface: KSurface) -> tuple[float, float, float]:
+        """``(median, min, max)`` of ``surface``'s k over the tissue (count-weighted)."""
+        have = self.counts > 0
+        values = surface.log10_grid(self.xs, self.ys)[have]
+        return (10.0 ** _weighted_median(values, self.counts[have].astype(np.float64)),
+                10.0 ** float(values.min()), 10.0 ** float(values.max()))
+
+
+@dataclass
+class SurfaceChoice:
+    """What :func:`choose_surface` decided: the surface (``None``: one global k), the candidate
+    degrees' criteria, and why."""
+
+    surface: KSurface | None
+    reason: str
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    fit_weights: np.ndarray | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"surface": None if self.surface is None else self.surface.to_json(),
+                "reason": self.reason, "candidates": self.candidates}
+
+
+def choose_surface(table: TileTable, shape: tuple[int, int], cells: CellGrid, mode: str
+                   ) -> SurfaceChoice:
+    """Decide between one global k and a smooth surface, from the tile estimates.
+
+    Polynomials of degree 0 … :data:`MAX_DEGREE` (as many as :data:`MIN_TILES_PER_TERM` tiles
+    per coefficient allow) are fitted (:func:`fit_surface`) and the one with the lowest BIC is
+    kept. ``mode='smooth'`` uses it (at least degree 1); ``mode='auto'`` uses it only when its
+    degree is ≥ 1 *and* its k varies over the tissue (``cells``) by more than
+    :data:`MIN_RANGE`; with fewer than :data:`MIN_TILES` estimates the answer is global. The
+    surface is clipped to its range over the tissue.
+    """
+    if mode not in ("auto", "smooth"):
+        raise ValueError(f"k_model must be 'auto' or 'smooth' here, got {mode!r}")
+    n = int(table.x.size)
+    if n < MIN_TILES:
+        return SurfaceChoice(None, f"{n} tile estimates, fewer than {MIN_TILES}")
+    fits = {0: fit_surface(table, 0, shape)}
+    for d in range(1, MAX_DEGREE + 1):
+        if n < MIN_TILES_PER_TERM * len(_terms(d)):
+            break
+        fits[d] = fit_surface(table, d, shape)
+    candidates = [{"degree": d, "bic": f.bic(n), "scatter_log10": f.scale} for d, f in fits.items()]
+    best = min(fits, key=lambda d: fits[d].bic(n))
+    if best == 0 and mode == "smooth":
+        best = min((d for d in fits if d > 0), key=lambda d: fits[d].bic(n), default=0)
+    if best == 0:
+        reason = ("a single k explains the tiles best (BIC)" if len(fits) > 1
+                  else f"{n} tile estimates allow no degree ≥ 1")
+        return SurfaceChoice(None, reason, candidates)
+    fit = fits[best]
+    _, lo, hi = cells.summary(fit.surface)
+    surface = KSurface(fit.surface.degree, fit.surface.coefficients, fit.surface.centre,
+                       fit.surface.half, (math.log10(lo), math.log10(hi)))
+    spread = hi / lo - 1
+    if mode == "auto" and spread <= MIN_RANGE:
+        return SurfaceChoice(None, f"the degree-{best} surface varies by {spread:.2%} over the "
+                                   f"tissue, not more than {MIN_RANGE:.1%}", candidates)
+    return SurfaceChoice(surface, f"degree {best} (lowest BIC); k varies by {spread:.2%} over "
+                                  f"the tissue", candidates, fit.weights)

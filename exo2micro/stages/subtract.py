@@ -122,6 +122,9 @@ COARSE_SIDE = 2048
 PIXEL_SCALE_TOLERANCE = 0.02
 #: Value written where there is no data.
 NO_DATA = np.float32(np.nan)
+#: The k map is written, and tissue pixels counted for its median and range, on cells of
+#: MAP_FACTOR × MAP_FACTOR output px (a divisor of TILE, so blocks hold whole cells).
+MAP_FACTOR = 16
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -262,9 +265,12 @@ def _odd(n: float) -> int:
 
 
 def estimation_masks(post: np.ndarray, pre: np.ndarray, data: np.ndarray, thr: Thresholds,
-                     k0: float, px: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+                     k0: float | np.ndarray, px: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """The estimation set and its microbe-free part (see the module docstring), as boolean
     arrays of the arrays' shape.
+
+    ``k0`` is the coarse scale: one number, or (a spatially varying k) a float32 array of the
+    arrays' shape holding k at every pixel.
 
     ``px`` is the size of one array pixel in full-resolution pixels (the box size of a pyramid
     level), so the same physical distances are used at any level. Pixels beyond the arrays'
@@ -277,43 +283,68 @@ def estimation_masks(post: np.ndarray, pre: np.ndarray, data: np.ndarray, thr: T
     valid = cv2.erode(sig.view(np.uint8), np.ones((edge, edge), np.uint8),
                       borderType=cv2.BORDER_CONSTANT, borderValue=1).view(bool)
     sigma = SMOOTH_PX / px
+    if isinstance(k0, np.ndarray):
+        k, flag_at = k0, np.float32(EXCESS_FRACTION) * k0
+    else:
+        k, flag_at = np.float32(k0), np.float32(EXCESS_FRACTION * k0)
     if sigma >= 0.5:
         size = _odd(3 * sigma)
-        excess = cv2.GaussianBlur(post - np.float32(k0) * pre, (size, size), sigma)
+        excess = cv2.GaussianBlur(post - k * pre, (size, size), sigma)
         level = cv2.GaussianBlur(pre, (size, size), sigma)
     else:
-        excess, level = post - np.float32(k0) * pre, pre
-    flagged = (excess > np.float32(EXCESS_FRACTION * k0) * level) & sig
+        excess, level = post - k * pre, pre
+    flagged = (excess > flag_at * level) & sig
     grow = _odd(DILATE_PX / px)
     near_stain = cv2.dilate(flagged.view(np.uint8), np.ones((grow, grow), np.uint8),
                             borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
     return valid, valid & ~near_stain
 
 
-def coarse_scale(post_pyramid: Pyramid, pre_pyramid: Pyramid, post_to_pre: np.ndarray,
-                 thr: Thresholds) -> float:
-    """A first k0 from the pyramids: pre warped onto a post level of ≤ :data:`COARSE_SIDE` px
-    and two rounds of the left-wing fit over the microbe-free set, starting from the ratio of
-    the tissue medians (the whole estimation set stands in when too little is microbe-free)."""
-    post, fp = post_pyramid.level_for(COARSE_SIDE)
-    i = int(np.argmin([abs(math.log2(f / fp)) for f in pre_pyramid.factors]))
-    pre_level, fq = pre_pyramid.levels[i], pre_pyramid.factors[i]
-    # level pixel (j, i) of box size f is the full-resolution point f·(j, i) + (f − 1)/2
-    to_full = np.array([[fp, 0, (fp - 1) / 2], [0, fp, (fp - 1) / 2], [0, 0, 1.0]])
-    from_full = np.linalg.inv(np.array([[fq, 0, (fq - 1) / 2], [0, fq, (fq - 1) / 2],
-                                        [0, 0, 1.0]]))
-    local = from_full @ np.asarray(post_to_pre, np.float64) @ to_full
-    h, w = post.shape
-    pre = cv2.warpAffine(pre_level.astype(np.float32), local[:2], (w, h),
-                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    inside = cv2.warpAffine(np.ones(pre_level.shape, np.uint8), local[:2], (w, h),
-                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
-    post = post.astype(np.float32)
+@dataclass(frozen=True)
+class CoarseLevel:
+    """Post at a pyramid level of ≤ :data:`COARSE_SIDE` px with the pre level warped onto it
+    (float32) and the mask of level pixels that map inside pre; level pixel ``(j, i)`` of box
+    size ``factor`` is the raw post point ``factor · (j, i) + (factor − 1) / 2``."""
+
+    post: np.ndarray
+    pre: np.ndarray
+    inside: np.ndarray
+    factor: int
+
+    @classmethod
+    def from_pyramids(cls, post_pyramid: Pyramid, pre_pyramid: Pyramid,
+                      post_to_pre: np.ndarray) -> CoarseLevel:
+        post, fp = post_pyramid.level_for(COARSE_SIDE)
+        i = int(np.argmin([abs(math.log2(f / fp)) for f in pre_pyramid.factors]))
+        pre_level, fq = pre_pyramid.levels[i], pre_pyramid.factors[i]
+        to_full = np.array([[fp, 0, (fp - 1) / 2], [0, fp, (fp - 1) / 2], [0, 0, 1.0]])
+        from_full = np.linalg.inv(np.array([[fq, 0, (fq - 1) / 2], [0, fq, (fq - 1) / 2],
+                                            [0, 0, 1.0]]))
+        local = from_full @ np.asarray(post_to_pre, np.float64) @ to_full
+        h, w = post.shape
+        pre = cv2.warpAffine(pre_level.astype(np.float32), local[:2], (w, h),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        inside = cv2.warpAffine(np.ones(pre_level.shape, np.uint8), local[:2], (w, h),
+                                flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+        return cls(post.astype(np.float32), pre, inside, fp)
+
+    def frame_axes(self, pad: int) -> tuple[np.ndarray, np.ndarray]:
+        """Output-frame coordinates (px) of the level's columns and rows."""
+        f = self.factor
+        h, w = self.post.shape
+        return (f * np.arange(w) + (f - 1) / 2 + pad, f * np.arange(h) + (f - 1) / 2 + pad)
+
+
+def coarse_scale(level: CoarseLevel, thr: Thresholds) -> float:
+    """A first k0 from the pyramids' :class:`CoarseLevel`: two rounds of the left-wing fit over
+    the microbe-free set, starting from the ratio of the tissue medians (the whole estimation
+    set stands in when too little is microbe-free)."""
+    post, pre = level.post, level.pre
     k0 = thr.levels["post"]["tissue_median"] / thr.levels["pre"]["tissue_median"]
     for _ in range(2):
-        valid, clean = estimation_masks(post, pre, inside, thr, k0, px=fp)
+        valid, clean = estimation_masks(post, pre, level.inside, thr, k0, px=level.factor)
         sel = clean if np.count_nonzero(clean) >= scale.MIN_FIT_PIXELS else valid
         if not sel.any():
             break
@@ -321,6 +352,35 @@ def coarse_scale(post_pyramid: Pyramid, pre_pyramid: Pyramid, post_to_pre: np.nd
         hist.add(np.log10(post[sel]) - np.log10(pre[sel]))
         k0 = scale.fit_left_wing(hist).scale
     return k0
+
+
+def coarse_surface(level: CoarseLevel, thr: Thresholds, k0: float, shape: tuple[int, int],
+                   pad: int, mode: str) -> scale.SurfaceChoice:
+    """A first k map for the microbe mask (``mode`` 'auto' or 'smooth', see
+    :func:`exo2micro.scale.choose_surface`): per-tile estimates over the coarse level's
+    microbe-free set, placed in the output frame (``shape``, ``pad``), and a surface fitted to
+    them; when one is chosen the masks are remade with it and the fit repeated once.
+
+    A k that varies by more than :data:`EXCESS_FRACTION` across the field makes one k0 flag
+    whole regions as stain (where k > k0 by that much), which would leave those regions out of
+    every estimate; the mask must follow the local k.
+    """
+    f = level.factor
+    xs, ys = level.frame_axes(pad)
+    k: float | np.ndarray = k0
+    choice = scale.SurfaceChoice(None, "not estimated")
+    for _ in range(2):
+        valid, clean = estimation_masks(level.post, level.pre, level.inside, thr, k, px=f)
+        tiles = scale.TileHistograms.empty(level.post.shape, scale.tile_side(level.post.shape),
+                                           math.log10(k0))
+        rows, cols = np.nonzero(clean)
+        tiles.add(np.log10(level.post[clean]) - np.log10(level.pre[clean]), rows, cols)
+        table = tiles.estimates().shifted(f, (f - 1) / 2 + pad)
+        choice = scale.choose_surface(table, shape, scale.CellGrid(xs, ys, valid), mode)
+        if choice.surface is None:
+            break
+        k = choice.surface.grid(xs, ys)
+    return choice
 
 
 # ------------------------------------------------------------------------- block helpers
@@ -431,6 +491,10 @@ class Pass1:
     n_equal: int = 0
     preview_factor: int = 1
     preview: dict[str, np.ndarray] = field(default_factory=dict)
+    #: With a :class:`TilePlan`: the microbe-free log-ratio histograms per tile and the
+    #: estimation pixels counted per :data:`MAP_FACTOR` cell (float32).
+    tiles: scale.TileHistograms | None = None
+    cells: np.ndarray | None = None
 
     def merge(self, other: Pass1) -> None:
         for name in ("ratio", "clean", "post", "pre"):
@@ -438,6 +502,30 @@ class Pass1:
         self.n_data += other.n_data
         self.n_signal += other.n_signal
         self.n_equal += other.n_equal
+        if self.tiles is not None and other.tiles is not None:
+            self.tiles.merge(other.tiles)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Per-tile estimation in pass 1 (``k_model`` other than global): the tile side (px), the
+    centre (log10 k0) of the tiles' histogram window and the coarse k surface the microbe mask
+    follows (``None``: the mask uses the single k0)."""
+
+    side: int
+    centre: float
+    mask_surface: scale.KSurface | None
+
+    def histograms(self, shape: tuple[int, int], row0: int = 0, rows: int | None = None,
+                   dtype: type = np.int32) -> scale.TileHistograms:
+        return scale.TileHistograms.empty(shape, self.side, self.centre, row0, rows, dtype)
+
+
+def cell_axes(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Output-frame coordinates (px) of the centres of the :data:`MAP_FACTOR` cells' columns
+    and rows (cell ``i`` covers px ``[f·i, f·i + f)``, centre ``f·i + (f − 1)/2``)."""
+    f = MAP_FACTOR
+    return tuple(f * np.arange(-(-n // f)) + (f - 1) / 2 for n in (shape[1], shape[0]))
 
 
 def box_mean(image: np.ndarray, factor: int) -> np.ndarray:
@@ -462,16 +550,23 @@ def preview_factor(shape: tuple[int, int]) -> int:
     return f
 
 
-def _pass1_block(src: Sources, thr: Thresholds, k0: float, factor: int, y0: int
-                 ) -> tuple[int, Pass1]:
+def _pass1_block(src: Sources, thr: Thresholds, k0: float, factor: int, y0: int,
+                 plan: TilePlan | None = None) -> tuple[int, Pass1]:
     h = src.shape[0]
     y1 = min(h, y0 + TILE)
     ya, yb = max(0, y0 - HALO), min(h, y1 + HALO)
     post, pre, data = src.read(ya, yb)
     core = slice(y0 - ya, y1 - ya)
-    valid, clean = (m[core] for m in estimation_masks(post, pre, data, thr, k0))
+    mask_k: float | np.ndarray = k0
+    if plan is not None and plan.mask_surface is not None:
+        mask_k = plan.mask_surface.grid(np.arange(src.shape[1]), np.arange(ya, yb))
+    valid, clean = (m[core] for m in estimation_masks(post, pre, data, thr, mask_k))
     post, pre, data = post[core], pre[core], data[core]
     out = Pass1()
+    if plan is not None:
+        first = y0 // plan.side
+        out.tiles = plan.histograms(src.shape, first, (y1 - 1) // plan.side + 1 - first,
+                                    np.int64)
     # per-pixel work in slices of SUB_ROWS rows bounds the temporaries of wide images
     for r in range(0, y1 - y0, SUB_ROWS):
         rows = slice(r, r + SUB_ROWS)
@@ -483,10 +578,12 @@ def _pass1_block(src: Sources, thr: Thresholds, k0: float, factor: int, y0: int
         out.ratio.add(ratio)
         out.n_equal += int(np.count_nonzero(ratio == 0))
         keep = clean[rows][v]
-        if src.integer:
-            out.clean.add(np.log10(scale.dequantise(pv[keep])) - lq[keep])
-        else:
-            out.clean.add(ratio[keep])
+        clean_ratio = (np.log10(scale.dequantise(pv[keep])) - lq[keep]) if src.integer \
+            else ratio[keep]
+        out.clean.add(clean_ratio)
+        if out.tiles is not None:  # np.nonzero's order is boolean indexing's
+            ys, xs = np.nonzero(clean[rows])
+            out.tiles.add(clean_ratio, ys + (y0 + r), xs)
         # the value histograms only set display ranges: every VALUE_STRIDE-th pixel is plenty
         out.post.add(lp[::VALUE_STRIDE])
         out.pre.add(lq[::VALUE_STRIDE])
@@ -495,23 +592,32 @@ def _pass1_block(src: Sources, thr: Thresholds, k0: float, factor: int, y0: int
     weight = data.astype(np.float32)
     out.preview = {"post": box_mean(post * weight, factor), "pre": box_mean(pre * weight, factor),
                    "data": box_mean(weight, factor)}
+    if plan is not None:
+        out.cells = np.rint(box_mean(valid.astype(np.float32), MAP_FACTOR) * MAP_FACTOR ** 2)
     return y0, out
 
 
 def first_pass(src: Sources, thr: Thresholds, k0: float, pool: ThreadPoolExecutor | None,
-               ahead: int) -> Pass1:
-    """Pass 1 over the full-resolution images (see module docstring)."""
+               ahead: int, plan: TilePlan | None = None) -> Pass1:
+    """Pass 1 over the full-resolution images (see module docstring); with ``plan`` also the
+    per-tile histograms and the tissue counts per :data:`MAP_FACTOR` cell."""
     h, w = src.shape
     factor = preview_factor(src.shape)
     total = Pass1(preview_factor=factor)
     ph, pw = -(-h // factor), -(-w // factor)
     total.preview = {name: np.zeros((ph, pw), np.float32) for name in ("post", "pre", "data")}
-    for y0, part in _ordered_map(pool, lambda y: _pass1_block(src, thr, k0, factor, y),
+    if plan is not None:
+        total.tiles = plan.histograms(src.shape)
+        total.cells = np.zeros((-(-h // MAP_FACTOR), -(-w // MAP_FACTOR)), np.float32)
+    for y0, part in _ordered_map(pool, lambda y: _pass1_block(src, thr, k0, factor, y, plan),
                                  range(0, h, TILE), ahead):
         total.merge(part)
         r0 = y0 // factor
         for name, arr in part.preview.items():
             total.preview[name][r0:r0 + arr.shape[0]] = arr
+        if total.cells is not None and part.cells is not None:
+            c0 = y0 // MAP_FACTOR
+            total.cells[c0:c0 + part.cells.shape[0]] = part.cells
     return total
 
 
@@ -539,11 +645,15 @@ def _empty_pass2(grid: tuple[float, float, int], diff_range: float, kinds: Itera
 
 
 def _pass2_block(src: Sources, thr: Thresholds, scales: Mapping[str, float],
-                 grid: tuple[float, float, int], diff_range: float, y0: int
-                 ) -> tuple[list[np.ndarray], Pass2]:
+                 grid: tuple[float, float, int], diff_range: float, y0: int,
+                 surface: scale.KSurface | None = None) -> tuple[list[np.ndarray], Pass2]:
+    """One block of pass 2: the difference of every active scale (the Moffat one with k of
+    ``surface`` at every pixel when given) and its histograms."""
     y1 = min(src.shape[0], y0 + TILE)
     post, pre, data = src.read(y0, y1)
-    blocks = [post - np.float32(k) * pre for k in scales.values()]
+    blocks = [post - (surface.grid(np.arange(src.shape[1]), np.arange(y0, y1))
+                      if kind == "moffat" and surface is not None else np.float32(k)) * pre
+              for kind, k in scales.items()]
     part = _empty_pass2(grid, diff_range, scales)
     for r in range(0, y1 - y0, SUB_ROWS):
         rows = slice(r, r + SUB_ROWS)
@@ -607,10 +717,13 @@ def pixel_scale_check(layout: PairLayout) -> tuple[dict[str, Any], str | None]:
 
 def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
              shape: tuple[int, int], sample: str, dye: str, scales: Mapping[str, float],
-             accuracy: float | None, compression: str | None, pixel_size_um: float | None
+             accuracy: float | None, compression: str | None, pixel_size_um: float | None,
+             scale_map: str | None = None
              ) -> tuple[list[Callable[[Iterable[np.ndarray]], None]], list[Path], list[int]]:
     """One writer per (kind, format), the files they write, and which kind feeds each
-    (``compression``: tifffile codec of the TIFFs)."""
+    (``compression``: tifffile codec of the TIFFs). ``scale_map`` (the k map's path in the
+    pair folder) marks the Moffat difference as made with k(x, y); its ``scale`` is then the
+    map's median."""
     writers: list[Callable[[Iterable[np.ndarray]], None]] = []
     paths: list[Path] = []
     feeds: list[int] = []
@@ -618,10 +731,13 @@ def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
         for fmt in fmts:
             path = layout.difference(fmt, kind)
             if fmt == "tiff":
-                desc = json.dumps({"exo2micro": "difference post - k * aligned_pre",
-                                   "sample": sample, "dye": dye, "scale": scales[kind],
-                                   "scale_kind": kind, "no_data": "NaN",
-                                   "estimated_accuracy_px": accuracy})
+                facts = {"exo2micro": "difference post - k * aligned_pre",
+                         "sample": sample, "dye": dye, "scale": scales[kind],
+                         "scale_kind": kind, "no_data": "NaN",
+                         "estimated_accuracy_px": accuracy}
+                if kind == "moffat" and scale_map:
+                    facts |= {"k_model": "smooth", "scale_map": scale_map}
+                desc = json.dumps(facts)
                 ome = OmeMeta(f"difference ({kind})", dye, pixel_size_um, desc)
                 writers.append(lambda b, p=path, o=ome: write_tiled(
                     p, shape, np.float32, b, ome=o, compression=compression))
@@ -630,6 +746,9 @@ def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
                                   scale=scales[kind], scale_kind=kind, accuracy_px=accuracy)
                 hdr["BUNIT"] = ("post counts", "post - k * aligned pre, post image units")
                 hdr.add_comment("NaN marks pixels without data (padding, outside the pre frame)")
+                if kind == "moffat" and scale_map:
+                    hdr["KMODEL"] = ("smooth", "k varies: k(x, y) of the k map, SCALE its median")
+                    hdr.add_comment(f"k map: {scale_map}")
                 writers.append(lambda b, p=path, hd=hdr: write_streamed(p, shape, hd, b))
             paths.append(path)
             feeds.append(i)
@@ -666,16 +785,85 @@ class _Inputs:
 def _second_pass(src: Sources, thr: Thresholds, scales: Mapping[str, float],
                  grid: tuple[float, float, int], diff_range: float,
                  writers: Sequence[Callable[[Iterable[np.ndarray]], None]], feeds: Sequence[int],
-                 pool: ThreadPoolExecutor | None, ahead: int) -> Pass2:
-    """Pass 2: stream the difference blocks to the writers, accumulate its histograms."""
+                 pool: ThreadPoolExecutor | None, ahead: int,
+                 surface: scale.KSurface | None = None) -> Pass2:
+    """Pass 2: stream the difference blocks to the writers, accumulate its histograms (the
+    Moffat difference with k(x, y) of ``surface`` when given)."""
     total = _empty_pass2(grid, diff_range, scales)
     with FanOut(writers, depth=1) as fan:
         for blocks, part in _ordered_map(
-                pool, lambda y: _pass2_block(src, thr, scales, grid, diff_range, y),
+                pool, lambda y: _pass2_block(src, thr, scales, grid, diff_range, y, surface),
                 range(0, src.shape[0], TILE), ahead):
             total.merge(part)
             fan.put([blocks[i] for i in feeds])
     return total
+
+
+@dataclass
+class KMap:
+    """The spatially varying k of a pair: the decision (:class:`exo2micro.scale.SurfaceChoice`;
+    its ``surface`` is ``None`` for one global k), the tile estimates it rests on, the tissue
+    counts per :data:`MAP_FACTOR` cell, and the map's median, min and max over the tissue."""
+
+    choice: scale.SurfaceChoice
+    table: scale.TileTable
+    cells: scale.CellGrid
+    median: float = float("nan")
+    low: float = float("nan")
+    high: float = float("nan")
+
+    @classmethod
+    def estimate(cls, p1: Pass1, shape: tuple[int, int], mode: str) -> KMap:
+        """Tile estimates from pass 1's tile histograms and the surface ``mode`` asks for."""
+        if p1.tiles is None or p1.cells is None:
+            raise ValueError("pass 1 ran without a TilePlan")
+        table = p1.tiles.estimates()
+        cells = scale.CellGrid(*cell_axes(shape), p1.cells)
+        out = cls(scale.choose_surface(table, shape, cells, mode), table, cells)
+        if out.surface is not None:
+            out.median, out.low, out.high = cells.summary(out.surface)
+        return out
+
+    @property
+    def surface(self) -> scale.KSurface | None:
+        return self.choice.surface
+
+    def to_json(self, coarse: scale.SurfaceChoice | None) -> dict[str, Any]:
+        return {"map_factor_px": MAP_FACTOR, "frame": "output frame px (raw post + pad), "
+                "pixel centres at integers", "tiles": self.table.to_json(),
+                "choice": self.choice.to_json(),
+                "mask_surface": None if coarse is None else coarse.to_json()}
+
+
+def write_scale_map(layout: PairLayout, surface: scale.KSurface, shape: tuple[int, int],
+                    fmts: Sequence[str], sample: str, dye: str, pixel_size_um: float | None,
+                    compression: str | None) -> list[Path]:
+    """The k map (float32, k at the centre of every :data:`MAP_FACTOR` cell of the output
+    frame ``shape``) as ``layout.scale_map(fmt)`` for every format; returns the paths."""
+    xs, ys = cell_axes(shape)
+    kmap = surface.grid(xs, ys)
+    facts = {"exo2micro": "k map: post = k(x, y) * aligned_pre + stain", "sample": sample,
+             "dye": dye, "cell_px": MAP_FACTOR,
+             "pixel": f"map pixel (i, j) is output pixel ({MAP_FACTOR} i + "
+                      f"{(MAP_FACTOR - 1) / 2}, {MAP_FACTOR} j + {(MAP_FACTOR - 1) / 2})",
+             "surface": surface.to_json()}
+    paths = []
+    for fmt in fmts:
+        path = layout.scale_map(fmt)
+        if fmt == "tiff":
+            size = None if pixel_size_um is None else pixel_size_um * MAP_FACTOR
+            write_tiled(path, kmap.shape, np.float32,
+                        (kmap[r:r + TILE] for r in range(0, kmap.shape[0], TILE)),
+                        ome=OmeMeta("k map", dye, size, json.dumps(facts)),
+                        compression=compression, pyramid=False)
+        else:
+            hdr = make_header(sample=sample, dye=dye, stage=4, params=layout.params)
+            hdr["BUNIT"] = ("k", "post / aligned pre of the autofluorescence")
+            hdr["KCELL"] = (MAP_FACTOR, "output px per map px along each axis")
+            hdr.add_comment(facts["pixel"])
+            write_streamed(path, kmap.shape, hdr, [kmap])
+        paths.append(path)
+    return paths
 
 
 def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
@@ -696,10 +884,16 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     if mismatch:
         run.warn(mismatch)
     post_to_pre = inputs.transform.post_to_pre
+    mode = str(layout.params.get("k_model", "auto"))
+    pad = int(layout.params.get("pad", 0))
     with run.timed("levels"):
         post_pyr, pre_pyr = Pyramid.load(inputs.post_pyramid), Pyramid.load(inputs.pre_pyramid)
         thr = tissue_thresholds(post_pyr, pre_pyr)
-        k0 = coarse_scale(post_pyr, pre_pyr, post_to_pre, thr)
+        level = CoarseLevel.from_pyramids(post_pyr, pre_pyr, post_to_pre)
+        k0 = coarse_scale(level, thr)
+        frame = (post_pyr.full_shape[0] + 2 * pad, post_pyr.full_shape[1] + 2 * pad)
+        coarse = None if mode == "global" else coarse_surface(level, thr, k0, frame, pad, mode)
+        del level
     with run.timed("review"):
         review = _review(layout, pre_pyr, post_pyr, post_to_pre)
     for problem in review.problems:
@@ -709,10 +903,11 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     try:
         with _open_image(inputs.post, n) as post_img, \
                 _open_image(inputs.aligned, n) as aligned_img:
-            src = Sources(post_img, aligned_img, post_to_pre, pre_pyr.full_shape,
-                          int(layout.params.get("pad", 0)))
+            src = Sources(post_img, aligned_img, post_to_pre, pre_pyr.full_shape, pad)
+            plan = None if coarse is None else TilePlan(scale.tile_side(src.shape),
+                                                        math.log10(k0), coarse.surface)
             with run.timed("pass1_histograms"):
-                p1 = first_pass(src, thr, k0, pool, n + 1)
+                p1 = first_pass(src, thr, k0, pool, n + 1, plan)
             if p1.ratio.total == 0:
                 raise InputDataError(f"{inputs.post}: no pixel where both post and aligned pre "
                                      f"carry signal (thresholds post > {thr.post:.4g}, pre > "
@@ -722,14 +917,28 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                 if fit.message:
                     run.warn(fit.message)
                 scales = active_scales(fit, p1.ratio, layout.params, exposure["ratio"])
+                kmap = None if plan is None else KMap.estimate(p1, src.shape, mode)
+                surface = None if kmap is None else kmap.surface
+                k_range = [scales["moffat"]] * 2
+                if kmap is not None and surface is not None:
+                    scales["moffat"] = kmap.median
+                    k_range = [kmap.low, kmap.high]
+            fmts = formats(checkpoint_format)
+            map_paths = [] if surface is None else [layout.scale_map(f) for f in fmts]
             vmax = 1.1 * max(10.0 ** p1.post.quantile(0.999), 10.0 ** p1.pre.quantile(0.999))
             grid = scale.value_grid(vmax, src.integer)
-            writers, paths, feeds = _writers(layout, list(scales), formats(checkpoint_format),
+            writers, paths, feeds = _writers(layout, list(scales), fmts,
                                              src.shape, sample, dye, scales, inputs.accuracy_px,
                                              tiff_compression(checkpoint_format),
-                                             pixel_scale["pixel_size_um"]["post"])
+                                             pixel_scale["pixel_size_um"]["post"],
+                                             layout.relative(map_paths[0]) if map_paths else None)
             with run.timed("pass2_difference"):
-                p2 = _second_pass(src, thr, scales, grid, vmax, writers, feeds, pool, n + 1)
+                p2 = _second_pass(src, thr, scales, grid, vmax, writers, feeds, pool, n + 1,
+                                  surface)
+            if surface is not None:
+                paths += write_scale_map(layout, surface, src.shape, fmts, sample, dye,
+                                         pixel_scale["pixel_size_um"]["post"],
+                                         tiff_compression(checkpoint_format))
             units = _units(post_img.dtype)
     finally:
         if pool is not None:
@@ -743,10 +952,18 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
         run.add_outputs(diagnostics.write_all(
             layout, ctx, fit=fit, ratio=p1.ratio, grid=p2.grid, differences=p2.differences,
             preview=p1.preview, preview_factor=p1.preview_factor))
+        if kmap is not None and surface is not None:
+            run.add_outputs([diagnostics.plot_scale_map(
+                layout.plot("scale_map"), ctx, surface.grid(kmap.cells.xs, kmap.cells.ys),
+                MAP_FACTOR, kmap.cells.counts > 0, kmap.table, kmap.choice.fit_weights)])
     run.info.update({
         "scales": {"moffat": scales["moffat"], "percentile": scales.get("percentile"),
                    "manual": scales.get("manual")},
         "scale_fit": fit.to_json(),
+        "k_model": "global" if surface is None else "smooth",
+        "scale_range": k_range,
+        "scale_map": layout.relative(map_paths[0]) if map_paths else None,
+        "k_map": None if kmap is None else {"requested": mode} | kmap.to_json(coarse),
         "pixel_size_um": pixel_scale["pixel_size_um"]["post"],
         "pixel_scale": pixel_scale,
         "exposure": exposure | {"k_net_of_exposure": None if exposure["ratio"] is None
