@@ -478,13 +478,14 @@ COUNTS_LEGEND = ("Microbes (sources with SNR ≥ 5) per sample and dye, and per 
 
 
 def count_table(rows: Sequence[PairRow]) -> tuple[list[str], list[tuple[str, dict[str, PairRow]]]]:
-    """The dyes (in order of appearance) and per sample (in order of appearance) its rows by
-    dye: the layout of the sample × dye count table."""
-    dyes = list(dict.fromkeys(r.dye for r in rows))
+    """The dyes (sorted) and per sample (sorted) its rows by dye, the first row of a pair
+    when there are several: the layout of the sample × dye count table (sorted, because the
+    orchestrators list pairs in the order they finished or were found)."""
+    dyes = sorted({r.dye for r in rows})
     samples: dict[str, dict[str, PairRow]] = {}
     for r in rows:
         samples.setdefault(r.sample, {}).setdefault(r.dye, r)
-    return dyes, list(samples.items())
+    return dyes, sorted(samples.items())
 
 
 def _count_cell(row: PairRow | None) -> tuple[str, str]:

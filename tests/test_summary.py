@@ -390,13 +390,14 @@ def test_microbe_counts_in_every_table(tmp_path: Path) -> None:
 
 def test_count_table_per_sample_and_dye(tmp_path: Path) -> None:
     """#16: microbes (SNR ≥ 5) per sample × dye: counts.tsv (numbers only), summary.md and
-    report.html (with failed, skipped, not counted and needs-review marks)."""
+    report.html (with failed, skipped, not counted and needs-review marks), dyes and samples
+    sorted whatever the order the pairs finished in."""
     rows = S.collect_rows(
-        [(_physical("S1"), None),
-         (_physical("S1", "SybrGld", detections={"n": 3, "n_snr5": 3, "per_mm2": 1234.5}), None),
+        [(_physical("S1", "SybrGld", detections={"n": 3, "n_snr5": 3, "per_mm2": 1234.5}), None),
+         (_physical("S1"), None),
+         (_result("S3"), None),
          (_physical("S2", warnings=[PIXEL_WARNING]), None),
-         (_result("S2", "error: boom", dye="SybrGld"), None),
-         (_result("S3"), None)],
+         (_result("S2", "error: boom", dye="SybrGld"), None)],
         skipped=[("S3", "SybrGld", "no post-stain file")])
     paths = S.write_summary(tmp_path, rows)
     assert paths["counts.tsv"] == tmp_path / "counts.tsv"
