@@ -916,7 +916,7 @@ def read_pages(path: str | os.PathLike[str]) -> list[np.ndarray]:
     """Read every page of a small multi-page TIFF written by :func:`write_pages`."""
     try:
         with tifffile.TiffFile(path) as tif:
-            return [p.asarray() for p in tif.pages]
+            return [p.asarray(maxworkers=native_threads()) for p in tif.pages]
     except Exception as exc:
         raise InputDataError(f"{path}: cannot read ({_short(exc)})") from None
 
