@@ -26,27 +26,22 @@ def reservedColumns() {
 }
 
 /*
- * Samplesheet columns that give one pair's own image facts (docs/usage.md, "A samplesheet"), by
- * the stage tool that takes them as options of the same names (--pixel-size-um, ...).
+ * Samplesheet columns that give one pair's own image facts (docs/usage.md, "A samplesheet").
+ * Every stage tool takes them as options of the same names (--pixel-size-um, ...).
  */
 def imageColumns() {
-    return [
-        load: ['pixel_size_um', 'pre_pixel_size_um', 'post_pixel_size_um', 'channel'],
-        subtract: ['pre_exposure_s', 'post_exposure_s'],
-    ]
+    return ['pixel_size_um', 'pre_pixel_size_um', 'post_pixel_size_um', 'channel', 'pre_exposure_s', 'post_exposure_s']
 }
 
-// [ load: [column: value], subtract: [column: value] ] of a row's non-empty image columns.
+// [column: value] of a row's non-empty image columns.
 def imageFacts(row) {
-    return imageColumns().collectEntries { tool, columns ->
-        [tool, columns.findAll { column -> row[column] }.collectEntries { column -> [column, row[column]] }]
-    }
+    return imageColumns().findAll { column -> row[column] }.collectEntries { column -> [column, row[column]] }
 }
 
 /*
  * One samplesheet row -> [ meta, pre, post ]. Extra columns go to meta.extra (-> result.json);
- * the image columns also to meta.image (imageFacts), which LOAD and SUBTRACT pass to their tools:
- * a changed value changes those tasks' inputs, so -resume re-runs the pair from that stage on.
+ * the image columns also to meta.image (imageFacts), which every stage passes to its tool
+ * (utils imageOptions): a changed value changes the pair's task inputs, so -resume re-runs it.
  * meta.code is the code version (main.nf codeVersion), an input of every task for -resume.
  * Image paths are resolved to their real location: DISCOVER saw the raw directory through a link
  * in its own work folder, which changes from run to run (it is never cached), and the stage tasks

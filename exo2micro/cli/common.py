@@ -105,10 +105,48 @@ class UsageExit(click.UsageError):
     exit_code = EXIT_USAGE
 
 
+#: The pair's own image facts as tool options (samplesheet columns of the same names,
+#: docs/usage.md "A samplesheet"): option name → (type, help).
+IMAGE_FACT_OPTIONS: dict[str, tuple[type, str]] = {
+    "pixel_size_um": (float, "This pair's pixel size (µm) of both images; over --param "
+                             "pixel_size_um and the files' metadata."),
+    "pre_pixel_size_um": (float, "This pair's pixel size (µm) of the pre image; over "
+                                 "--pixel-size-um."),
+    "post_pixel_size_um": (float, "This pair's pixel size (µm) of the post image; over "
+                                  "--pixel-size-um."),
+    "channel": (str, "This pair's signal channel: an index or an OME channel name; over "
+                     "--param channel."),
+    "pre_exposure_s": (float, "This pair's exposure time (s) of the pre image; over --param "
+                              "pre_exposure_s and the OME-XML."),
+    "post_exposure_s": (float, "This pair's exposure time (s) of the post image; over --param "
+                               "post_exposure_s and the OME-XML."),
+}
+
+
+def image_fact_options(func: F) -> F:
+    """The :data:`IMAGE_FACT_OPTIONS`, handed to ``func`` as one ``pair`` dict
+    (:func:`exo2micro.discover.image_facts`). Every stage tool takes them all — each stage
+    uses the facts it needs — so that every stage's fingerprint is the same whichever
+    orchestrator ran it."""
+    from exo2micro.discover import image_facts
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in IMAGE_FACT_OPTIONS}
+        return func(*args, pair=image_facts(given), **kwargs)
+
+    decorated: Any = wrapper
+    for name, (kind, help_text) in reversed(IMAGE_FACT_OPTIONS.items()):
+        decorated = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
+                                 help=help_text)(decorated)
+    return decorated  # type: ignore[no-any-return]
+
+
 def stage_options(func: F) -> F:
     """Options shared by the stage tools (docs/architecture.md): pair folder, sample/dye,
-    parameters,
-    threads, checkpoint format, force."""
+    parameters, threads, checkpoint format, force, and the pair's image facts
+    (:func:`image_fact_options`)."""
+    func = image_fact_options(func)
     options = [
         click.option("--sample", required=True, help="Sample id (folder name in the raw layout)."),
         click.option("--dye", required=True, help="Dye name (text after the last '_')."),

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from exo2micro.cli.common import (
@@ -19,7 +21,8 @@ from exo2micro.stages.detect import run_detect
 @stage_options
 @meta_option
 @run_tool
-def detect(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force: bool,
+def detect(pair: dict[str, Any], sample: str, dye: str, pair_dir: str,
+           checkpoint_format: str, force: bool,
            param_values: tuple[str, ...], threads: int | None,
            meta_values: tuple[str, ...]) -> None:
     """Stage 5: noise model, significance image and the catalogue of microbes.
@@ -34,7 +37,7 @@ def detect(sample: str, dye: str, pair_dir: str, checkpoint_format: str, force: 
                                               checkpoint_format=checkpoint_format, meta=meta),
         sample=sample, dye=dye, meta_values=meta_values, pair_dir=pair_dir,
         param_values=param_values, threads=threads, force=force,
-        checkpoint_format=checkpoint_format)
+        checkpoint_format=checkpoint_format, pair=pair)
     found = rec.get("detections", {})
     echo_stage_done(sample, dye, 5, skipped,
                     f"{found.get('n', 0)} sources ({found.get('n_snr5', 0)} with SNR ≥ 5)")

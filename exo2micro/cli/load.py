@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from exo2micro.cli.common import echo_stage_done, run_pair_stage, run_tool, stage_options
-from exo2micro.discover import image_facts
 from exo2micro.layout import tiff_compression
 from exo2micro.stages.load import run_load
 
@@ -17,29 +17,16 @@ from exo2micro.stages.load import run_load
               help="Raw pre-stain TIFF.")
 @click.option("--post", "post_raw", required=True, type=click.Path(dir_okay=False),
               help="Raw post-stain TIFF.")
-@click.option("--pixel-size-um", type=float, default=None,
-              help="This pair's pixel size (µm) of both images (samplesheet column "
-                   "pixel_size_um); over --param pixel_size_um and the files' metadata.")
-@click.option("--pre-pixel-size-um", type=float, default=None,
-              help="This pair's pixel size (µm) of the pre image; over --pixel-size-um.")
-@click.option("--post-pixel-size-um", type=float, default=None,
-              help="This pair's pixel size (µm) of the post image; over --pixel-size-um.")
-@click.option("--channel", default=None,
-              help="This pair's signal channel: an index or an OME channel name (samplesheet "
-                   "column channel); over --param channel.")
 @stage_options
 @run_tool
-def load(pre_raw: str, post_raw: str, pixel_size_um: float | None,
-         pre_pixel_size_um: float | None, post_pixel_size_um: float | None,
-         channel: str | None, sample: str, dye: str, pair_dir: str, checkpoint_format: str,
-         force: bool, param_values: tuple[str, ...], threads: int | None) -> None:
+def load(pre_raw: str, post_raw: str, pair: dict[str, Any], sample: str, dye: str,
+         pair_dir: str, checkpoint_format: str, force: bool, param_values: tuple[str, ...],
+         threads: int | None) -> None:
     """Stage 1: read both raw TIFFs once, keep the signal channel, build the pyramids.
 
     The per-pair options are the pair's own image facts (docs/usage.md, "A samplesheet"):
     part of the stage's fingerprint, so a changed value re-runs it, never of file names.
     """
-    pair = image_facts({"pixel_size_um": pixel_size_um, "pre_pixel_size_um": pre_pixel_size_um,
-                        "post_pixel_size_um": post_pixel_size_um, "channel": channel})
     _, rec, skipped = run_pair_stage(
         1, lambda layout, n: run_load(pre_raw, post_raw, layout, threads=n,
                                       compression=tiff_compression(checkpoint_format),

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from exo2micro.cli.common import (
@@ -12,24 +14,16 @@ from exo2micro.cli.common import (
     run_tool,
     stage_options,
 )
-from exo2micro.discover import image_facts
 from exo2micro.stages.subtract import run_subtract
 
 
 @click.command("subtract")
-@click.option("--pre-exposure-s", type=float, default=None,
-              help="This pair's exposure time (s) of the pre image (samplesheet column "
-                   "pre_exposure_s); over --param pre_exposure_s and the OME-XML.")
-@click.option("--post-exposure-s", type=float, default=None,
-              help="This pair's exposure time (s) of the post image (samplesheet column "
-                   "post_exposure_s); over --param post_exposure_s and the OME-XML.")
 @stage_options
 @meta_option
 @run_tool
-def subtract(pre_exposure_s: float | None, post_exposure_s: float | None, sample: str,
-             dye: str, pair_dir: str, checkpoint_format: str, force: bool,
-             param_values: tuple[str, ...], threads: int | None,
-             meta_values: tuple[str, ...]) -> None:
+def subtract(pair: dict[str, Any], sample: str, dye: str, pair_dir: str,
+             checkpoint_format: str, force: bool, param_values: tuple[str, ...],
+             threads: int | None, meta_values: tuple[str, ...]) -> None:
     """Stage 4: estimate k, write post − k·aligned pre, the diagnostics and result.json.
 
     Reads the stage-1 post signal and pyramids, the stage-3 aligned pre and final transform
@@ -37,7 +31,6 @@ def subtract(pre_exposure_s: float | None, post_exposure_s: float | None, sample
     "A samplesheet"): part of the stage's fingerprint, never of file names. Exit codes: 0
     success, 2 usage error, 65 missing or unusable input, 137 out of memory, 1 internal error.
     """
-    pair = image_facts({"pre_exposure_s": pre_exposure_s, "post_exposure_s": post_exposure_s})
     rec, skipped = run_result_stage(
         4, lambda layout, n, meta: run_subtract(layout, sample=sample, dye=dye, threads=n,
                                                 checkpoint_format=checkpoint_format, meta=meta),

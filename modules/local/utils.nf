@@ -10,6 +10,12 @@ def shellQuote(value) {
     return "'" + value.toString().replace("'", "'\\''") + "'"
 }
 
+// A pair's own image facts (meta.image: samplesheet columns) as the stage tools' options of the
+// same names: pixel_size_um -> --pixel-size-um '0.5'.
+def imageOptions(meta) {
+    return (meta.image ?: [:]).collect { name, value -> "--${name.replace('_', '-')} ${shellQuote(value)}" }.join(' ')
+}
+
 // Pipeline parameters (name -> value) as repeated `--param name=value` options.
 // Null values are left out: the tool then uses the registry default (exo2micro/params.py).
 def paramOptions(values) {

@@ -66,7 +66,7 @@ def groovy(project_dump: dict, language_server_jar: Path):
     functions = [FILE_STANDIN] + [
         f["source"]
         for f in project_dump["functions"]
-        if f["file"] in ("main.nf", "workflows/exo2micro.nf")
+        if f["file"] in ("main.nf", "workflows/exo2micro.nf", "modules/local/utils.nf")
     ]
 
     def call(expression: str, **binding):
@@ -157,11 +157,18 @@ def test_pair_from_row(groovy, tmp_path: Path) -> None:
         "mem_bytes": 1500000000,
         "time_s": 13,
         "extra": {"site": "core 3", "pixel_size_um": "0.5", "post_exposure_s": ""},
-        # the image columns given (not empty), by the stage tool that takes them
-        "image": {"load": {"pixel_size_um": "0.5"}, "subtract": {}},
+        # the image columns given (not empty): every stage tool takes them
+        "image": {"pixel_size_um": "0.5"},
     }
     # the real location, not the link it was found through
     assert pre == str(real / "a_pre_DAPI.tif") and post == str(real / "a_post_DAPI.tif")
+
+
+def test_image_options_give_every_fact_as_a_quoted_tool_option(groovy) -> None:
+    meta = {"image": {"pixel_size_um": "0.5", "channel": "Cy5's", "post_exposure_s": "2"}}
+    assert groovy("imageOptions(m)", m=meta) == (
+        "--pixel-size-um '0.5' --channel 'Cy5'\\''s' --post-exposure-s '2'")
+    assert groovy("imageOptions(m)", m={"id": "S/D"}) == ""
 
 
 def test_merge_state(groovy) -> None:

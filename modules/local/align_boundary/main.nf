@@ -3,7 +3,7 @@
  * Inputs are the stage-1 outputs, staged under their pair-folder names (tiff/, cache/, ...).
  * Tool: e2m-align-boundary (exo2micro/cli/align_boundary.py).
  */
-include { shellQuote; paramOptions; stageStatusHandler } from '../utils'
+include { shellQuote; paramOptions; stageStatusHandler; imageOptions } from '../utils'
 
 process ALIGN_BOUNDARY {
     tag "${meta.id}"
@@ -45,6 +45,7 @@ process ALIGN_BOUNDARY {
         --threads ${task.cpus} \\
         --checkpoint-format ${checkpoint_format} \\
         ${paramOptions(pipeline_params)} \\
+        ${imageOptions(meta)} \\
         ${args} \\
         2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?
     ${stageStatusHandler()}

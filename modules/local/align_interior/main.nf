@@ -3,7 +3,7 @@
  * raw pre image into the post frame. Inputs are the stage-1 and stage-2 outputs.
  * Tool: e2m-align-interior (exo2micro/cli/align_interior.py).
  */
-include { shellQuote; paramOptions; stageStatusHandler } from '../utils'
+include { shellQuote; paramOptions; stageStatusHandler; imageOptions } from '../utils'
 
 process ALIGN_INTERIOR {
     tag "${meta.id}"
@@ -45,6 +45,7 @@ process ALIGN_INTERIOR {
         --threads ${task.cpus} \\
         --checkpoint-format ${checkpoint_format} \\
         ${paramOptions(pipeline_params)} \\
+        ${imageOptions(meta)} \\
         ${args} \\
         2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?
     ${stageStatusHandler()}

@@ -7,7 +7,7 @@
  * Besides the pair files (published), it emits `report`: a folder with copies of result.json and
  * every stage's pipeline_output/*.png, which the summary needs for report.html.
  */
-include { shellQuote; paramOptions; stageStatusHandler; reportBundle } from '../utils'
+include { shellQuote; paramOptions; stageStatusHandler; reportBundle; imageOptions } from '../utils'
 
 process DETECT {
     tag "${meta.id}"
@@ -54,6 +54,7 @@ process DETECT {
         --threads ${task.cpus} \\
         --checkpoint-format ${checkpoint_format} \\
         ${paramOptions(pipeline_params)} \\
+        ${imageOptions(meta)} \\
         ${meta_args} \\
         ${args} \\
         2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?

@@ -1,10 +1,10 @@
 /*
  * Stage 1 of one (sample, dye) pair: read both raw TIFFs once, pick the signal channel, write
  * full-resolution single-channel images, alignment pyramids and the stage record. The pair's own
- * pixel sizes and channel (meta.image.load) become the tool's --pixel-size-um, ... options.
+ * image facts (meta.image) become the tool's --pixel-size-um, ... options (utils imageOptions).
  * Tool: e2m-load (exo2micro/cli/load.py).
  */
-include { shellQuote; paramOptions; stageStatusHandler } from '../utils'
+include { shellQuote; paramOptions; stageStatusHandler; imageOptions } from '../utils'
 
 process LOAD {
     tag "${meta.id}"
@@ -28,8 +28,6 @@ process LOAD {
 
     script:
     def args = task.ext.args ?: ''
-    // the pair's own pixel sizes and channel (samplesheet columns; workflow imageFacts)
-    def image_args = (meta.image?.load ?: [:]).collect { name, value -> "--${name.replace('_', '-')} ${shellQuote(value)}" }.join(' ')
     """
     e2m_attempt=${task.attempt}
     e2m_record=stages/01_load
@@ -44,7 +42,7 @@ process LOAD {
         --threads ${task.cpus} \\
         --checkpoint-format ${checkpoint_format} \\
         ${paramOptions(pipeline_params)} \\
-        ${image_args} \\
+        ${imageOptions(meta)} \\
         ${args} \\
         2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?
     ${stageStatusHandler()}

@@ -2,10 +2,10 @@
  * Stage 4 of one pair: the scale k (Moffat; percentile and manual when asked), the difference
  * image(s) post - k * aligned_pre and the diagnostic plots. The tool also writes a result.json;
  * the pipeline's is stage 5's (DETECT), which adds the detections, so SUBTRACT does not emit it.
- * The pair's own exposure times (meta.image.subtract) become --pre-exposure-s / --post-exposure-s.
+ * The pair's own image facts (meta.image) become its options (utils imageOptions).
  * Tool: e2m-subtract (exo2micro/cli/subtract.py).
  */
-include { shellQuote; paramOptions; stageStatusHandler } from '../utils'
+include { shellQuote; paramOptions; stageStatusHandler; imageOptions } from '../utils'
 
 process SUBTRACT {
     tag "${meta.id}"
@@ -37,8 +37,6 @@ process SUBTRACT {
     def args = task.ext.args ?: ''
     def extra = meta.extra ?: [:]
     def meta_args = extra.collect { key, value -> '--meta ' + shellQuote("${key}=${value}") }.join(' ')
-    // the pair's own exposure times (samplesheet columns; workflow imageFacts)
-    def image_args = (meta.image?.subtract ?: [:]).collect { name, value -> "--${name.replace('_', '-')} ${shellQuote(value)}" }.join(' ')
     """
     e2m_attempt=${task.attempt}
     e2m_record=stages/04_subtract
@@ -51,7 +49,7 @@ process SUBTRACT {
         --threads ${task.cpus} \\
         --checkpoint-format ${checkpoint_format} \\
         ${paramOptions(pipeline_params)} \\
-        ${image_args} \\
+        ${imageOptions(meta)} \\
         ${meta_args} \\
         ${args} \\
         2>&1 >&3 3>&- | tee e2m.err >&2 3>&-; } 3>&1 || e2m_status=\$?
