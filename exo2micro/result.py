@@ -19,6 +19,7 @@ from exo2micro.atomic import write_json_atomic
 from exo2micro.errors import exit_code_for
 from exo2micro.layout import PairLayout
 from exo2micro.records import read_record, stage1_physical
+from exo2micro.review import problems_in_warnings
 from exo2micro.transform import TransformRecord
 
 #: Status of a finished pair whose consistency check failed.
@@ -83,6 +84,11 @@ def build_result(layout: PairLayout, sample: str, dye: str, status: str,
     sub = read_record(layout.record(4)) or {}
     scales = sub.get("scales", {})
     review = sub.get("review") if isinstance(sub.get("review"), dict) else None
+    flagged = problems_in_warnings(warnings)  # failed checks reported as warnings
+    if flagged:
+        earlier = list((review or {}).get("problems") or [])
+        review = {**(review or {}), "passed": False,
+                  "problems": earlier + [p for p in flagged if p not in earlier]}
     if status == "complete" and review and review.get("problems"):
         status = NEEDS_REVIEW
     return {

@@ -184,7 +184,8 @@ def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> 
         state = "needs-review"
     if state == "needs-review":
         problems = [str(p) for p in _list(_dict(result.get("review")).get("problems"))]
-        reason = "; ".join(problems + flagged) or "a consistency check failed"
+        reason = ("; ".join(problems + [f for f in flagged if f not in problems])
+                  or "a consistency check failed")
     exposure, found = _dict(result.get("exposure")), _dict(result.get("detections"))
     alignment = result.get("alignment") or {}
     stages = result.get("stages") or {}

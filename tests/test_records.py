@@ -184,3 +184,19 @@ def test_output_ok_by_type(tmp_path: Path) -> None:
     for name in ("empty.png", "fake.tif", "fake.fits", "absent.json"):
         assert records.output_ok(tmp_path / name) is False, name
     assert records.read_record(tmp_path / "fake.tif") is None
+
+
+def test_a_pixel_size_disagreement_makes_result_json_need_review(tmp_path: Path) -> None:
+    """result.json and the summary agree: the failed pixel-size check is a review problem."""
+    from exo2micro.result import build_result
+    from exo2micro.summary import row_from_result
+
+    check = ("the pixel sizes (pre 0.65 µm, post 0.65 µm) imply a pre→post scale of 1.0000, "
+             "but stage 2 measured 0.9413 (-5.9%); is a pixel size wrong?")
+    layout = PairLayout(tmp_path / "S" / "D", P.resolve({}))
+    layout.record(4).parent.mkdir(parents=True)
+    layout.record(4).write_text(json.dumps({"status": "complete", "warnings": [check]}))
+    result = build_result(layout, "S", "D", "complete")
+    assert result["status"] == "needs-review"
+    assert result["review"]["problems"] == [check] and result["review"]["passed"] is False
+    assert row_from_result(result).reason == check  # named once, not twice

@@ -348,7 +348,7 @@ def test_pixel_size_warning_of_a_real_run_is_a_problem(batch: Path) -> None:
     text = (batch / "summary.md").read_text()
     for sample in ("SYN01", "SYN02"):
         result = json.loads((batch / sample / "SybrGld" / "result.json").read_text())
-        assert result["status"] == "complete" and result["pixel_size_um"] == 0.65
+        assert result["status"] == "needs-review" and result["pixel_size_um"] == 0.65
         warning = next(w for w in result["warnings"] if "pixel sizes" in w)
         assert f"- {sample}/SybrGld: needs-review (1 attempt): " \
                f"{warning.removeprefix('stage 4: ')}" in text
