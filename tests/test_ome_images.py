@@ -116,7 +116,8 @@ def test_product_is_a_pyramidal_ome_tiff_with_its_physical_size(tmp_path: Path) 
 
 
 def test_lowest_level_opens_through_the_zarr_store(tmp_path: Path) -> None:
-    zarr = pytest.importorskip("zarr")
+    """docs/output.md's napari recipe: the pyramid through tifffile's zarr store."""
+    import zarr
     path = tmp_path / "diff.tif"
     image = _product(path)
     with tifffile.imread(path, aszarr=True) as store:
