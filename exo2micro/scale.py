@@ -422,7 +422,7 @@ TILE_RATIO_HALF = 0.3
 #: Tile sides tried (frame px, smallest first): the first that gives at most
 #: :data:`MAX_TILES_PER_SIDE` tiles along the frame's longer side is used (:func:`tile_side`).
 TILE_SIDES = (128, 256, 512, 1024, 2048, 4096, 8192)
-MAX_TILES_PER_SIDE = 32
+MAX_TILES_PER_SIDE = 24
 #: A tile is estimated when it holds at least :data:`MIN_FIT_PIXELS` pixels and at least this
 #: fraction of the median count of such tiles (tissue edges, tiles nearly covered by stain).
 MIN_TILE_FRACTION = 0.1
@@ -431,9 +431,12 @@ MIN_TILE_FRACTION = 0.1
 MIN_TILES = 8
 MAX_DEGREE = 4
 MIN_TILES_PER_TERM = 4
-#: Huber constant (units of the robust residual scale) of the surface fit; its iterations.
+#: Huber constant (units of the robust residual scale) of the surface fit; most iterations.
 HUBER_C = 1.345
 HUBER_ITERATIONS = 30
+#: Tukey biweight constant (units of the robust residual scale) of the surface fit's last
+#: iterations: tiles further than this from the surface get no weight.
+BISQUARE_C = 4.685
 #: Under ``k_model=auto`` a surface is used only when k varies over the tissue by more than this
 #: fraction (max / min − 1): below it a single k is as good as any map.
 MIN_RANGE = 0.005
@@ -595,8 +598,11 @@ class KSurface:
         return np.clip(pv.T @ coef @ pu, *self.clip)
 
     def grid(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """k (float32) at every ``(xs[i], ys[j])``, shape ``(len(ys), len(xs))``."""
-        return (10.0 ** self.log10_grid(xs, ys)).astype(np.float32)
+        """k (float32) at every ``(xs[i], ys[j])``, shape ``(len(ys), len(xs))``; the power is
+        taken in float32 (relative error ~1e-7, far below any k error)."""
+        log_k = self.log10_grid(xs, ys).astype(np.float32)
+        log_k *= np.float32(math.log(10.0))
+        return np.exp(log_k, out=log_k)
 
     def log10_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """log10 k at the points ``(x[n], y[n])`` (1-D arrays)."""
@@ -627,8 +633,8 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class SurfaceFit:
-    """One robust fit: the surface, its robust residual scale (decades), the Huber-clipped
-    weighted mean square residual (decades²) and the final weight of each tile."""
+    """One robust fit: the surface, its robust residual scale (decades), the weighted mean
+    square residual of the tiles it keeps (decades²) and the final weight of each tile."""
 
     surface: KSurface
     scale: float
@@ -640,36 +646,53 @@ class SurfaceFit:
         return n * math.log(self.mean_square) + len(self.surface.coefficients) * math.log(n)
 
 
+def _robust_scale(resid: np.ndarray, weights: np.ndarray) -> float:
+    """1.4826 × the weighted median absolute residual (the σ of Gaussian residuals), at
+    least :data:`MIN_SCATTER`."""
+    return max(1.4826 * _weighted_median(np.abs(resid), weights), MIN_SCATTER)
+
+
 def fit_surface(table: TileTable, degree: int, shape: tuple[int, int]) -> SurfaceFit:
     """Robust polynomial fit of ``table``'s log10 k over a frame of ``shape`` (height, width).
 
-    Weighted least squares with each tile weighted by its pixel count, iterated with Huber
-    weights (:data:`HUBER_C` times the weighted median absolute residual · 1.4826): a tile full
-    of stain, or on a fold, whose estimate stands apart from its neighbours is down-weighted
-    instead of pulling the surface.
+    Weighted least squares with each tile weighted by its pixel count, iterated first with
+    Huber weights (:data:`HUBER_C` × the robust residual scale) and then, from that solution
+    and scale, with Tukey's biweight (:data:`BISQUARE_C` × the scale), which gives a tile far
+    from the surface no weight at all: a tile full of stain, or on a fold, whose estimate
+    stands apart from its neighbours is set aside instead of pulling the surface.
     """
     h, w = shape
     centre, half = ((w - 1) / 2, (h - 1) / 2), (max((w - 1) / 2, 1.0), max((h - 1) / 2, 1.0))
     a = _basis((table.x - centre[0]) / half[0], (table.y - centre[1]) / half[1], degree)
     base = table.n / table.n.mean()
-    huber = np.ones_like(base)
-    coef = np.zeros(a.shape[1])
-    scale_ = MIN_SCATTER
-    for _ in range(HUBER_ITERATIONS):
-        sw = np.sqrt(base * huber)
-        new, *_ = np.linalg.lstsq(a * sw[:, None], table.log_k * sw, rcond=None)
-        resid = table.log_k - a @ new
-        scale_ = max(1.4826 * _weighted_median(np.abs(resid), base), MIN_SCATTER)
-        huber = np.minimum(1.0, HUBER_C * scale_ / np.maximum(np.abs(resid), 1e-300))
+
+    def solve(weights: np.ndarray) -> np.ndarray:
+        sw = np.sqrt(weights)
+        return np.linalg.lstsq(a * sw[:, None], table.log_k * sw, rcond=None)[0]
+
+    coef = solve(base)
+    robust = np.ones_like(base)
+    scale_ = _robust_scale(table.log_k - a @ coef, base)
+    for step in range(2 * HUBER_ITERATIONS):
+        resid = np.abs(table.log_k - a @ coef)
+        if step < HUBER_ITERATIONS:  # Huber, re-scaled each time
+            scale_ = _robust_scale(resid, base)
+            robust = np.minimum(1.0, HUBER_C * scale_ / np.maximum(resid, 1e-300))
+        else:  # biweight at the Huber scale
+            robust = np.clip(1 - (resid / (BISQUARE_C * scale_)) ** 2, 0, None) ** 2
+        new = solve(base * robust)
         done = np.allclose(new, coef, rtol=0, atol=1e-9)
         coef = new
+        if done and step < HUBER_ITERATIONS:
+            continue
         if done:
             break
+    weights = base * robust
     resid = table.log_k - a @ coef
-    clipped = np.minimum(resid ** 2, (HUBER_C * scale_) ** 2)
-    mean_square = max(float(np.sum(base * clipped) / base.sum()), MIN_SCATTER ** 2)
+    mean_square = max(float(np.sum(weights * resid ** 2) / max(weights.sum(), 1e-300)),
+                      MIN_SCATTER ** 2)
     surface = KSurface(degree, tuple(float(c) for c in coef), centre, half)
-    return SurfaceFit(surface, scale_, mean_square, base * huber)
+    return SurfaceFit(surface, scale_, mean_square, weights)
 
 
 @dataclass

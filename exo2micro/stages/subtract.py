@@ -747,7 +747,7 @@ def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
                 hdr["BUNIT"] = ("post counts", "post - k * aligned pre, post image units")
                 hdr.add_comment("NaN marks pixels without data (padding, outside the pre frame)")
                 if kind == "moffat" and scale_map:
-                    hdr["KMODEL"] = ("smooth", "k varies: k(x, y) of the k map, SCALE its median")
+                    hdr["KMODEL"] = ("smooth", "k(x,y) of the k map; SCALE: its median")
                     hdr.add_comment(f"k map: {scale_map}")
                 writers.append(lambda b, p=path, hd=hdr: write_streamed(p, shape, hd, b))
             paths.append(path)
