@@ -167,7 +167,7 @@ def test_docs_describe_every_output_and_parameter() -> None:
         "04_difference",
         "stages/",
         "cache/",
-        "registration.png",
+        "registration<s3>.png",
         "execution_trace",
         "pairs.csv",
         "skipped.tsv",
