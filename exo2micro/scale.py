@@ -17,6 +17,19 @@ module holds those histograms and the three ways of getting k from the histogram
   read from the streamed histogram (exact to within one bin, see :meth:`Histogram.quantile`).
 * **Manual**: a fixed k given by the user; nothing to compute.
 
+A k that varies across the field
+--------------------------------
+Photobleaching, illumination drift, uneven staining and vignetting (each image carries its
+camera's, and the sample moved between them: post / aligned pre = k·V(x)/V(T(x))) make k vary
+smoothly over the field. :class:`TileHistograms` holds one small log-ratio histogram per square
+tile (a window of the fixed grid around the first k); each tile's k is the same left-wing fit
+(:meth:`TileHistograms.estimates`, tiles with too few pixels or a failed fit dropped), and
+:func:`choose_surface` fits a polynomial in log10 k over the tiles (:func:`fit_surface`:
+count-weighted, Huber then biweight iterations, so tiles full of stain are set aside), picks its
+degree by BIC, and under ``k_model=auto`` keeps it only when k varies over the tissue by more
+than :data:`MIN_RANGE`. The :class:`KSurface` is evaluated strip by strip: there is never a
+full-resolution k plane.
+
 Robust range
 ------------
 exo2micro 2.4 bins ``r`` between its minimum and maximum, so a few edge outliers make the bins
@@ -585,8 +598,13 @@ class KSurface:
     half: tuple[float, float]
     clip: tuple[float, float] = (-math.inf, math.inf)
 
-    def log10_grid(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """log10 k (float64) at every ``(xs[i], ys[j])``: an array ``(len(ys), len(xs))``."""
+    def log10_grid(self, xs: np.ndarray, ys: np.ndarray, dtype: type = np.float64
+                   ) -> np.ndarray:
+        """log10 k at every ``(xs[i], ys[j])``: an array ``(len(ys), len(xs))`` of ``dtype``.
+
+        Separable: the polynomial's coefficients are first summed over the powers of v for
+        every row (float64), then one matrix product with the powers of u gives the grid, so
+        a strip costs one array of its own size."""
         d = self.degree
         u = (np.asarray(xs, np.float64) - self.centre[0]) / self.half[0]
         v = (np.asarray(ys, np.float64) - self.centre[1]) / self.half[1]
@@ -595,12 +613,13 @@ class KSurface:
             coef[j, i] = c
         pu = u[None, :] ** np.arange(d + 1)[:, None]
         pv = v[None, :] ** np.arange(d + 1)[:, None]
-        return np.clip(pv.T @ coef @ pu, *self.clip)
+        out = (pv.T @ coef).astype(dtype) @ pu.astype(dtype)
+        return np.clip(out, *self.clip, out=out)
 
     def grid(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """k (float32) at every ``(xs[i], ys[j])``, shape ``(len(ys), len(xs))``; the power is
-        taken in float32 (relative error ~1e-7, far below any k error)."""
-        log_k = self.log10_grid(xs, ys).astype(np.float32)
+        """k (float32) at every ``(xs[i], ys[j])``, shape ``(len(ys), len(xs))``, computed in
+        float32 (relative error ~1e-6, far below any k error)."""
+        log_k = self.log10_grid(xs, ys, np.float32)
         log_k *= np.float32(math.log(10.0))
         return np.exp(log_k, out=log_k)
 

@@ -18,7 +18,7 @@ from exo2micro import diagnostics as d
 from exo2micro.captions import CAPTIONS, caption
 from exo2micro.pyramid import Pyramid
 from exo2micro.registration_plot import plot_registration, registration_figure
-from exo2micro.scale import Histogram, Histogram2D, fit_left_wing
+from exo2micro.scale import Histogram, Histogram2D, TileTable, fit_left_wing
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 1.35
@@ -93,8 +93,21 @@ def _stage4(name: str, pixels: tuple[np.ndarray, np.ndarray]) -> Figure:
         "detections": lambda: _detections(PIXEL_UM),
         "detection_snr_histogram": lambda: d.detection_snr_histogram_figure(
             "S", "D", np.array([6.0, 12.0, 40.0]), 5.0),
+        "scale_map": _scale_map,
     }
     return builders[name]()
+
+
+def _scale_map(factor: int = 16) -> Figure:
+    """A k map rising 10 % left to right over an elliptic tissue, with its tile estimates."""
+    shape = (60, 75)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    kmap = (K * (1 + 0.1 * xx / shape[1])).astype(np.float32)
+    tissue = ((yy - 30) / 25) ** 2 + ((xx - 37) / 32) ** 2 < 1
+    ty, tx = (a.ravel() * 8 + 4 for a in np.mgrid[:7, :9])
+    table = TileTable(tx * factor, ty * factor, np.log10(kmap[ty, tx]), np.full(tx.size, 5e4),
+                      tiles=tx.size, side=8 * factor)
+    return d.scale_map_figure(_ctx(), kmap, factor, tissue, table, None)
 
 
 def _detections(pixel_size_um: float | None, factor: int = 4, pad: int = 10) -> Figure:

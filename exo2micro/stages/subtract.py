@@ -42,6 +42,17 @@ histogram of the whole estimation set (``scale_percentile``: microbes included, 
 picks a percentile expects) and by ``manual_scale``. The 2-D pre/post histogram and the
 difference histograms use the signal set.
 
+A k that varies across the field (``k_model``, docs/output.md): unless ``k_model=global``, pass 1
+also fills a log-ratio histogram per tile of the microbe-free set (:mod:`exo2micro.scale`), and
+a smooth surface in log10 k is fitted to the tiles' k. ``smooth`` uses it; ``auto`` uses it when
+the tiles show k varies (BIC, and more than :data:`~exo2micro.scale.MIN_RANGE` over the tissue),
+else the result is exactly the global one. With a surface, the Moffat difference is made with
+k(x, y) evaluated per strip, ``scales.moffat`` (result.json ``scale_estimate``) is the surface's
+median over the tissue, and the map is written at 1/:data:`MAP_FACTOR` resolution (TIFF, FITS)
+with ``scale_map.png``. Because a k that exceeds k0 by :data:`EXCESS_FRACTION` would flag whole
+regions as stain, the microbe mask then follows a first surface fitted on the pyramid level
+(:func:`coarse_surface`). Percentile and manual scales stay single numbers.
+
 No data
 -------
 The difference images hold **NaN** where there is no data (padding, outside the pre frame), in
@@ -55,7 +66,9 @@ Two passes over the full-resolution images, in blocks of :data:`~exo2micro.tiffi
 1. histograms of log10(post/pre) (estimation and microbe-free sets), log10(post) and
    log10(pre) on fixed grids (a few MB), and box-averaged previews for the plots
    (≤ :data:`PREVIEW_MAX_SIDE` px); blocks are read with :data:`HALO` extra rows so the
-   masks are exactly those of the whole image;
+   masks are exactly those of the whole image; for a k map also the per-tile histograms (at
+   most 24 × 24 tiles of 6 000 bins, ≤ 14 MB) and the tissue count per :data:`MAP_FACTOR`
+   cell (12 MB at 30 000 × 25 000 px);
 2. the difference image of every active scale, streamed to every requested format at once
    (one writer thread per file), plus the 2-D and difference histograms.
 
