@@ -296,17 +296,19 @@ def estimation_masks(post: np.ndarray, pre: np.ndarray, data: np.ndarray, thr: T
     valid = cv2.erode(sig.view(np.uint8), np.ones((edge, edge), np.uint8),
                       borderType=cv2.BORDER_CONSTANT, borderValue=1).view(bool)
     sigma = SMOOTH_PX / px
-    if isinstance(k0, np.ndarray):
-        k, flag_at = k0, np.float32(EXCESS_FRACTION) * k0
-    else:
-        k, flag_at = np.float32(k0), np.float32(EXCESS_FRACTION * k0)
+    k = k0 if isinstance(k0, np.ndarray) else np.float32(k0)
     if sigma >= 0.5:
         size = _odd(3 * sigma)
         excess = cv2.GaussianBlur(post - k * pre, (size, size), sigma)
         level = cv2.GaussianBlur(pre, (size, size), sigma)
     else:
         excess, level = post - k * pre, pre
-    flagged = (excess > flag_at * level) & sig
+    if isinstance(k0, np.ndarray):
+        limit = k0 * level
+        limit *= np.float32(EXCESS_FRACTION)
+    else:
+        limit = np.float32(EXCESS_FRACTION * k0) * level
+    flagged = (excess > limit) & sig
     grow = _odd(DILATE_PX / px)
     near_stain = cv2.dilate(flagged.view(np.uint8), np.ones((grow, grow), np.uint8),
                             borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
