@@ -70,6 +70,7 @@ FEATURES: tuple[str, ...] = (
     "level_px_conc",      # level-1 pyramid pixels of the images stage 1 handles at once
     "raw_block_conc",     # bytes of one raw 512-row block, images handled at once
     "raw_cache_bytes",    # decoded-segment caches of both raw readers (open all of stage 1)
+    "out_block",          # bytes of one float32 512-row output block
     "out_block_threads",  # bytes of one float32 512-row output block × threads
     "signal_cache",       # tile caches of the tiled intermediates a stage reads
     "preview_px",         # pixels of the plot previews (output frame reduced to ≤ 2048 px)
@@ -172,6 +173,7 @@ def features(pre: ImageInfo, post: ImageInfo, values: Mapping[str, Any],
         "raw_block_conc": float(conc(TILE * pre.width * pre.samples * itemsize["pre"],
                                      TILE * post.width * post.samples * itemsize["post"])),
         "raw_cache_bytes": float(conc(*(_raw_cache(i) for i in raws))),
+        "out_block": float(TILE * out_w * 4),
         "out_block_threads": float(TILE * out_w * 4 * n_threads),
         "signal_cache": float(sum(min(READER_CACHE_BYTES, b) for b in signal.values())
                               + min(READER_CACHE_BYTES, out_h * out_w * 4)),

@@ -214,3 +214,14 @@ def test_batch_seconds_schedules_the_longest_first() -> None:
 def test_fastest_workers_follows_the_pair_sizes(times: list[float], budget: int, limit: int,
                                                 workers: int) -> None:
     assert preflight.fastest_workers(times, budget, limit) == workers
+
+
+def test_stage_5_has_memory_and_time_that_grow_with_threads(pairs: list) -> None:
+    one, two = (estimate_pair(pairs[0].pre, pairs[0].post, threads=t, stages=[5])
+                for t in (1, 2))
+    model = preflight.default_model()
+    assert one.stages[5].mem_bytes > model.baseline_bytes and one.stages[5].time_s > 0
+    assert two.stages[5].mem_bytes - one.stages[5].mem_bytes == pytest.approx(
+        model.memory[5]["threads"], abs=1)
+    assert estimate_pair(pairs[0].pre, pairs[0].post, threads=2).mem_bytes >= (
+        two.stages[5].mem_bytes)
