@@ -284,11 +284,11 @@ def pre_post_histograms_figure(ctx: PlotContext, grid: Histogram2D) -> Figure:
     pre = grid.counts.sum(axis=0)
     post = grid.counts.sum(axis=1)
     k = ctx.scales["moffat"]
-    ax.stairs(pre, edges, color="#5577ff", lw=1.4, label="aligned pre-stain")
-    ax.stairs(post, edges, color="#222222", lw=1.6, label="post-stain")
+    _steps(ax, pre, edges, color="#5577ff", lw=1.4, label="aligned pre-stain")
+    _steps(ax, post, edges, color="#222222", lw=1.6, label="post-stain")
     # k·pre has the pre counts on a grid stretched by k; divide by k to keep counts per unit
-    ax.stairs(pre / k, edges * k, color=KIND_COLOURS["moffat"], lw=1.4, ls="--",
-              label=f"k × aligned pre ({ctx.label('moffat')})")
+    _steps(ax, pre / k, edges * k, color=KIND_COLOURS["moffat"], lw=1.4, ls="--",
+           label=f"k × aligned pre ({ctx.label('moffat')})")
     ax.set_yscale("log")
     _log_counts(ax.yaxis)
     ax.set_xlim(0, _grid_top(grid))
@@ -319,8 +319,8 @@ def difference_histogram_figure(ctx: PlotContext, differences: Mapping[str, Hist
         edges = hist.lo + np.arange(hist.bins + 1) * hist.width
         q25, q50, q75 = (hist.quantile(q) for q in (0.25, 0.5, 0.75))
         sigma = (q75 - q25) / 1.349
-        ax.stairs(hist.counts, edges, color=KIND_COLOURS[kind], lw=1.5, ls=KIND_STYLES[kind],
-                  label=f"{ctx.label(kind)}: median {q50:+.2f}, robust σ {sigma:.2f}")
+        _steps(ax, hist.counts, edges, color=KIND_COLOURS[kind], lw=1.5, ls=KIND_STYLES[kind],
+               label=f"{ctx.label(kind)}: median {q50:+.2f}, robust σ {sigma:.2f}")
         lo = min(lo, hist.quantile(0.0005) - 3 * sigma)
         hi = max(hi, hist.quantile(0.9995) + 3 * sigma)
     ax.axvline(0, color="black", lw=1, ls=":")
@@ -344,6 +344,13 @@ def plot_difference_histogram(path: Path, ctx: PlotContext, differences: Mapping
     return save_figure(difference_histogram_figure(ctx, differences), path)
 
 
+def _steps(ax: Any, counts: np.ndarray, edges: np.ndarray, **style: Any) -> None:
+    """A histogram's outline (bin ``i`` spans ``edges[i]`` to ``edges[i + 1]``) as one stepped
+    line: ``Axes.stairs`` finds its data limits segment by segment in Python, which costs
+    more than drawing it."""
+    ax.plot(edges, np.append(counts, counts[-1]), drawstyle="steps-post", **style)
+
+
 def _stairs(ax: Any, x: np.ndarray, counts: np.ndarray, lo: float, hi: float, **style: Any
             ) -> None:
     """Step plot of histogram bins with centres ``x`` (evenly spaced) within ``[lo, hi]``."""
@@ -351,7 +358,7 @@ def _stairs(ax: Any, x: np.ndarray, counts: np.ndarray, lo: float, hi: float, **
     if not sel.any():
         return
     half = (x[1] - x[0]) / 2 if x.size > 1 else 0.5
-    ax.stairs(counts[sel], np.append(x[sel] - half, x[sel][-1] + half), **style)
+    _steps(ax, counts[sel], np.append(x[sel] - half, x[sel][-1] + half), **style)
 
 
 def ratio_histogram_figure(ctx: PlotContext, fit: ScaleFit, ratio: Histogram) -> Figure:
@@ -382,9 +389,11 @@ def ratio_histogram_figure(ctx: PlotContext, fit: ScaleFit, ratio: Histogram) ->
                        label=ctx.label(kind))
         ax.set_xlim(x0, x1)
         ax.set_yscale(yscale)
-        if yscale == "log":
+        if yscale == "log":  # the legend goes here: its entries, one per line drawn
             _log_counts(ax.yaxis)
-            ax.set_ylim(bottom=0.8)
+            _log_headroom(ax, max(float(all_counts.max(initial=0)),
+                                  float(fit.counts.max(initial=0))),
+                          2 + 2 * (fit.method == "moffat") + len(ctx.scales))
         ax.set_xlabel("log10(post / aligned pre)  [decades]")
         ax.set_ylabel(f"pixels per bin (bin {fit.bin_width:.2g} decades)")
         ax.grid(alpha=0.3)

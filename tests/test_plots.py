@@ -138,6 +138,8 @@ def test_every_plot_carries_its_caption_under_the_plot(
     assert len(found) == 1
     assert " ".join(found[0].get_text().split("\n")) == caption(name)
     fig.draw_without_rendering()
+    box = found[0].get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, "the caption is cut at the sides"
     bottom, top = _inches(fig, found[0])
     assert bottom >= 0 and top * fig.dpi <= fig.bbox.height
     lowest = min(a.get_tightbbox().y0 for a in fig.axes) / fig.dpi
@@ -227,10 +229,15 @@ def test_histogram_legends_stay_above_the_highest_count(
     peaks = {"difference_histogram": max(h.counts.max() for h in differences.values()),
              "pre_post_histograms": max(grid.counts.sum(axis=0).max(),
                                         grid.counts.sum(axis=1).max())}
+    ratio = Histogram.log_ratio()
+    ratio.add(np.log10(post / pre))
+    peaks["ratio_histogram"] = ratio.counts.max()
     for name, fig in (("difference_histogram", d.difference_histogram_figure(ctx, differences)),
-                      ("pre_post_histograms", d.pre_post_histograms_figure(ctx, grid))):
+                      ("pre_post_histograms", d.pre_post_histograms_figure(ctx, grid)),
+                      ("ratio_histogram", d.ratio_histogram_figure(ctx, fit_left_wing(ratio),
+                                                                   ratio))):
         fig.draw_without_rendering()
-        ax = fig.axes[0]
+        ax = next(ax for ax in fig.axes if ax.get_legend())
         legend_bottom = ax.get_legend().get_window_extent().y0
         assert ax.transData.inverted().transform((0, legend_bottom))[1] > peaks[name], name
 
