@@ -158,13 +158,12 @@ def grid_search(pre_img: np.ndarray, post_img: np.ndarray, angles: np.ndarray,
     ``pre_img``/``post_img`` are non-negative feature images (boundary bands) at one level.
     The score is the correlation peak divided by the two images' L2 norms (1 = identical).
 
-    Two passes, so that the cost follows the image rather than the grid: every candidate is
-    ranked by its score at half the resolution (a quarter of the FFT work); then candidates
-    are scored at the search level — those ranked within :data:`RANK_MARGIN` of the best
-    (at least :data:`RANK_KEEP`), then every grid neighbour of the best two until both are
-    surrounded by scored candidates. The result is the best of the scored candidates, computed
-    exactly as a full search computes it; ties go to the first in grid order (scales, then
-    angles).
+    Two passes, so that most of the grid costs a quarter of its FFT work: every candidate is
+    ranked by its score at half the resolution; then candidates are scored at the search
+    level — those ranked within :data:`RANK_MARGIN` of the best (at least :data:`RANK_KEEP`),
+    then every grid neighbour of the best two until both are surrounded by scored candidates.
+    The result is the best of the scored candidates, computed exactly as a full search
+    computes it; ties go to the first in grid order (scales, then angles).
     """
     ph, pw = post_img.shape
     cy_pre, cx_pre = _centroid(pre_img)
