@@ -95,49 +95,82 @@ def _orientation(centre: tuple[float, float], degrees: int, mirror: bool) -> np.
     return shift @ rot @ np.linalg.inv(shift)
 
 
-def _best_shift_correlation(a: np.ndarray, b: np.ndarray, max_shift: int) -> float:
+def best_shift_correlation(a: np.ndarray, b: np.ndarray, max_shift: int
+                           ) -> tuple[float, tuple[int, int]]:
     """Largest normalised cross-correlation of two zero-mean masked images over shifts of up
-    to ``max_shift`` px in x and y (FFT, zero padded)."""
+    to ``max_shift`` px in x and y (FFT, zero padded), and that shift ``(sx, sy)``:
+    ``a(x) ≈ b(x − s)``."""
     h, w = a.shape
     fh, fw = cv2.getOptimalDFTSize(h + max_shift), cv2.getOptimalDFTSize(w + max_shift)
     corr = np.fft.irfft2(np.fft.rfft2(a, s=(fh, fw)) * np.conj(np.fft.rfft2(b, s=(fh, fw))),
                          s=(fh, fw))
-    window = np.concatenate([corr[:max_shift + 1], corr[-max_shift:]], axis=0)
-    window = np.concatenate([window[:, :max_shift + 1], window[:, -max_shift:]], axis=1)
+    rows = np.r_[0:max_shift + 1, fh - max_shift:fh]
+    cols = np.r_[0:max_shift + 1, fw - max_shift:fw]
+    window = corr[np.ix_(rows, cols)]
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(window.max() / norm) if norm > 0 else 0.0
+    if norm <= 0:
+        return 0.0, (0, 0)
+    i, j = np.unravel_index(int(np.argmax(window)), window.shape)
+    sy, sx = int(rows[i]), int(cols[j])
+    sy, sx = (sy - fh if sy > max_shift else sy), (sx - fw if sx > max_shift else sx)
+    return float(window[i, j] / norm), (sx, sy)
+
+
+@dataclass(frozen=True)
+class TextureView:
+    """Band-passed textures of pre and post at one pyramid level (box factor ``factor``), the
+    eroded post tissue mask and its centre (level px), for scoring placements of pre."""
+
+    pre: np.ndarray
+    post: np.ndarray
+    mask: np.ndarray
+    centre: tuple[float, float]
+    factor: int
+
+    @classmethod
+    def of(cls, pre_pyr: Pyramid, post_pyr: Pyramid, side: int = CHECK_SIDE,
+           edge_px: int = 2) -> TextureView:
+        """The view on the level of longer side ≤ ``side``; the mask leaves out ``edge_px``
+        level px inside the tissue edge (where the high pass rings)."""
+        from exo2micro.stages.align_boundary import band_pass, common_level
+
+        pre_l, post_l, f = common_level(pre_pyr, post_pyr, side)
+        mask = tissue_mask(post_l)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * edge_px + 1,) * 2)
+        mask = cv2.erode(mask.astype(np.uint8), kernel) > 0
+        ys, xs = np.nonzero(mask)
+        centre = (float(xs.mean()), float(ys.mean())) if xs.size else (
+            (post_l.shape[1] - 1) / 2, (post_l.shape[0] - 1) / 2)
+        return cls(band_pass(pre_l, SIGMA), band_pass(post_l, SIGMA), mask, centre, f)
+
+    def score(self, a_level: np.ndarray, max_shift: int = MAX_SHIFT
+              ) -> tuple[float, tuple[int, int]]:
+        """Texture correlation of pre placed by the level map ``a_level`` (post level px →
+        pre level px) over the best shift, and that shift (level px; 0 where they barely
+        overlap)."""
+        h, w = self.post.shape
+        m = a_level[:2]
+        warped = cv2.warpAffine(self.pre, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        inside = cv2.warpAffine(np.ones(self.pre.shape, np.uint8), m, (w, h),
+                                flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+        region = self.mask & inside
+        if region.sum() < 64:
+            return 0.0, (0, 0)
+        a = np.where(region, self.post - self.post[region].mean(), 0.0)
+        b = np.where(region, warped - warped[region].mean(), 0.0)
+        return best_shift_correlation(a, b, max_shift)
 
 
 def texture_correlations(pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre: np.ndarray
                          ) -> list[tuple[str, float]]:
     """(orientation, texture correlation) for the final transform first, then the seven
     other orientations (see the module docstring)."""
-    from exo2micro.stages.align_boundary import band_pass, common_level, to_level
+    from exo2micro.stages.align_boundary import to_level
 
-    pre_l, post_l, f = common_level(pre_pyr, post_pyr, CHECK_SIDE)
-    mask = tissue_mask(post_l)
-    mask = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    ys, xs = np.nonzero(mask)
-    centre = (float(xs.mean()), float(ys.mean())) if xs.size else (
-        (post_l.shape[1] - 1) / 2, (post_l.shape[0] - 1) / 2)
-    tex_post, tex_pre = band_pass(post_l, SIGMA), band_pass(pre_l, SIGMA)
-    a_level = to_level(post_to_pre, f, f)
-    h, w = post_l.shape
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    out = []
-    for name, degrees, mirror in ORIENTATIONS:
-        m = (a_level @ _orientation(centre, degrees, mirror))[:2]
-        warped = cv2.warpAffine(tex_pre, m, (w, h), flags=flags)
-        inside = cv2.warpAffine(np.ones(pre_l.shape, np.uint8), m, (w, h),
-                                flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
-        region = mask & inside
-        if region.sum() < 64:
-            out.append((name, 0.0))
-            continue
-        a = np.where(region, tex_post - tex_post[region].mean(), 0.0)
-        b = np.where(region, warped - warped[region].mean(), 0.0)
-        out.append((name, _best_shift_correlation(a, b, MAX_SHIFT)))
-    return out
+    view = TextureView.of(pre_pyr, post_pyr)
+    a_level = to_level(post_to_pre, view.factor, view.factor)
+    return [(name, view.score(a_level @ _orientation(view.centre, degrees, mirror))[0])
+            for name, degrees, mirror in ORIENTATIONS]
 
 
 def review_alignment(pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre: np.ndarray,

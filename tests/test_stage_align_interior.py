@@ -164,3 +164,27 @@ def test_warp_to_both_formats_writes_identical_data(tmp_path: Path) -> None:
             sample="S", dye="D", stage=3, params=resolve({"pad": 5})))
     with TiffImage(outs["tiff"]) as t, FitsImage(outs["fits"]) as f:
         np.testing.assert_array_equal(t.read_window(0, 720, 0, 910), f.read_window(0, 720, 0, 910))
+
+
+def test_a_stage2_rotation_that_is_off_is_rescued_by_the_texture(tmp_path: Path) -> None:
+    """A round footprint leaves stage 2's rotation to chance; when the patches then disagree,
+    stage 3 turns pre to the rotation whose texture matches and measures again."""
+    from exo2micro.pyramid import Pyramid
+    from exo2micro.stages.align_interior import _turn, align_interior
+    from exo2micro.synth import truth_tissue_mask_post
+    from exo2micro.transform import TransformRecord, displacement_stats, grid_points
+
+    pair = make_aligned(tmp_path, to_stage=2, rotation_deg=4, scale=1.02, k=1.35,
+                        width=1600, height=1300)
+    s2 = pair.transform(2)
+    off = TransformRecord(s2.post_to_pre @ _turn((800.0, 650.0), 8.0), "ok", 2, s2.metrics)
+    lay = pair.layout
+    pre_pyr, post_pyr = (Pyramid.load(lay.pyramid(w)) for w in ("pre", "post"))
+    with TiffImage(lay.signal("pre")) as pre, TiffImage(lay.signal("post")) as post:
+        tr = align_interior(post, pre, post_pyr, pre_pyr, off, dict(lay.params), 2)
+    assert tr.status == "ok", tr.reason
+    rescue = tr.metrics["rotation_rescue"]
+    assert rescue["accepted"] and abs(rescue["rotation_deg"] + 8.0) <= 0.15, rescue
+    xy = grid_points(truth_tissue_mask_post(pair.truth, 4), 4)
+    err = displacement_stats(tr.post_to_pre, np.asarray(pair.truth["post_to_pre"]), xy)
+    assert err["mean"] < 0.01 and err["max"] < 0.03, err

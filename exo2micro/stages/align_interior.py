@@ -17,18 +17,22 @@ misalignment *locally at full resolution* and fits one transform to all measurem
 3. **Fit.** Each patch gives a correspondence ``c → post_to_pre(c + d)``; an affine
    ``post_to_pre`` is fitted by RANSAC (1 px threshold) + least squares on the inliers, and the
    loop repeats (:data:`ROUNDS` rounds at most, stopping when tissue moves < 0.01 px).
-4. **Checks.** At least ``interior_min_inlier_ratio`` of the measured patches must agree, and
+4. **Rotation rescue.** When no fit is found or too few patches agree, stage 2's rotation may
+   be off (a round footprint does not fix it): :func:`rotation_rescue` turns pre about the
+   tissue centre to the angle whose texture matches post best, and the rounds start again
+   from there; the metrics record what it found and whether it was kept.
+5. **Checks.** At least ``interior_min_inlier_ratio`` of the measured patches must agree, and
    no tissue pixel may move more than ``interior_max_correction`` px from stage 2; otherwise
    stage 2's transform is kept and the reason recorded. ``estimated_accuracy_px`` is the mean,
    over tissue, of the fit's predicted standard error (least-squares covariance of the affine
    fit with the residual spread of the inliers).
-5. **Non-rigid residual, when the data ask.** The last round's correspondences are offered to
+6. **Non-rigid residual, when the data ask.** The last round's correspondences are offered to
    :func:`exo2micro.nonrigid.select`: when a polynomial map of higher degree explains them
    better than the affine by the information criterion (lens distortion, swelling), the map is
    split into the affine ``post_to_pre`` and a smooth :class:`~exo2micro.transform.ResidualField`,
    and the patches are measured again through both until tissue moves < 0.01 px. A rigid pair
    keeps no field, and its result is the affine fit above unchanged.
-6. **Warp.** Pre is warped into the post frame once, from the stage-1 image, in tiles
+7. **Warp.** Pre is warped into the post frame once, from the stage-1 image, in tiles
    (:mod:`exo2micro.stages.warp`, through the field when there is one), to
    ``03_interior_aligned_pre`` (float32).
 
@@ -51,7 +55,7 @@ from exo2micro.footprint import tissue_mask
 from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.pyramid import Pyramid
 from exo2micro.records import StageRun, product_ome, require_stage, stage1_physical
-from exo2micro.stages.align_boundary import to_level
+from exo2micro.stages.align_boundary import to_full, to_level
 from exo2micro.stages.warp import output_shape, warp_to_files, warp_window
 from exo2micro.tiffio import TiffImage
 from exo2micro.transform import (
@@ -72,6 +76,9 @@ MAX_PATCHES = 96
 ROUNDS = 5
 #: Largest number of re-measuring rounds through a residual field.
 FIELD_ROUNDS = 4
+#: Tissue edge left out of the rotation rescue's texture comparison (px of a 512-px level:
+#: twice the reach of its high pass).
+RESCUE_EDGE_PX = 24
 #: Border (px) of a patch left out of the Lucas–Kanade sums (filter edge effects).
 BORDER = 12
 #: RANSAC inlier threshold (px in the pre frame).
@@ -276,28 +283,23 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                                f"only {len(centres)} patch positions inside the shared tissue "
                                f"(need {MIN_INLIERS})")
     tissue_xy = np.array(centres)
-    current, fit = start, None
-    history = []
-    measured_under = current
-    for rnd in range(ROUNDS):
-        measured_under = current
-        ms = measure(post, pre, current, centres, params["interior_blur_base"], rnd == 0,
-                     threads)
-        new = fit_affine(current, ms)
-        if new is None:
-            fit = None
-            break
-        moved = max_displacement(new.post_to_pre, current, tissue_xy)
-        history.append({"round": rnd + 1, "inliers": int(new.inliers.sum()),
-                        "residual_rms_px": new.residual_rms_px, "moved_px": moved})
-        current, fit = new.post_to_pre, new
-        if moved < 0.01 and rnd > 0:
-            break
     n = len(centres)
+    runs = _rounds(post, pre, start, centres, params, threads)
+    rescue: dict[str, Any] = {}
+    if runs.weak(n, params["interior_min_inlier_ratio"]):
+        turned = rotation_rescue(pre_pyr, post_pyr, start, params["angle_range"])
+        if turned is not None:
+            retry = _rounds(post, pre, turned[0], centres, params, threads)
+            rescue = {**turned[1], "accepted": retry.inliers > runs.inliers}
+            if rescue["accepted"]:
+                runs = retry
+    current, fit, ms, measured_under, history = (runs.current, runs.fit, runs.ms,
+                                                 runs.measured_under, runs.history)
     if fit is None:
         textured = sum(m.quality >= MIN_PATCH_CORRELATION for m in ms)
         return TransformRecord(start, "fallback", 3, {**base, "n_patches": n, "rounds": history,
-                                                      "n_textured": textured},
+                                                      "n_textured": textured,
+                                                      **_rescued(rescue)},
                                f"interior texture too weak or inconsistent: {textured} of {n} "
                                f"patches share texture between pre and post (correlation ≥ "
                                f"{MIN_PATCH_CORRELATION}); kept stage 2")
@@ -321,7 +323,7 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                "shear_deg": dec["shear_deg"], "stage2_status": stage2.status,
                "estimated_accuracy_px": accuracy,
                "accuracy_source": "predicted standard error of the interior fit",
-               **field_metrics}
+               **field_metrics, **_rescued(rescue)}
     if ratio < params["interior_min_inlier_ratio"]:
         return TransformRecord(start, "fallback", 3, {**metrics, **base},
                                f"only {fit.inliers.sum()} of {n} patches agree (inlier ratio "
@@ -333,6 +335,97 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                                f"interior_max_correction {params['interior_max_correction']}; "
                                f"kept stage 2")
     return TransformRecord(current, "ok", 3, metrics, residual_field=field)
+
+
+@dataclass
+class _Rounds:
+    """The measure-and-fit rounds from one start: the last transform and fit, the last
+    measurements and the transform they were made under."""
+
+    current: np.ndarray
+    fit: FitResult | None
+    ms: list[Measurement]
+    measured_under: np.ndarray
+    history: list[dict[str, Any]]
+
+    @property
+    def inliers(self) -> int:
+        return 0 if self.fit is None else int(self.fit.inliers.sum())
+
+    def weak(self, n: int, min_ratio: float) -> bool:
+        """No fit, or too few of the ``n`` patches agree."""
+        return self.fit is None or self.inliers / n < min_ratio
+
+
+def _rounds(post: TiffImage, pre: TiffImage, start: np.ndarray,
+            centres: Sequence[tuple[float, float]], params: dict[str, Any], threads: int
+            ) -> _Rounds:
+    """Up to :data:`ROUNDS` rounds of patch measurement and robust affine fit from ``start``
+    (phase correlation first, Lucas–Kanade after), until tissue moves < 0.01 px."""
+    tissue_xy = np.array(centres)
+    current, fit = start, None
+    history: list[dict[str, Any]] = []
+    measured_under, ms = current, []
+    for rnd in range(ROUNDS):
+        measured_under = current
+        ms = measure(post, pre, current, centres, params["interior_blur_base"], rnd == 0,
+                     threads)
+        new = fit_affine(current, ms)
+        if new is None:
+            fit = None
+            break
+        moved = max_displacement(new.post_to_pre, current, tissue_xy)
+        history.append({"round": rnd + 1, "inliers": int(new.inliers.sum()),
+                        "residual_rms_px": new.residual_rms_px, "moved_px": moved})
+        current, fit = new.post_to_pre, new
+        if moved < 0.01 and rnd > 0:
+            break
+    return _Rounds(current, fit, ms, measured_under, history)
+
+
+def _rescued(rescue: dict[str, Any]) -> dict[str, Any]:
+    return {"rotation_rescue": rescue} if rescue else {}
+
+
+def _turn(centre: tuple[float, float], degrees: float) -> np.ndarray:
+    """3×3 map of post level px: rotation by ``degrees`` about ``centre`` (OpenCV sense)."""
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    cx, cy = centre
+    return np.array([[c, s, cx - c * cx - s * cy], [-s, c, cy + s * cx - c * cy], [0, 0, 1.0]])
+
+
+def rotation_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray,
+                    angle_range: float) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A better start for the patches when stage 2's rotation is off (a round footprint
+    leaves the rotation to the texture): the rotation of pre about the tissue centre within
+    ±``angle_range``° whose band-passed texture correlates best with post's — 1° steps on a
+    512-px level, then 0.1° steps on a 1024-px level — with its best shift. ``None`` unless it
+    matches clearly better than ``start`` (:data:`exo2micro.review.BETTER_FACTOR` and
+    :data:`exo2micro.review.MIN_CORRELATION`)."""
+    from exo2micro.review import BETTER_FACTOR, MAX_SHIFT, MIN_CORRELATION, TextureView
+
+    best_deg, before = 0.0, 0.0
+    corr, shift, view = 0.0, (0, 0), None
+    for side, step, reach in ((512, 1.0, angle_range), (1024, 0.1, 1.0)):
+        # away from the tissue edge, whose high-passed ring would match at every rotation
+        view = TextureView.of(pre_pyr, post_pyr, side, edge_px=RESCUE_EDGE_PX * side // 512)
+        a0 = to_level(start, view.factor, view.factor)
+        if side == 512:
+            before = view.score(a0)[0]
+        reach_px = MAX_SHIFT * side // 512  # the same full-resolution reach on both levels
+        tried = [(*view.score(a0 @ _turn(view.centre, float(deg)), reach_px), float(deg))
+                 for deg in np.arange(best_deg - reach, best_deg + reach + step / 2, step)]
+        corr, shift, best_deg = max(tried, key=lambda t: t[0])
+    assert view is not None
+    sx, sy = shift
+    if abs(best_deg) < 0.05 or corr < MIN_CORRELATION or corr < BETTER_FACTOR * before:
+        return None
+    a0 = to_level(start, view.factor, view.factor)
+    shift_m = np.array([[1, 0, -sx], [0, 1, -sy], [0, 0, 1.0]])
+    turned = to_full(a0 @ _turn(view.centre, best_deg) @ shift_m, view.factor, view.factor)
+    return turned, {"rotation_deg": best_deg, "texture_correlation": corr,
+                    "correlation_before": before}
 
 
 def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
