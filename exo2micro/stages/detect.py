@@ -21,48 +21,60 @@ variance reduction of the interpolation that warped pre. Rather than modelling e
 :data:`NOISE_TILE`² tiles, each tile gives its level (median of L) and a robust variance (a
 5σ-clipped variance about the median, which ignores the few microbe pixels of a tile), tiles
 are binned by level and a line is fitted to the bin medians; the intercept is at least the
-quantisation variance 1/12 of integer counts. The matched filter's variance is
-``c · Σg² · var``: ``c`` (the median ratio over tissue tiles, rescaled so that the lower half
-of the searched significance over tissue has unit spread) is > 1 because the interpolation
-that warped pre correlates its noise between neighbouring pixels (and residual texture
-survives the filter), so the detection threshold is calibrated in real σ, not white-noise σ.
+quantisation variance 1/12 of integer counts. The variance of the matched filter of kernel
+``j`` is ``c[j] · Σg_j² · var``: ``c[j]`` (the median ratio over tissue tiles, rescaled so that
+the lower half of that kernel's significance over tissue has unit spread) is > 1 because the
+interpolation that warped pre correlates its noise between neighbouring pixels (and residual
+texture survives the filter), so the detection threshold is calibrated in real σ, not
+white-noise σ.
 
 The **significance image** ``D / σ(L)`` (float32, NaN = no data) is written next to the
-difference image. Sources are detected on the **matched-filter significance**: the
-background-subtracted difference convolved with a Gaussian of σ = :data:`KERNEL_SIGMA` px,
-divided by ``σ_f`` at the kernel-weighted level (:func:`filter_level`; near no-data pixels,
-by the part of the kernel that saw data; pixels
-within :data:`NO_DATA_MARGIN` px of no data are left out). For a
-Gaussian source its value is close to the source's integrated SNR (its flux over the noise in
-a 2σ-radius aperture), so ``detect_threshold`` is a threshold on integrated SNR.
+difference image. Sources are detected on the **matched-filter significance** of a bank of
+two Gaussian kernels (:data:`KERNEL_SIGMAS`, σ 2.5 and 5 px, for microbes of σ ≈ 2–6 px):
+per kernel the background-subtracted difference convolved with it, divided by its ``σ_f`` at
+the kernel-weighted level (:func:`filter_level`; near no-data pixels, by the part of the
+kernel that saw data; pixels within :data:`NO_DATA_MARGIN` px of no data are left out), and
+the larger of the two is searched. For a Gaussian source its value is ≥ 94 % of the source's
+optimal (integrated) SNR, its flux over the noise of its optimal flux estimate
+(:meth:`NoiseModel.integrated_noise`), so ``detect_threshold`` is a threshold on integrated
+SNR. The maximum over two kernels raises the false rate of a threshold a little; the default
+was set on microbe-free synthetic pairs (docs/benchmarks.md). Only tissue (grown by
+:data:`TISSUE_MARGIN` px) is searched.
 
 Detection and measurement (photutils)
 -------------------------------------
-``detect_sources`` (8-connected, at least ``detect_min_area`` px above ``detect_threshold``),
-``deblend_sources`` (when ``detect_deblend``) and ``SourceCatalog`` on the background-
-subtracted difference with the per-pixel σ as error: the centroid (first moments, then
-:func:`windowed_centroids`), peak, area, second-moment σ along the major/minor axes and
-the orientation (degrees from +x towards +y, i.e. clockwise as displayed with y down); the
-flux is summed
-over the segment grown by :data:`FLUX_GROW` px (:func:`grown_flux`). Only segments with two or
-more peaks are handed to the deblender (:func:`multi_peak_labels`): photutils' per-source
-cost is what bounds the speed of this stage. ``snr`` is the peak of the matched-filter
-significance in the source: the detection SNR, ≈ the integrated SNR (it is not
-flux / flux_err: the grown segment holds more noise than the optimal filter). The local background
-is the mean of quiet pixels (|D/σ| < :data:`QUIET_SIGMA`) over :data:`BG_BOX` px boxes,
-interpolated bilinearly. Flags (bits): :data:`FLAG_EDGE` (within :data:`EDGE_GROW` px of no
-data or of non-tissue), :data:`FLAG_SATURATED` (a post pixel of the source at the dtype's
-maximum), :data:`FLAG_DEBLENDED`.
+``detect_sources`` (8-connected, at least ``detect_min_area`` px above ``detect_threshold``)
+and, when ``detect_deblend``, ``deblend_sources`` on the sharper kernel's significance (whose
+image of two touching microbes keeps their peaks apart); a split is undone when a component
+rises less than :data:`DEBLEND_PROMINENCE` σ above its saddle with a sibling
+(:func:`merge_weak_splits`: noise bumps on a broad source). Only segments with two or more
+high peaks are handed to the deblender (:func:`multi_peak_labels`): photutils' per-source
+cost is what bounds the speed of this stage. The position is the peak of the filtered
+difference of the kernel that found the source best (the sharper one for deblended sources),
+refined to sub-pixel by a log-parabola (:func:`peak_positions`): the maximum-likelihood
+position of a source of the kernel's shape, near the Cramér–Rao bound. The other columns are
+vectorised reductions over each segment's pixels (:class:`SegmentPixels`): peak, area,
+second-moment σ along the major/minor axes and the orientation (degrees from +x towards +y,
+i.e. clockwise as displayed with y down); the flux is summed over the segment grown by
+:data:`FLUX_GROW` px (:func:`grown_flux`). ``snr`` is the peak of the searched significance
+in the source: the detection SNR, ≈ the integrated SNR (it is not flux / flux_err: the grown
+segment holds more noise than the optimal filter). The local background is the mean of
+quiet pixels (|D/σ| < :data:`QUIET_SIGMA`) over :data:`BG_BOX` px boxes, interpolated
+bilinearly. Flags (bits): :data:`FLAG_EDGE` (within :data:`EDGE_GROW` px of no data or of
+non-tissue), :data:`FLAG_SATURATED` (a post pixel of the source at the dtype's maximum),
+:data:`FLAG_DEBLENDED`.
 
-Streaming and memory
---------------------
+Streaming, threads and memory
+-----------------------------
 Pass 1 reads evenly spaced blocks of :data:`~exo2micro.tiffio.TILE` rows, at most
 :data:`SAMPLE_PIXELS` px in all, for the noise fit. Pass 2 reads every block of TILE rows with
-:data:`HALO` extra rows above and below, detects in the whole block and keeps a source only
-if its centroid lies in the block's core rows (``[y0 − 0.5, y1 − 0.5)``), so every source is
-measured once, from a block that holds it whole (sources up to 2 × HALO px tall). Memory is
-about a dozen ``(TILE + 2 · HALO) × width`` float32 arrays (≈ 1 GB at 30 000 px wide) plus
-photutils' per-source cutouts; the significance image is streamed to its writer, never held.
+:data:`HALO` extra rows above and below and cuts it into chunks of :data:`CHUNK_COLS` columns
+with :data:`CHUNK_HALO` more each side, detected in parallel threads (``threads``); a source
+is kept only by the chunk whose core holds its position (rows ``[y0 − 0.5, y1 − 0.5)``,
+likewise columns), so every source is measured once, from a chunk that holds it whole
+(sources up to 2 × HALO px tall). Memory is the row block's few full-width arrays plus about
+twenty chunk-sized float32 arrays per thread (≈ 10 MB each); the significance image is
+streamed to its writer, never held.
 """
 
 from __future__ import annotations
@@ -72,13 +84,13 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from exo2micro import diagnostics
 from exo2micro.atomic import atomic_path
@@ -90,13 +102,14 @@ from exo2micro.result import build_result, write_result
 from exo2micro.stages.subtract import TILE, FanOut, box_mean, preview_factor
 from exo2micro.tiffio import TiffImage, read_info, write_tiled
 
-#: Gaussian σ (px) of the matched filter: it keeps ≥ 92 % of the optimal SNR of Gaussian
-#: sources of σ 2–4.5 px and ≥ 80 % for σ 1.5–6 (the efficiency is 2σσ_k / (σ² + σ_k²)).
-KERNEL_SIGMA = 3.0
+#: Gaussian σ (px) of the matched-filter bank. A kernel of σ_k keeps 2σσ_k / (σ² + σ_k²) of the
+#: optimal SNR of a Gaussian source of σ; the better of the two keeps ≥ 94 % for σ 2–6.5 px
+#: (≥ 88 % for 1.5–8), where one kernel of 3 px keeps 80 % at σ = 6.
+KERNEL_SIGMAS = (2.5, 5.0)
 #: Gaussian σ (px) of the smoothing of L = k · aligned_pre before it enters σ(L).
 LEVEL_SMOOTH = 2.0
 #: Tile edge (px) of the noise fit; large enough that the MAD of the filtered image (whose
-#: pixels are correlated over ≈ 4π·KERNEL_SIGMA² px) rests on ≈ 50 independent values.
+#: pixels are correlated over ≈ 4π·σ_k² px) rests on ≥ 13 independent values.
 NOISE_TILE = 64
 #: Pixels sampled by the noise fit (pass 1), in evenly spaced blocks.
 SAMPLE_PIXELS = 16_000_000
@@ -108,17 +121,31 @@ BG_BOX = 64
 QUIET_SIGMA = 3.0
 #: Data pixels this close (px) to no data are not searched (see :func:`usable`).
 NO_DATA_MARGIN = 3
-#: Iterations of :func:`windowed_centroids`.
-WINDOW_ITERATIONS = 3
+#: Only pixels within this many px of tissue are searched: microbes are sought in tissue, and
+#: the bare slide beside it holds the residuals of the tissue's soft edge.
+TISSUE_MARGIN = 3
+#: Columns per chunk of a row block (a multiple of BG_BOX); chunks, with CHUNK_HALO columns
+#: each side, are detected in parallel threads.
+CHUNK_COLS = 2048
+#: Columns read each side of a chunk: two background boxes, so that the boxes whose
+#: interpolation reaches the core never see the filters' edge (a chunk's core is then
+#: detected as in the whole row block, but for segments reaching past the halo).
+CHUNK_HALO = 2 * BG_BOX
 #: Growth (px) of each segment for its flux (:func:`grown_flux`).
 FLUX_GROW = 3
 #: Sources within this many px of no data or non-tissue are flagged FLAG_EDGE.
 EDGE_GROW = 2
 #: Matched-filter pixels whose kernel saw less than this fraction of data are not searched.
 MIN_WEIGHT = 0.5
+#: The searchable tissue pixels of every this many rows and columns calibrate the correlation
+#: factors (a divisor of CHUNK_COLS and TILE).
+CALIBRATION_STRIDE = 2
 #: Deblending: thresholds per source and the smallest flux fraction of a component.
-DEBLEND_LEVELS = 32
+DEBLEND_LEVELS = 16
 DEBLEND_CONTRAST = 0.005
+#: Rise (σ of the sharpest kernel's significance) above its saddle with a sibling that every
+#: component of a deblended source needs (:func:`merge_weak_splits`).
+DEBLEND_PROMINENCE = 1.0
 #: Flag bits of the catalogue.
 FLAG_EDGE = 1
 FLAG_SATURATED = 2
@@ -142,8 +169,8 @@ COLUMNS: dict[str, str] = {
 
 
 # ------------------------------------------------------------------------------ noise model
-#: Σ g² of the unit-sum matched-filter kernel: its variance gain on white noise.
-KERNEL_NOISE_GAIN = 1.0 / (4 * math.pi * KERNEL_SIGMA**2)
+#: Σ g² of each unit-sum kernel of the bank: its variance gain on white noise.
+KERNEL_NOISE_GAIN = tuple(1.0 / (4 * math.pi * s**2) for s in KERNEL_SIGMAS)
 #: Range allowed to the fitted correlation factor of the filtered noise.
 CORRELATION_RANGE = (0.5, 10.0)
 
@@ -151,12 +178,12 @@ CORRELATION_RANGE = (0.5, 10.0)
 @dataclass(frozen=True)
 class NoiseModel:
     """``var = a + b · max(L, 0)`` of the difference (L = k · aligned_pre, post counts;
-    variances in post counts²) and the correlation factor ``c`` of its matched filter,
-    whose variance is ``c · Σg² · var``."""
+    variances in post counts²) and, per kernel ``j`` of :data:`KERNEL_SIGMAS`, the correlation
+    factor ``c[j]`` of its matched filter, whose variance is ``c[j] · Σg_j² · var``."""
 
     a: float
     b: float
-    c: float
+    c: tuple[float, ...]
     n_tiles: int
 
     def sigma(self, level: np.ndarray) -> np.ndarray:
@@ -164,34 +191,37 @@ class NoiseModel:
         return np.sqrt(np.float32(self.a)
                        + np.float32(self.b) * np.maximum(level, 0, dtype=np.float32))
 
-    def sigma_filtered(self, level: np.ndarray) -> np.ndarray:
-        """σ of the matched-filtered difference at level ``level``."""
-        return self.sigma(level) * np.float32(math.sqrt(self.c * KERNEL_NOISE_GAIN))
+    def sigma_filtered(self, level: np.ndarray, j: int) -> np.ndarray:
+        """σ of the difference filtered by kernel ``j``, at (filter-weighted) level ``level``."""
+        return self.sigma(level) * np.float32(math.sqrt(self.c[j] * KERNEL_NOISE_GAIN[j]))
 
-    def correlation(self, level: np.ndarray) -> np.ndarray:
-        """Variance of the matched filter over its white-noise value ``σ² · Σg²``: > 1 where
-        the noise is spatially correlated (the interpolated pre, residual texture)."""
-        return np.full(np.shape(level), self.c, np.float32)
+    def correlation(self, sigma_px: float) -> float:
+        """Variance of the optimal filter of a Gaussian source of σ ``sigma_px`` over its
+        white-noise value: ``c`` interpolated in log σ between the bank's kernels (constant
+        beyond them). > 1 where the noise is spatially correlated (the interpolated pre,
+        residual texture)."""
+        return float(np.interp(math.log(sigma_px), np.log(KERNEL_SIGMAS), self.c))
 
     def integrated_noise(self, level: np.ndarray, sigma_px: float) -> np.ndarray:
-        """Noise (post counts) of the flux of a Gaussian source of σ ``sigma_px`` at level
-        ``level``: the noise of a sum over a 2σ-radius aperture (``σ · 2√π · sigma_px``,
-        which makes flux / noise the optimal SNR of white noise), times √correlation.
-        Flux over this is the *integrated SNR* used by the completeness estimate and by
-        ``bench/detect.py``."""
+        """Noise (post counts) of the optimal flux estimate of a Gaussian source of σ
+        ``sigma_px`` at level ``level``: ``σ · 2√π · sigma_px`` (the noise of the matched
+        filter's flux on white noise, equal to that of a sum over a 2σ-radius aperture),
+        times √:meth:`correlation`. Flux over this is the *integrated SNR* used by the
+        completeness estimate and by ``bench/detect.py``."""
         return (self.sigma(level) * np.float32(2 * math.sqrt(math.pi) * sigma_px)
-                * np.sqrt(self.correlation(level)))
+                * np.float32(math.sqrt(self.correlation(sigma_px))))
 
     def to_json(self) -> dict[str, Any]:
         return {"model": "var = a + b * L, L = k * aligned_pre (post counts); matched "
-                         "filter: var_f = c * sum(g^2) * var",
-                "a": self.a, "b": self.b, "c": self.c, "kernel_sigma_px": KERNEL_SIGMA,
-                "tiles": self.n_tiles}
+                         "filter j: var_f = c[j] * sum(g_j^2) * var",
+                "a": self.a, "b": self.b, "c": list(self.c),
+                "kernel_sigma_px": list(KERNEL_SIGMAS), "tiles": self.n_tiles}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NoiseModel:
         """The model of a stage-5 record's ``noise_model``."""
-        return cls(float(data["a"]), float(data["b"]), float(data["c"]), int(data["tiles"]))
+        return cls(float(data["a"]), float(data["b"]), tuple(float(c) for c in data["c"]),
+                   int(data["tiles"]))
 
 
 def level_image(pre: np.ndarray, k: float) -> np.ndarray:
@@ -201,26 +231,27 @@ def level_image(pre: np.ndarray, k: float) -> np.ndarray:
     return cv2.GaussianBlur(level, (size, size), LEVEL_SMOOTH)
 
 
-def filter_level(level: np.ndarray) -> np.ndarray:
-    """The level that sets the matched filter's noise: var(Σ g·D) = Σ g² (a + b L), and
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of σ ``sigma`` px (±3σ support), zero outside the array."""
+    size = 2 * math.ceil(3 * sigma) + 1
+    return cv2.GaussianBlur(image, (size, size), sigma, borderType=cv2.BORDER_CONSTANT)
+
+
+def filter_level(level: np.ndarray, j: int) -> np.ndarray:
+    """The level that sets the noise of kernel ``j``: var(Σ g·D) = Σ g² (a + b L), and
     g² / Σg² is a unit Gaussian of σ_k/√2, so L blurred by it. At a tissue edge the filter
     sees the noisy inside even where its centre is outside."""
-    sigma = KERNEL_SIGMA / math.sqrt(2)
-    size = 2 * math.ceil(3 * sigma) + 1
-    return cv2.GaussianBlur(level, (size, size), sigma)
+    size = 2 * math.ceil(3 * KERNEL_SIGMAS[j] / math.sqrt(2)) + 1
+    return cv2.GaussianBlur(level, (size, size), KERNEL_SIGMAS[j] / math.sqrt(2))
 
 
-def matched_filter(diff: np.ndarray, sigma: float = KERNEL_SIGMA
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def matched_filter(diff: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """``(D ⊛ g, w)``: the difference (NaN read as 0) convolved with a unit-sum Gaussian of σ
     ``sigma`` px, and the fraction of the kernel's noise weight (``g²``) that fell on data."""
     valid = np.isfinite(diff)
-    size = 2 * math.ceil(3 * sigma) + 1
-    filtered = cv2.GaussianBlur(np.where(valid, diff, 0).astype(np.float32), (size, size),
-                                sigma, borderType=cv2.BORDER_CONSTANT)
+    filtered = _blur(np.where(valid, diff, 0).astype(np.float32), sigma)
     # g² is a Gaussian of σ/√2 (up to its sum): its blur of the data mask is the noise weight
-    weight = cv2.GaussianBlur(valid.astype(np.float32), (size, size), sigma / math.sqrt(2),
-                              borderType=cv2.BORDER_CONSTANT)
+    weight = _blur(valid.astype(np.float32), sigma / math.sqrt(2))
     return filtered, weight
 
 
@@ -233,26 +264,33 @@ def usable(diff: np.ndarray) -> np.ndarray:
 
 
 def tile_stats(diff: np.ndarray, level: np.ndarray, model: NoiseModel | None = None,
-               tile: int = NOISE_TILE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per complete ``tile × tile`` tile without no-data pixels: median level and robust
-    variances (:func:`_robust_var`) of the difference and of its matched filter. With a (first)
-    ``model`` the filter sees the difference minus its :func:`local_background`, as in
-    detection, so that the residual texture the background removes is not counted."""
+               tile: int = NOISE_TILE, core: tuple[int, int] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per complete ``tile × tile`` tile without no-data pixels: median level, robust
+    variance (:func:`_robust_var`) of the difference and, per kernel of
+    :data:`KERNEL_SIGMAS` (columns), of its matched filter. With a (first) ``model`` the filter
+    sees the difference minus its :func:`local_background`, as in detection, so that the
+    residual texture the background removes is not counted. ``core`` = ``(c0, c1)``: tiles
+    only in these columns (the others are a halo that the filters see)."""
     diff = np.where(usable(diff), diff, np.nan)
     src = diff if model is None else diff - local_background(diff, model.sigma(level))
-    filtered, weight = matched_filter(src)
+    filtered = [matched_filter(src, s) for s in KERNEL_SIGMAS]
+    if core is not None:
+        cut = slice(*core)
+        diff, level = diff[:, cut], level[:, cut]
+        filtered = [(f[:, cut], wt[:, cut]) for f, wt in filtered]
     h, w = diff.shape
     th, tw = h // tile, w // tile
     if th == 0 or tw == 0:
-        return np.empty(0), np.empty(0), np.empty(0)
+        return np.empty(0), np.empty(0), np.empty((0, len(KERNEL_SIGMAS)))
 
     def tiles(a: np.ndarray) -> np.ndarray:
         return (a[:th * tile, :tw * tile].reshape(th, tile, tw, tile).swapaxes(1, 2)
                 .reshape(th * tw, tile * tile))
 
-    keep = tiles(weight).min(axis=1) > 0.999
-    d, f, lev = tiles(diff)[keep], tiles(filtered)[keep], tiles(level)[keep]
-    return np.median(lev, axis=1), _robust_var(d), _robust_var(f)
+    keep = np.logical_and.reduce([tiles(wt).min(axis=1) > 0.999 for _, wt in filtered])
+    var_f = np.column_stack([_robust_var(tiles(f)[keep]) for f, _ in filtered])
+    return np.median(tiles(level)[keep], axis=1), _robust_var(tiles(diff)[keep]), var_f
 
 
 def _robust_var(values: np.ndarray) -> np.ndarray:
@@ -272,7 +310,7 @@ def fit_line(level: np.ndarray, var: np.ndarray) -> tuple[float, float]:
     if level.size == 0:
         raise InputDataError("no tile of the difference image free of no-data pixels; cannot "
                              "estimate its noise")
-    order = np.argsort(level)
+    order = np.lexsort((var, level))  # ties broken by value: bins independent of tile order
     n_bins = int(np.clip(level.size // 8, 1, 24))
     parts = np.array_split(order, n_bins)
     x = np.array([np.median(level[p]) for p in parts])
@@ -294,37 +332,47 @@ def fit_noise(level: np.ndarray, var_d: np.ndarray, var_f: np.ndarray,
               floor: float = 0.0) -> NoiseModel:
     """The :class:`NoiseModel` from :func:`tile_stats` of the sampled blocks: the line of
     :func:`fit_line` (intercept at least ``floor``, e.g. the quantisation variance 1/12 of
-    integer counts) and the correlation factor as the median of the tiles' filtered variance
-    over its white-noise value, in the brighter half of the tiles (tissue, where microbes
-    are sought)."""
+    integer counts) and, per kernel (column of ``var_f``), the correlation factor as the
+    median of the tiles' filtered variance over its white-noise value, in the brighter half
+    of the tiles (tissue, where microbes are sought)."""
     a, b = fit_line(level, var_d)
     a = max(a, floor)
-    model = NoiseModel(a, b, 1.0, int(level.size))
-    bright = level >= np.median(level)
-    ratio = var_f[bright] / (model.sigma(level[bright]) ** 2 * KERNEL_NOISE_GAIN)
-    c = float(np.clip(np.median(ratio), *CORRELATION_RANGE)) if ratio.size else 1.0
+    ones = (1.0,) * len(KERNEL_SIGMAS)
+    bright = level >= np.median(level) if level.size else np.zeros(0, bool)
+    if not bright.any():
+        return NoiseModel(a, b, ones, int(level.size))
+    white = NoiseModel(a, b, ones, int(level.size)).sigma(level[bright]) ** 2
+    c = tuple(float(np.clip(np.median(var_f[bright, j] / (white * gain)), *CORRELATION_RANGE))
+              for j, gain in enumerate(KERNEL_NOISE_GAIN))
     return NoiseModel(a, b, c, int(level.size))
 
 
 # ------------------------------------------------------------------------------ one block
 @dataclass
 class Block:
-    """Rows ``[ya, yb)`` of the output frame: difference, level L, tissue and saturation."""
+    """Rows ``[ya, ya + h)`` and columns ``[xa, xa + w)`` of the output frame: difference,
+    level L, tissue and saturation (each ``(h, w)``)."""
 
     ya: int
     diff: np.ndarray
     level: np.ndarray
     tissue: np.ndarray
     saturated: np.ndarray
+    xa: int = 0
+
+    def columns(self, x0: int, x1: int) -> Block:
+        """The block's columns ``[x0, x1)`` (its own pixels), as a block (views)."""
+        return Block(self.ya, *(a[:, x0:x1] for a in (self.diff, self.level, self.tissue,
+                                                      self.saturated)), self.xa + x0)
 
 
 def local_background(diff: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """Mean of the quiet pixels (|D/σ| < :data:`QUIET_SIGMA`) over :data:`BG_BOX` px boxes,
     interpolated bilinearly to every pixel (0 in boxes with too few quiet pixels)."""
     with np.errstate(invalid="ignore"):
-        quiet = (np.abs(diff) < np.float32(QUIET_SIGMA) * sigma).astype(np.float32)
-    sums = box_mean(np.where(quiet > 0, diff, 0), BG_BOX)
-    counts = box_mean(quiet, BG_BOX)
+        quiet = np.abs(diff) < np.float32(QUIET_SIGMA) * sigma
+    sums = box_mean(np.where(quiet, diff, np.float32(0)), BG_BOX)
+    counts = box_mean(quiet.view(np.uint8), BG_BOX)
     boxes = np.where(counts >= 0.25, sums / np.maximum(counts, 1e-6), 0).astype(np.float32)
     h, w = diff.shape
     full = cv2.resize(boxes, (boxes.shape[1] * BG_BOX, boxes.shape[0] * BG_BOX),
@@ -332,120 +380,160 @@ def local_background(diff: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return full[:h, :w]
 
 
-@dataclass
-class Detection:
-    """What one block yields: the significance of its rows and the catalogue columns."""
-
-    significance: np.ndarray
-    columns: dict[str, np.ndarray]
-
-
 def _empty_columns() -> dict[str, np.ndarray]:
     return {name: np.empty(0, np.int64 if name in ("id", "flags") else np.float64)
             for name in COLUMNS}
 
 
-def detect_block(block: Block, model: NoiseModel, threshold: float, min_area: int,
-                 deblend: bool, core: tuple[float, float] | None = None) -> Detection:
-    """Detect and measure the sources of one block (coordinates in the block's own pixels
-    plus ``block.ya`` rows, i.e. output-frame coordinates).
+@dataclass
+class SearchMap:
+    """The matched-filter bank of a block (:func:`search_map`)."""
 
-    ``core`` = ``(y_lo, y_hi)`` (output-frame rows) keeps only sources whose centroid y lies
-    in ``[y_lo, y_hi)``; ``None`` keeps all.
+    #: Per kernel of :data:`KERNEL_SIGMAS`: the significance (0 where not searchable).
+    per_kernel: list[np.ndarray]
+    #: Per kernel: the background-subtracted difference convolved with it (post counts).
+    filtered: list[np.ndarray]
+    #: The searched significance: the largest of ``per_kernel``.
+    snr: np.ndarray
+    #: Where sources are sought: enough data under every kernel, near tissue.
+    searchable: np.ndarray
+    #: The background-subtracted difference (0 without usable data), post counts.
+    subtracted: np.ndarray
+    #: Usable data (:func:`usable`).
+    valid: np.ndarray
+
+
+def search_map(block: Block, model: NoiseModel, sigma: np.ndarray) -> SearchMap:
+    """The matched-filter significance of a block per kernel of :data:`KERNEL_SIGMAS` and
+    their maximum. ``sigma`` is ``model.sigma(block.level)``.
+
+    The background's quiet pixels leave out, besides |D/σ| ≥ :data:`QUIET_SIGMA`, those
+    where the difference filtered by the largest kernel exceeds 2 σ_f: the faint wings of
+    sources, which would otherwise raise the background and lower every source's
+    significance. Searchable pixels have at least :data:`MIN_WEIGHT` of every kernel's noise
+    weight on usable data and lie within :data:`TISSUE_MARGIN` px of tissue."""
+    valid = usable(block.diff)
+    diff = np.where(valid, block.diff, np.nan).astype(np.float32)
+    last = len(KERNEL_SIGMAS) - 1
+    raw, _ = matched_filter(diff, KERNEL_SIGMAS[last])
+    with np.errstate(invalid="ignore"):
+        wings = raw > 2 * model.sigma_filtered(filter_level(block.level, last), last)
+    subtracted = np.where(valid, diff - local_background(np.where(wings, np.nan, diff), sigma),
+                          0).astype(np.float32)
+    masked = np.where(valid, subtracted, np.nan)
+    size = 2 * TISSUE_MARGIN + 1
+    searchable = cv2.dilate(block.tissue.view(np.uint8), np.ones((size, size), np.uint8)
+                            ).view(bool)
+    filtered, weights = [], []
+    for s in KERNEL_SIGMAS:
+        f, wt = matched_filter(masked, s)
+        filtered.append(f)
+        weights.append(wt)
+        searchable &= wt >= MIN_WEIGHT
+    per_kernel = []
+    for j, (f, wt) in enumerate(zip(filtered, weights)):
+        sigma_f = model.sigma_filtered(filter_level(block.level, j), j)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_kernel.append(np.where(searchable, f / (sigma_f * np.sqrt(wt)), 0
+                                       ).astype(np.float32))
+    snr = np.maximum.reduce(per_kernel) if len(per_kernel) > 1 else per_kernel[0]
+    return SearchMap(per_kernel, filtered, snr, searchable, subtracted, valid)
+
+
+def detect_block(block: Block, model: NoiseModel, threshold: float, min_area: int,
+                 deblend: bool, core: tuple[float, float, float, float] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """The catalogue columns (:data:`COLUMNS` but ``id``, zero) of the sources of one block
+    (output-frame coordinates: the block's own pixels plus ``block.xa`` columns and
+    ``block.ya`` rows).
+
+    ``core`` = ``(y_lo, y_hi, x_lo, x_hi)`` (output frame) keeps only sources whose position
+    lies in ``[x_lo, x_hi) × [y_lo, y_hi)``; ``None`` keeps all.
     """
-    from photutils.segmentation import SourceCatalog, deblend_sources, detect_sources
+    from photutils.segmentation import deblend_sources, detect_sources
     from photutils.utils.exceptions import NoDetectionsWarning
 
     sigma = model.sigma(block.level)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        significance = (block.diff / sigma).astype(np.float32)
-    snr_map, searchable, subtracted, valid = search_map(block, model, sigma)
+    search = search_map(block, model, sigma)
+    if not search.searchable.any():  # e.g. a chunk of bare slide
+        return _empty_columns()
     with warnings.catch_warnings():  # no source in a block is an answer, not a problem
         warnings.simplefilter("ignore", NoDetectionsWarning)
-        segm = detect_sources(snr_map, threshold, min_area, connectivity=8, mask=~searchable)
+        segm = detect_sources(search.snr, threshold, min_area, connectivity=8,
+                              mask=~search.searchable)
     if segm is None:
-        return Detection(significance, _empty_columns())
+        return _empty_columns()
     parents = segm
+    sharp = search.per_kernel[0]
     if deblend:
-        blends = multi_peak_labels(snr_map, segm.data, threshold)
+        blends = multi_peak_labels(sharp, segm.data, threshold + DEBLEND_PROMINENCE)
         if blends.size:
-            segm = deblend_sources(snr_map, segm, min_area, labels=blends,
+            segm = deblend_sources(sharp, segm, min_area, labels=blends,
                                    n_levels=DEBLEND_LEVELS, contrast=DEBLEND_CONTRAST,
-                                   progress_bar=False)
-    cat = SourceCatalog(subtracted, segm, error=sigma, mask=~valid)
-    labels = np.asarray(segm.labels)
-    pixels = SegmentPixels.of(segm.data, labels)
-    x, y = windowed_centroids(subtracted, pixels, np.asarray(cat.x_centroid, np.float64),
-                              np.asarray(cat.y_centroid, np.float64))
-    y = y + block.ya
+                                   mode="linear", progress_bar=False)
+    if segm is parents:
+        segments, labels = segm.data, np.asarray(segm.labels)
+        deblended = np.zeros(labels.size, bool)
+    else:
+        segments, labels, deblended = merge_weak_splits(parents.data, segm.data, sharp)
+    pixels = SegmentPixels.of(segments, labels)
+    # a deblended source is placed by the sharpest kernel, whose image of a blend keeps the
+    # two peaks apart; the others by the kernel that found them best
+    peak_rows, peak_cols = pixels.argmax(search.snr)
+    sharp_rows, sharp_cols = pixels.argmax(sharp)
+    peak_rows = np.where(deblended, sharp_rows, peak_rows)
+    peak_cols = np.where(deblended, sharp_cols, peak_cols)
+    best = np.argmax([k[peak_rows, peak_cols] for k in search.per_kernel], axis=0)
+    x, y = peak_positions(search.filtered, peak_rows, peak_cols, np.where(deblended, 0, best))
+    x, y = x + block.xa, y + block.ya
     keep = np.isfinite(x) & np.isfinite(y)
     if core is not None:
-        keep &= (y >= core[0]) & (y < core[1])
+        keep &= (y >= core[0]) & (y < core[1]) & (x >= core[2]) & (x < core[3])
     if not keep.any():
-        return Detection(significance, _empty_columns())
-    bad = ~valid | ~block.tissue
+        return _empty_columns()
+    bad = ~search.valid | ~block.tissue
     near_bad = cv2.dilate(bad.view(np.uint8), np.ones((2 * EDGE_GROW + 1,) * 2, np.uint8))
     flags = FLAG_EDGE * pixels.any(near_bad.view(bool)).astype(np.int64)
     if block.saturated.any():
         flags |= FLAG_SATURATED * pixels.any(block.saturated)
-    if deblend and segm is not parents:
-        flags |= FLAG_DEBLENDED * np.isin(labels, np.asarray(segm.deblended_labels))
-    flux, flux_err = grown_flux(subtracted, sigma, segm.data, labels, model.c)
+    flags |= FLAG_DEBLENDED * deblended
+    flux, flux_err = grown_flux(search.subtracted, sigma, segments, labels,
+                                np.asarray(model.c)[best])
+    a, b, theta = pixels.shape(search.subtracted)
     columns = {
         "x": x, "y": y, "flux": flux, "flux_err": flux_err,
-        "peak": np.asarray(cat.max_value, np.float64),
-        "snr": pixels.maximum(snr_map),
-        "area_px": np.asarray(cat.area.value, np.float64),
-        "a": np.asarray(cat.semimajor_axis.value, np.float64),
-        "b": np.asarray(cat.semiminor_axis.value, np.float64),
-        "theta": np.asarray(cat.orientation.value, np.float64),
+        "peak": pixels.maximum(search.subtracted),
+        "snr": pixels.maximum(search.snr),
+        "area_px": np.bincount(pixels.which, minlength=pixels.n).astype(np.float64),
+        "a": a, "b": b, "theta": theta,
         "flags": flags.astype(np.int64),
     }
     columns = {name: values[keep] for name, values in columns.items()}
     columns["id"] = np.zeros(int(keep.sum()), np.int64)
-    return Detection(significance, columns)
-
-
-def search_map(block: Block, model: NoiseModel, sigma: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The matched-filter significance of a block (0 where not searchable), where it may be
-    searched, the background-subtracted difference (0 without data) and the usable-data
-    mask. ``sigma`` is ``model.sigma(block.level)``.
-
-    The background's quiet pixels leave out, besides |D/σ| ≥ :data:`QUIET_SIGMA`, those
-    where the filtered difference exceeds 2 σ_f: the faint wings of sources, which would
-    otherwise raise the background and lower every source's significance."""
-    valid = usable(block.diff)
-    diff = np.where(valid, block.diff, np.nan).astype(np.float32)
-    sigma_f = model.sigma_filtered(filter_level(block.level))
-    raw, _ = matched_filter(diff)
-    with np.errstate(invalid="ignore"):
-        wings = raw > 2 * sigma_f
-    subtracted = np.where(valid, diff - local_background(np.where(wings, np.nan, diff), sigma),
-                          0).astype(np.float32)
-    filtered, weight = matched_filter(np.where(valid, subtracted, np.nan))
-    searchable = weight >= MIN_WEIGHT
-    with np.errstate(invalid="ignore", divide="ignore"):
-        snr_map = np.where(searchable, filtered / (sigma_f * np.sqrt(weight)), 0
-                           ).astype(np.float32)
-    return snr_map, searchable, subtracted, valid
+    return columns
 
 
 @dataclass(frozen=True)
 class SegmentPixels:
-    """The labelled pixels of a segmentation: their rows, columns and the index of their
-    segment in ``labels`` — per-segment reductions over these few pixels are much cheaper
-    than scipy's labelled reductions over the whole block (which sort it)."""
+    """The labelled pixels of a segmentation, grouped by segment: their rows, columns, the
+    index of their segment in ``labels`` (non-decreasing) and where each segment's pixels
+    start — per-segment reductions over these few pixels are much cheaper than scipy's
+    labelled reductions over the whole block (which sort it)."""
 
     rows: np.ndarray
     cols: np.ndarray
     which: np.ndarray
+    starts: np.ndarray
     n: int
 
     @classmethod
     def of(cls, segments: np.ndarray, labels: np.ndarray) -> SegmentPixels:
         rows, cols = np.nonzero(segments)
-        return cls(rows, cols, np.searchsorted(labels, segments[rows, cols]), labels.size)
+        which = np.searchsorted(labels, segments[rows, cols])
+        order = np.argsort(which, kind="stable")
+        which = which[order]
+        return cls(rows[order], cols[order], which,
+                   np.searchsorted(which, np.arange(labels.size)), labels.size)
 
     def any(self, mask: np.ndarray) -> np.ndarray:
         """Per segment: whether ``mask`` (bool, block-shaped) is set on any of its pixels."""
@@ -453,52 +541,129 @@ class SegmentPixels:
 
     def maximum(self, values: np.ndarray) -> np.ndarray:
         """Per segment: the largest of ``values`` (block-shaped) over its pixels."""
-        out = np.full(self.n, -np.inf)
-        np.maximum.at(out, self.which, values[self.rows, self.cols])
-        return out
+        if not self.n:
+            return np.empty(0)
+        return np.maximum.reduceat(values[self.rows, self.cols].astype(np.float64),
+                                   self.starts)
+
+    def argmax(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per segment: the row and column of its largest value of ``values`` (the first in
+        raster order on a tie)."""
+        v = values[self.rows, self.cols].astype(np.float64)
+        at_max = np.flatnonzero(v == self.maximum(values)[self.which])
+        first = at_max[np.searchsorted(self.which[at_max], np.arange(self.n))]
+        return self.rows[first], self.cols[first]
+
+    def shape(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per segment: the semi-major and semi-minor axes (px, the square roots of the
+        eigenvalues of the second central moments of the positive part of ``data``) and the
+        orientation of the major axis (degrees from +x towards +y, in (−90, 90])."""
+        w = np.maximum(data[self.rows, self.cols], 0).astype(np.float64)
+        n = self.n
+        total = np.maximum(np.bincount(self.which, w, n), 1e-300)
+        mx = np.bincount(self.which, w * self.cols, n) / total
+        my = np.bincount(self.which, w * self.rows, n) / total
+        dx, dy = self.cols - mx[self.which], self.rows - my[self.which]
+        cxx = np.bincount(self.which, w * dx * dx, n) / total
+        cyy = np.bincount(self.which, w * dy * dy, n) / total
+        cxy = np.bincount(self.which, w * dx * dy, n) / total
+        mean, half = (cxx + cyy) / 2, np.hypot((cxx - cyy) / 2, cxy)
+        theta = np.degrees(0.5 * np.arctan2(2 * cxy, cxx - cyy))
+        return np.sqrt(mean + half), np.sqrt(np.maximum(mean - half, 0)), theta
 
 
-def windowed_centroids(data: np.ndarray, pixels: SegmentPixels, x: np.ndarray,
-                       y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian-windowed centroids (px, the block's own frame): starting from the first
-    moments ``x``, ``y``, :data:`WINDOW_ITERATIONS` times the first moments of the positive
-    data of each segment weighted by a Gaussian of σ = :data:`KERNEL_SIGMA` px about the
-    current centre. The window ignores the noisy outskirts of large segments and the wings of
-    touching neighbours. Vectorised over the segments' pixels."""
-    which, n = pixels.which, pixels.n
-    values = np.maximum(data[pixels.rows, pixels.cols], 0).astype(np.float64)
-    cx, cy = x.copy(), y.copy()
-    for _ in range(WINDOW_ITERATIONS):
-        ok = np.isfinite(cx) & np.isfinite(cy)
-        dx, dy = pixels.cols - cx[which], pixels.rows - cy[which]
-        w = values * np.exp(-(dx * dx + dy * dy) / (2 * KERNEL_SIGMA**2))
-        total = np.bincount(which, w, n)
-        good = ok & (total > 0)
-        cx[good] += np.bincount(which, w * dx, n)[good] / total[good]
-        cy[good] += np.bincount(which, w * dy, n)[good] / total[good]
-    return cx, cy
+def peak_positions(filtered: Sequence[np.ndarray], rows: np.ndarray, cols: np.ndarray,
+                   kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel positions (px, the block's own frame) of sources that peak at pixels
+    ``(rows, cols)`` of the images ``filtered[kernel]`` (the difference filtered by each
+    kernel of the bank): the peak refined by a Gaussian (log-parabola) through the peak and
+    its two neighbours along each axis — a parabola where a value is not positive; the shift
+    is at most 1 px, none on the image's border. The peak of a matched filter is the
+    maximum-likelihood position of a source of the kernel's shape: its error nears the
+    Cramér–Rao bound when the kernel matches the source."""
+    h, w = filtered[0].shape
+    out = []
+    for pos, size, (dr, dc) in ((cols, w, (0, 1)), (rows, h, (1, 0))):
+        ok = (pos > 0) & (pos < size - 1)
+        r_lo, c_lo = np.clip(rows - dr, 0, h - 1), np.clip(cols - dc, 0, w - 1)
+        r_hi, c_hi = np.clip(rows + dr, 0, h - 1), np.clip(cols + dc, 0, w - 1)
+        lo, mid, hi = (np.empty(rows.size) for _ in range(3))
+        for j, f in enumerate(filtered):
+            sel = kernel == j
+            lo[sel], mid[sel] = f[r_lo[sel], c_lo[sel]], f[rows[sel], cols[sel]]
+            hi[sel] = f[r_hi[sel], c_hi[sel]]
+        positive = (lo > 0) & (mid > 0) & (hi > 0)
+        lo, mid, hi = (np.where(positive, np.log(np.where(positive, v, 1)), v)
+                       for v in (lo, mid, hi))
+        curve = lo - 2 * mid + hi
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shift = np.where(ok & (curve < 0), 0.5 * (lo - hi) / curve, 0.0)
+        out.append(pos + np.clip(shift, -1.0, 1.0))
+    return out[0], out[1]
+
+
+def merge_weak_splits(parents: np.ndarray, children: np.ndarray, sharp: np.ndarray,
+                      prominence: float = DEBLEND_PROMINENCE
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undo the splits of the deblender that noise can explain: a parent segment (label
+    image ``parents``) split into ``children`` is kept whole when one of its components
+    peaks less than ``prominence`` above its saddle with a sibling (the highest value of
+    ``sharp``, the sharpest kernel's significance, on their common border) — the bumps of
+    noise on a broad source. Returns the label image, its sorted labels and, per label,
+    whether it is a component of a split that stands."""
+    rows, cols = np.nonzero(children)
+    lab, par = children[rows, cols], parents[rows, cols]
+    ulab, inv = np.unique(lab, return_inverse=True)
+    values = sharp[rows, cols].astype(np.float64)
+    peak = np.full(ulab.size, -np.inf)
+    np.maximum.at(peak, inv, values)
+    # border pixels: a sibling among the 8 neighbours (segments of different parents never
+    # touch); labels are exact in float32 up to 2²⁴
+    f = children.astype(np.float32)
+    box = np.ones((3, 3), np.uint8)
+    higher = cv2.dilate(f, box)[rows, cols] > lab
+    lower = cv2.erode(np.where(children > 0, f, np.float32(np.inf)), box)[rows, cols] < lab
+    border = higher | lower
+    saddle = np.full(ulab.size, -np.inf)
+    np.maximum.at(saddle, inv[border], values[border])
+    parent_of = np.empty(ulab.size, par.dtype)
+    parent_of[inv] = par
+    weak = np.isin(par, parent_of[peak - saddle < prominence])
+    out = children.copy()
+    out[rows[weak], cols[weak]] = par[weak] + int(ulab.max())  # one new label per parent
+    labels, inv = np.unique(out[rows, cols], return_inverse=True)
+    parent_of = np.empty(labels.size, par.dtype)
+    parent_of[inv] = par
+    _, per_parent, counts = np.unique(parent_of, return_inverse=True, return_counts=True)
+    return out, labels, counts[per_parent] > 1
 
 
 def multi_peak_labels(snr_map: np.ndarray, segments: np.ndarray, threshold: float
                       ) -> np.ndarray:
     """Labels of the segments holding two or more local maxima (5 × 5) above ``threshold``:
-    the only ones deblending can split, so the others skip its per-source cost."""
+    the only ones worth deblending, so the others skip its per-source cost. (Called with the
+    detection threshold plus :data:`DEBLEND_PROMINENCE` on the sharpest kernel's map: a
+    component peaking lower would rarely stand :func:`merge_weak_splits`.)"""
     peaks = (snr_map == cv2.dilate(snr_map, np.ones((5, 5), np.uint8))) & (snr_map > threshold)
     counts = np.bincount(segments[peaks & (segments > 0)], minlength=int(segments.max()) + 1)
     return np.flatnonzero(counts >= 2)
 
 
 def grown_flux(subtracted: np.ndarray, sigma: np.ndarray, segments: np.ndarray,
-               labels: np.ndarray, correlation: float) -> tuple[np.ndarray, np.ndarray]:
+               labels: np.ndarray, correlation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flux (post counts) of each source over its segment grown by :data:`FLUX_GROW` px into
-    unlabelled pixels (the isophotal segment misses the faint wings), and its error: the
-    per-pixel σ summed in quadrature, times √``correlation`` (the filter-scale correlation of
-    the noise, :class:`NoiseModel`)."""
+    unlabelled pixels (the isophotal segment misses the faint wings; where grown segments
+    meet, the larger label takes the pixel), and its error: the per-pixel σ summed in
+    quadrature, times √``correlation`` (per source: the noise correlation at the scale of
+    the kernel that found it, :class:`NoiseModel`)."""
     size = 2 * FLUX_GROW + 1
-    grown = ndimage.grey_dilation(segments, size=(size, size))
-    grown = np.where(segments > 0, segments, grown)
-    flux = np.asarray(ndimage.sum_labels(subtracted, grown, labels), np.float64)
-    var = np.asarray(ndimage.sum_labels(sigma.astype(np.float64) ** 2, grown, labels))
+    # labels are exact in float32 up to 2²⁴; OpenCV dilates float32 images
+    grown = cv2.dilate(segments.astype(np.float32), np.ones((size, size), np.uint8))
+    grown = np.where(segments > 0, segments, grown.astype(segments.dtype))
+    rows, cols = np.nonzero(grown)
+    which = np.searchsorted(labels, grown[rows, cols])
+    flux = np.bincount(which, subtracted[rows, cols].astype(np.float64), labels.size)
+    var = np.bincount(which, sigma[rows, cols].astype(np.float64) ** 2, labels.size)
     return flux, np.sqrt(var * correlation)
 
 
@@ -573,8 +738,8 @@ def inject_sources(block: Block, model: NoiseModel, snr: float, rng: np.random.G
         blob = flux / (2 * math.pi * INJECT_SIGMA**2) * np.exp(
             -((xx - x) ** 2 + (yy - y) ** 2) / (2 * INJECT_SIGMA**2))
         diff[iy - r:iy + r + 1, ix - r:ix + r + 1] += blob.astype(np.float32)
-    xy[:, 1] += block.ya
-    return Block(block.ya, diff, block.level, block.tissue, block.saturated), xy
+    xy += (block.xa, block.ya)
+    return Block(block.ya, diff, block.level, block.tissue, block.saturated, block.xa), xy
 
 
 def recovered_fraction(truth_xy: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -602,11 +767,10 @@ def completeness_curve(reader: BlockReader, starts: Sequence[int], model: NoiseM
     found = {snr: [0, 0] for snr in INJECT_SNR}
     for y0 in list(starts)[:INJECT_WINDOWS]:
         block = reader.read(y0, min(reader.shape[0], y0 + TILE))
-        window = Block(block.ya, *(a[:, x0:x0 + cols] for a in (
-            block.diff, block.level, block.tissue, block.saturated)))
+        window = block.columns(x0, x0 + cols)
         for snr in INJECT_SNR:
             injected, xy = inject_sources(window, model, snr, rng)
-            cols_ = detect_block(injected, model, threshold, min_area, deblend).columns
+            cols_ = detect_block(injected, model, threshold, min_area, deblend)
             hit = recovered_fraction(xy, cols_["x"], cols_["y"])
             found[snr][0] += int(hit.sum())
             found[snr][1] += int(hit.size)
@@ -719,51 +883,63 @@ def _pixel_size_um(layout: PairLayout) -> float | None:
     return float(value) if value else None
 
 
-def _noise_model(reader: BlockReader, starts: Sequence[int]) -> NoiseModel:
+def _chunks(width: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """``(a, x0, x1, b)`` per chunk of a row block: its core columns ``[x0, x1)``
+    (:data:`CHUNK_COLS` wide) and the columns ``[a, b)`` it is processed with, ``halo`` more
+    each side."""
+    return [(max(0, x0 - halo), x0, min(width, x0 + CHUNK_COLS),
+             min(width, x0 + CHUNK_COLS + halo)) for x0 in range(0, width, CHUNK_COLS)]
+
+
+def _noise_model(reader: BlockReader, starts: Sequence[int], pool: ThreadPoolExecutor
+                 ) -> NoiseModel:
     """Two fits over the sampled blocks (the first gives σ(L) for the background of the
-    second, whose filtered variances are those detection sees), then ``c`` rescaled so that
-    the searched significance has unit spread. The blocks are read three times rather than
-    held: at most :data:`SAMPLE_PIXELS` px each time."""
-    def blocks() -> Iterator[Block]:
-        return (reader.read(y0, min(reader.shape[0], y0 + TILE)) for y0 in starts)
+    second, whose filtered variances are those detection sees), then each kernel's ``c``
+    rescaled so that its significance has unit spread. The blocks are read three times
+    rather than held (at most :data:`SAMPLE_PIXELS` px each time) and processed in chunks of
+    :data:`CHUNK_COLS` columns by ``pool``."""
+    def chunks() -> Iterator[tuple[Block, tuple[int, int]]]:
+        """Chunks with their halos, and their core columns (the chunk's pixels)."""
+        for y0 in starts:
+            block = reader.read(y0, min(reader.shape[0], y0 + TILE))
+            for a, x0, x1, b in _chunks(block.diff.shape[1], CHUNK_HALO):
+                yield block.columns(a, b), (x0 - a, x1 - a)
 
     model = None
     for _ in range(2):
-        parts = [tile_stats(block.diff, block.level, model) for block in blocks()]
+        parts = list(pool.map(lambda job, m=model: tile_stats(job[0].diff, job[0].level, m,
+                                                              core=job[1]), chunks()))
         model = fit_noise(*(np.concatenate(p) for p in zip(*parts)), floor=reader.floor)
     assert model is not None
+
+    def searched(job: tuple[Block, tuple[int, int]]) -> list[np.ndarray]:
+        chunk, (c0, c1) = job
+        search = search_map(chunk, model, model.sigma(chunk.level))
+        # every CALIBRATION_STRIDE-th row and column of the frame (core columns start at
+        # multiples of CHUNK_COLS): the same pixels however the blocks are chunked
+        sub = (slice(None, None, CALIBRATION_STRIDE), slice(c0, c1, CALIBRATION_STRIDE))
+        where = (search.searchable & chunk.tissue)[sub]
+        return [k[sub][where] for k in search.per_kernel]
+
     # calibrate c on the significance map itself: its lower half (median − 15.87th
     # percentile over searchable tissue), which positive sources do not touch, is 1 σ
-    spread = []
-    for block in blocks():
-        snr_map, searchable, _, _ = search_map(block, model, model.sigma(block.level))
-        values = snr_map[searchable & block.tissue]
-        if values.size:
-            spread.append(np.percentile(values, [15.87, 50.0]))
-    if not spread:
-        return model
-    lo, mid = np.median(np.asarray(spread), axis=0)
-    scale = float(mid - lo) ** 2 if mid > lo else 1.0
-    return NoiseModel(model.a, model.b, float(np.clip(model.c * scale, *CORRELATION_RANGE)),
-                      model.n_tiles)
-
-
-
-def _blocks(reader: BlockReader) -> Iterator[tuple[Block, tuple[float, float]]]:
-    for y0 in range(0, reader.shape[0], TILE):
-        yield reader.halo_block(y0)
+    values = [np.concatenate(v) for v in zip(*pool.map(searched, chunks()))]
+    c = []
+    for cj, v in zip(model.c, values):
+        lo, mid = np.percentile(v, [15.87, 50.0]) if v.size else (0.0, 1.0)
+        c.append(float(np.clip(cj * (mid - lo) ** 2 if mid > lo else cj, *CORRELATION_RANGE)))
+    return NoiseModel(model.a, model.b, tuple(c), model.n_tiles)
 
 
 def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                checkpoint_format: str = "tiff", meta: Mapping[str, str] | None = None
                ) -> dict[str, Any]:
     """Run stage 5 for one pair: noise model, significance image, catalogue, plots, record and
-    ``result.json`` (``detections``). ``threads`` is accepted for the common stage interface
-    (native code uses the pools sized by :func:`exo2micro.pipeline.prepare`); the
+    ``result.json`` (``detections``). Chunks of row blocks are detected in ``threads``
+    threads (OpenCV and NumPy release the GIL; photutils' deblending mostly does not); the
     significance image is written in every format of ``checkpoint_format``. Returns the stage
     record (also ``layout.record(5)``). Raises :class:`InputDataError` (exit 65) naming the
     file when an input is missing or unusable."""
-    del threads
     values = layout.params
     threshold = float(values["detect_threshold"])
     min_area = int(values["detect_min_area"])
@@ -772,30 +948,39 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     inputs = _Inputs.find(layout, checkpoint_format)
     pad = int(values.get("pad", 0))
     with _open(inputs.diff) as diff_img, _open(inputs.aligned) as pre_img, \
-            _open(inputs.post) as post_img:
+            _open(inputs.post) as post_img, ThreadPoolExecutor(max(1, threads)) as pool:
         reader = BlockReader(diff_img, pre_img, post_img, inputs.k, inputs.pre_threshold, pad)
         h, w = reader.shape
         starts = sample_starts(h, w)
         with run.timed("noise_model"):
-            model = _noise_model(reader, starts)
+            model = _noise_model(reader, starts, pool)
         writers, paths = _writers(layout, formats(checkpoint_format), reader.shape, sample, dye,
                                   tiff_compression(checkpoint_format), threshold)
         factor = preview_factor(reader.shape)
         preview = np.zeros((-(-h // factor), -(-w // factor)), np.float32)
         parts: list[dict[str, np.ndarray]] = []
         tissue_px = 0
+
+        def detect_chunk(block: Block, core: tuple[float, float, float, float]
+                         ) -> dict[str, np.ndarray]:
+            return detect_block(block, model, threshold, min_area, deblend, core)
+
         with run.timed("detect"), FanOut(writers, depth=1) as fan:
-            for block, core in _blocks(reader):
-                found = detect_block(block, model, threshold, min_area, deblend, core)
-                c0 = int(core[0] + 0.5) - block.ya
-                c1 = int(core[1] + 0.5) - block.ya
-                fan.put([found.significance[c0:c1]] * len(writers))
+            for y0 in range(0, h, TILE):
+                block, (y_lo, y_hi) = reader.halo_block(y0)
+                chunks = _chunks(w, CHUNK_HALO)
+                parts.extend(pool.map(detect_chunk,
+                                      [block.columns(a, b) for a, _, _, b in chunks],
+                                      [(y_lo, y_hi, x0 - 0.5, x1 - 0.5)
+                                       for _, x0, x1, _ in chunks]))
+                c0, c1 = y0 - block.ya, min(h, y0 + TILE) - block.ya
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    significance = (block.diff[c0:c1] / model.sigma(block.level[c0:c1])
+                                    ).astype(np.float32)
+                fan.put([significance] * len(writers))
                 tissue_px += int(np.count_nonzero(block.tissue[c0:c1]))
-                rows = np.nan_to_num(block.diff[c0:c1], nan=0.0)
-                r0 = (c0 + block.ya) // factor
-                small = box_mean(rows, factor)
-                preview[r0:r0 + small.shape[0]] = small
-                parts.append(found.columns)
+                small = box_mean(np.nan_to_num(block.diff[c0:c1], nan=0.0), factor)
+                preview[y0 // factor:y0 // factor + small.shape[0]] = small
         with run.timed("completeness"):
             curve = completeness_curve(reader, starts, model, threshold, min_area, deblend)
         dtype_name = post_img.dtype.name
