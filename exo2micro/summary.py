@@ -80,6 +80,8 @@ class PairRow:
     moffat: float | None = None
     percentile: float | None = None
     manual: float | None = None
+    k_model: str = ""                    # "global" or "smooth" (stage 4's k_model)
+    k_range: tuple[float, float] | None = None   # min, max of k over the tissue
     accuracy_px: float | None = None
     pixel_size_um: float | None = None   # post frame, µm; None when unknown
     exposure_ratio: float | None = None  # post / pre exposure time; None unless both known
@@ -156,6 +158,15 @@ def _int(value: Any) -> int | None:
     return None if v is None else int(v)
 
 
+def _range(value: Any) -> tuple[float, float] | None:
+    """``[min, max]`` of two numbers as a tuple, else ``None``."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = _num(value[0]), _num(value[1])
+        if lo is not None and hi is not None:
+            return lo, hi
+    return None
+
+
 def _dict(value: Any) -> dict[str, Any]:
     """``value`` when it is a JSON object, else an empty one (a result of the wrong shape)."""
     return value if isinstance(value, dict) else {}
@@ -206,6 +217,8 @@ def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> 
         moffat=_num(result.get("scale_estimate")),
         percentile=_num(result.get("scale_percentile_value")),
         manual=_num(result.get("manual_scale")),
+        k_model=str(result.get("k_model") or ""),
+        k_range=_range(result.get("scale_range")),
         accuracy_px=_num(alignment.get("estimated_accuracy_px")),
         pixel_size_um=_num(result.get("pixel_size_um")),
         exposure_ratio=_num(exposure.get("ratio")),
@@ -441,9 +454,9 @@ def _meta_columns(rows: Sequence[PairRow]) -> list[str]:
 
 
 TSV_COLUMNS = ("sample", "dye", "status", "reason", "scale_moffat", "scale_percentile",
-               "manual_scale", "accuracy_px", "pixel_size_um", "exposure_ratio",
-               "k_net_of_exposure", "detections_n", "detections_n_snr5", "detections_per_mm2",
-               "stage2", "stage3", "last_stage", "wall_s",
+               "manual_scale", "k_model", "k_min", "k_max", "accuracy_px", "pixel_size_um",
+               "exposure_ratio", "k_net_of_exposure", "detections_n", "detections_n_snr5",
+               "detections_per_mm2", "stage2", "stage3", "last_stage", "wall_s",
                "peak_rss_bytes", "attempts", "exit_code", "error_class", "error_stage",
                "fingerprint", "result")
 
@@ -461,8 +474,10 @@ def format_tsv(rows: Sequence[PairRow]) -> str:
     names = [*TSV_COLUMNS, *(m if m not in TSV_COLUMNS else f"meta_{m}" for m in meta)]
     lines = ["\t".join(names)]
     for r in rows:
+        k_min, k_max = r.k_range or (None, None)
         values = [r.sample, r.dye, r.state, r.reason, r.moffat, r.percentile, r.manual,
-                  r.accuracy_px, r.pixel_size_um, r.exposure_ratio, r.k_net_of_exposure,
+                  r.k_model, k_min, k_max, r.accuracy_px, r.pixel_size_um, r.exposure_ratio,
+                  r.k_net_of_exposure,
                   r.detections, r.detections_snr5, r.detections_per_mm2,
                   r.stage2, r.stage3, r.last_stage, r.wall_s, r.peak_rss_bytes,
                   r.attempts, r.exit_code, r.error_class, r.error_stage, r.fingerprint,
@@ -580,6 +595,8 @@ def manifest(rows: Sequence[PairRow], extra: Mapping[str, Any] | None = None) ->
             "sample": r.sample, "dye": r.dye, "status": r.state, "reason": r.reason or None,
             "result": r.result_path or None, "outputs": r.outputs,
             "scales": {"moffat": r.moffat, "percentile": r.percentile, "manual": r.manual},
+            "k_model": r.k_model or None,
+            "scale_range": list(r.k_range) if r.k_range else None,
             "accuracy_px": r.accuracy_px, "alignment": {"stage2": r.stage2 or None,
                                                         "stage3": r.stage3 or None},
             "pixel_size_um": r.pixel_size_um,
@@ -737,6 +754,14 @@ def _thumbnail_cell(row: PairRow, name: str, label: str, output_dir: Path,
             f'{html.escape(row.key)}" src="data:image/png;base64,{data}"></a></td>')
 
 
+def thumbnail_columns(rows: Sequence[PairRow]) -> tuple[tuple[str, str], ...]:
+    """The plots shown as thumbnail columns: :data:`THUMBNAILS`, and the map of k when a pair
+    was scaled with one (``k_model`` smooth)."""
+    if any(r.k_model == "smooth" for r in rows):
+        return (*THUMBNAILS, ("scale_map", "k map"))
+    return THUMBNAILS
+
+
 def _thumbnail_cells(rows: Sequence[PairRow], output_dir: Path, threads: int,
                      budget: int = EMBED_BUDGET_BYTES) -> list[list[str]]:
     """The thumbnail cells of every row, column by column until the embedded thumbnails reach
@@ -745,7 +770,8 @@ def _thumbnail_cells(rows: Sequence[PairRow], output_dir: Path, threads: int,
     block averages release the GIL), which matters for hundreds of pairs."""
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = [(c, i) for c in range(len(THUMBNAILS)) for i in range(len(rows))]
+    columns = thumbnail_columns(rows)
+    jobs = [(c, i) for c in range(len(columns)) for i in range(len(rows))]
     cells: dict[tuple[int, int], str] = {}
     used = 0
     step = max(1, threads) * 4
@@ -754,11 +780,11 @@ def _thumbnail_cells(rows: Sequence[PairRow], output_dir: Path, threads: int,
             chunk = jobs[start:start + step]
             embed = used < budget
             made = pool.map(lambda job, embed=embed: _thumbnail_cell(
-                rows[job[1]], *THUMBNAILS[job[0]], output_dir, embed), chunk)
+                rows[job[1]], *columns[job[0]], output_dir, embed), chunk)
             for job, cell in zip(chunk, made):
                 cells[job] = cell
                 used += len(cell) if embed else 0
-    return [[cells[(c, i)] for c in range(len(THUMBNAILS))] for i in range(len(rows))]
+    return [[cells[(c, i)] for c in range(len(columns))] for i in range(len(rows))]
 
 
 def _count_table_html(rows: Sequence[PairRow]) -> str:
@@ -794,11 +820,12 @@ def render_html(rows: Sequence[PairRow], output_dir: str | os.PathLike[str],
     head = ["Sample", "Dye", "Status", *(c.html_header for c in columns)]
     tail = ["Accuracy px", "Stage 2 / 3", "Wall s", "Peak RSS GiB", "Tries", *meta]
     ths = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    ths += "".join(f'<th data-nosort="1">{html.escape(label)}</th>' for _, label in THUMBNAILS)
+    plots = thumbnail_columns(rows)
+    ths += "".join(f'<th data-nosort="1">{html.escape(label)}</th>' for _, label in plots)
     ths += "".join(f"<th>{html.escape(h)}</th>" for h in tail)
     captions = (f'<tr class="captions"><td colspan="{len(head)}"></td>'
                 + "".join(f'<td><div class="caption">{html.escape(caption(name))}</div></td>'
-                          for name, _ in THUMBNAILS)
+                          for name, _ in plots)
                 + f'<td colspan="{len(tail)}"></td></tr>')
     trs = []
     for r, thumb in zip(rows, thumbs):

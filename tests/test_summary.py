@@ -306,6 +306,25 @@ def test_pixel_size_and_exposure_ratio_in_every_table(tmp_path: Path) -> None:
     assert html.escape(S.EXPOSURE_LEGEND) in page
 
 
+def test_k_map_range_in_the_tables_and_its_thumbnail_in_the_report(tmp_path: Path) -> None:
+    """A pair scaled with a map of k: its model and range in summary.tsv and manifest.json, and
+    report.html gets a "k map" thumbnail column (only then)."""
+    smooth = _result("A", k_model="smooth", scale_range=[1.21, 1.38])
+    rows = S.collect_rows([(smooth, None), (_result("B", k_model="global",
+                                                    scale_range=[1.25, 1.25]), None)])
+    paths = S.write_summary(tmp_path, rows)
+    tsv = list(csv.DictReader(paths["summary.tsv"].open(), delimiter="\t"))
+    assert [(r["k_model"], r["k_min"], r["k_max"]) for r in tsv] == [
+        ("smooth", "1.21", "1.38"), ("global", "1.25", "1.25")]
+    pair = json.loads(paths["manifest.json"].read_text())["pairs"][0]
+    assert (pair["k_model"], pair["scale_range"]) == ("smooth", [1.21, 1.38])
+    page = paths["report.html"].read_text()
+    assert ">k map</th>" in page and caption("scale_map") and html.escape(
+        caption("scale_map")) in page
+    plain = S.render_html(S.collect_rows([(_result("B", k_model="global"), None)]), tmp_path)
+    assert ">k map</th>" not in plain
+
+
 def test_exposure_and_pixel_columns_only_when_known() -> None:
     rows = S.collect_rows([(_result("B"), None)])
     text, md = S.format_text(rows), S.format_markdown(rows)
