@@ -41,7 +41,8 @@ def test_final_alignment_is_subpixel(tmp_path: Path, case: dict) -> None:
     tr = pair.transform(3)
     assert tr.status == "ok", tr.reason
     err = pair.error(3)
-    assert err["mean"] <= 0.25 and err["p95"] <= 0.5, err
+    # what the code achieves on these cases: mean 0.004–0.016 px, p95 ≤ 0.034 px
+    assert err["mean"] <= 0.03 and err["p95"] <= 0.06, err
     # the estimate is honest: within a factor of a few of the measured error, never wildly low
     assert tr.metrics["estimated_accuracy_px"] >= err["mean"] / 3
     rec = read_record(pair.layout.record(3))
