@@ -106,3 +106,14 @@ def run_bin(tool: str, *args: str | os.PathLike[str], cwd: Path | None = None,
 def files_under(root: Path) -> list[str]:
     """Every file below ``root`` (relative paths, sorted), hidden temporaries included."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+class WholeImage:
+    """An in-memory 2-D image as the warp's window reader (``shape``, ``read_window``)."""
+
+    def __init__(self, img: np.ndarray) -> None:
+        self.img = img
+        self.shape = img.shape
+
+    def read_window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        return self.img[y0:y1, x0:x1, None]

@@ -19,6 +19,7 @@ from exo2micro.pipeline import run_pair
 from exo2micro.stages.warp import warp_window
 from exo2micro.synth import SynthSpec, generate_pair, truth_tissue_mask_post
 from exo2micro.transform import ResidualField, TransformRecord, apply, grid_points, map_points
+from tests.helpers_io import WholeImage
 
 FRAME = (1000, 1200)  # (h, w) of the post frame in these tests
 AFFINE = np.array([[0.99, -0.05, 30.0], [0.05, 0.99, -12.0], [0.0, 0.0, 1.0]])
@@ -81,19 +82,11 @@ def test_field_grid_is_interpolated_bicubically_and_round_trips_json() -> None:
 
 
 def test_warp_through_a_field_samples_pre_where_the_map_says() -> None:
-    class Whole:
-        def __init__(self, img: np.ndarray) -> None:
-            self.img = img
-            self.shape = img.shape
-
-        def read_window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-            return self.img[y0:y1, x0:x1, None]
-
     rng = np.random.default_rng(5)
     pre = cv2.GaussianBlur(rng.random((700, 800)).astype(np.float32), (0, 0), 3)
     ys, xs = np.mgrid[0:5, 0:6].astype(np.float32)
     field = ResidualField("polynomial-2", 160.0, (0.0, 0.0), 0.3 * xs - 0.5, 0.1 * ys ** 2)
-    out = warp_window(Whole(pre), AFFINE, 100, 300, 50, 450, field=field)
+    out = warp_window(WholeImage(pre), AFFINE, 100, 300, 50, 450, field=field)
     yy, xx = np.mgrid[100:300, 50:450].astype(np.float64)
     mapped = map_points(AFFINE, field, np.column_stack([xx.ravel(), yy.ravel()]))
     expect = cv2.remap(pre, mapped[:, 0].reshape(xx.shape).astype(np.float32),

@@ -14,15 +14,7 @@ from exo2micro.transform import (
     similarity_post_to_pre,
     similarity_pre_to_post,
 )
-
-
-class _Whole:
-    def __init__(self, img: np.ndarray) -> None:
-        self.img = img
-        self.shape = img.shape
-
-    def read_window(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return self.img[y0:y1, x0:x1, None]
+from tests.helpers_io import WholeImage
 
 
 def test_pre_to_post_is_opencvs_rotation_matrix() -> None:
@@ -44,7 +36,7 @@ def test_post_to_pre_samples_what_warpaffine_puts_there() -> None:
     forward = similarity_pre_to_post(-9.0, 0.95, centre_pre, centre_post)
     post_cv = cv2.warpAffine(pre, forward[:2], (520, 400), flags=cv2.INTER_CUBIC)
     to_pre = similarity_post_to_pre(-9.0, 0.95, centre_pre, centre_post)
-    ours = warp_window(_Whole(pre), to_pre, 0, 400, 0, 520)
+    ours = warp_window(WholeImage(pre), to_pre, 0, 400, 0, 520)
     np.testing.assert_allclose(ours[20:-20, 20:-20], post_cv[20:-20, 20:-20], atol=2e-3)
     y, x = np.unravel_index(int(np.argmax(post_cv)), post_cv.shape)
     back = apply(to_pre, np.array([[x, y]], float))[0]
