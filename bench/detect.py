@@ -241,31 +241,35 @@ def grid(workdir: Path, size: tuple[int, int], free_size: tuple[int, int]) -> No
                                        for r in results]}, indent=1))
 
 
-def timing(workdir: Path, size: tuple[int, int]) -> None:
+def timing(workdir: Path, size: tuple[int, int], threads: int) -> None:
     """Stage 5 alone on a large pair (default microbes), under ``/usr/bin/time -v``."""
     pair_dir, _ = prepare(workdir, *size, 1.35, 0.02, 0)
     run_stages(pair_dir)  # builds stage 4 when missing (and warms the file cache)
     proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, __file__, "--child",
-                           str(pair_dir)], capture_output=True, text=True, check=True)
+                           str(pair_dir), "--threads", str(threads)],
+                          capture_output=True, text=True, check=True)
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)[1])
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)",
                      proc.stderr)[1]
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", proc.stderr)[1])
+              for kind in ("User", "System"))
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"{size[0]}x{size[1]}: stage 5 {report['total']:.1f} s ({report}), process wall "
-          f"{wall}, peak RSS {rss / 2**20:.2f} GiB, {report['n']} sources")
+          f"{wall}, CPU (user + sys) {cpu:.1f} s, peak RSS {rss / 2**20:.2f} GiB, "
+          f"{report['n']} sources, {report['threads']} threads")
 
 
-def child(pair_dir: Path) -> None:
+def child(pair_dir: Path, threads: int) -> None:
     """Stage 5 forced, once; prints its timings as JSON (the measured process)."""
     from exo2micro import params as P
     from exo2micro.layout import PairLayout
     from exo2micro.pipeline import prepare as prepare_pair
     from exo2micro.stages.detect import run_detect
 
-    layout, n = prepare_pair(pair_dir, {}, 2)
+    layout, n = prepare_pair(pair_dir, {}, threads)
     del layout
     rec = run_detect(PairLayout(pair_dir, P.resolve({})), sample=SAMPLE, dye=DYE, threads=n)
-    print(json.dumps({**rec["timings_s"], "n": rec["detections"]["n"]}))
+    print(json.dumps({**rec["timings_s"], "n": rec["detections"]["n"], "threads": n}))
 
 
 def main() -> None:
@@ -278,14 +282,16 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None,
                     help="detect_threshold of the grid (default: the registry's)")
     ap.add_argument("--workdir", type=Path, default=REPO / "bench" / "out" / "detect")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="thread budget of the --timing run (default 2)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threshold is not None:
         OVERRIDES["detect_threshold"] = args.threshold
     if args.child:
-        child(args.child)
+        child(args.child, args.threads)
     elif args.timing:
-        timing(args.workdir, args.timing)
+        timing(args.workdir, args.timing, args.threads)
     else:
         args.workdir.mkdir(parents=True, exist_ok=True)
         grid(args.workdir, args.size, args.free_size)

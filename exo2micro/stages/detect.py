@@ -140,9 +140,6 @@ MIN_WEIGHT = 0.5
 #: The searchable tissue pixels of every this many rows and columns calibrate the correlation
 #: factors (a divisor of CHUNK_COLS and TILE).
 CALIBRATION_STRIDE = 2
-#: Deblending: thresholds per source and the smallest flux fraction of a component.
-DEBLEND_LEVELS = 16
-DEBLEND_CONTRAST = 0.005
 #: Rise (σ of the sharpest kernel's significance) above its saddle with a sibling that every
 #: component of a deblended source needs (:func:`merge_weak_splits`).
 DEBLEND_PROMINENCE = 1.0
@@ -226,9 +223,15 @@ class NoiseModel:
 
 def level_image(pre: np.ndarray, k: float) -> np.ndarray:
     """L = k · aligned_pre smoothed over :data:`LEVEL_SMOOTH` px (NaN read as 0), float32."""
-    level = np.nan_to_num(pre.astype(np.float32) * np.float32(k), nan=0.0)
+    level = _zero_nan(pre.astype(np.float32) * np.float32(k))
     size = 2 * math.ceil(3 * LEVEL_SMOOTH) + 1
     return cv2.GaussianBlur(level, (size, size), LEVEL_SMOOTH)
+
+
+def _zero_nan(image: np.ndarray) -> np.ndarray:
+    """``image`` (float32, modified in place) with NaN set to 0 (OpenCV: several times faster
+    than ``np.nan_to_num``, which also tests for infinities)."""
+    return cv2.patchNaNs(image, 0)
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -450,7 +453,7 @@ def detect_block(block: Block, model: NoiseModel, threshold: float, min_area: in
     ``core`` = ``(y_lo, y_hi, x_lo, x_hi)`` (output frame) keeps only sources whose position
     lies in ``[x_lo, x_hi) × [y_lo, y_hi)``; ``None`` keeps all.
     """
-    from photutils.segmentation import deblend_sources, detect_sources
+    from photutils.segmentation import detect_sources
     from photutils.utils.exceptions import NoDetectionsWarning
 
     sigma = model.sigma(block.level)
@@ -463,19 +466,13 @@ def detect_block(block: Block, model: NoiseModel, threshold: float, min_area: in
                               mask=~search.searchable)
     if segm is None:
         return _empty_columns()
-    parents = segm
     sharp = search.per_kernel[0]
-    if deblend:
-        blends = multi_peak_labels(sharp, segm.data, threshold + DEBLEND_PROMINENCE)
-        if blends.size:
-            segm = deblend_sources(sharp, segm, min_area, labels=blends,
-                                   n_levels=DEBLEND_LEVELS, contrast=DEBLEND_CONTRAST,
-                                   mode="linear", progress_bar=False)
-    if segm is parents:
+    split = split_blends(sharp, segm.data, threshold + DEBLEND_PROMINENCE) if deblend else None
+    if split is None:
         segments, labels = segm.data, np.asarray(segm.labels)
         deblended = np.zeros(labels.size, bool)
     else:
-        segments, labels, deblended = merge_weak_splits(parents.data, segm.data, sharp)
+        segments, labels, deblended = merge_weak_splits(segm.data, split, sharp)
     pixels = SegmentPixels.of(segments, labels)
     # a deblended source is placed by the sharpest kernel, whose image of a blend keeps the
     # two peaks apart; the others by the kernel that found them best
@@ -638,15 +635,33 @@ def merge_weak_splits(parents: np.ndarray, children: np.ndarray, sharp: np.ndarr
     return out, labels, counts[per_parent] > 1
 
 
-def multi_peak_labels(snr_map: np.ndarray, segments: np.ndarray, threshold: float
-                      ) -> np.ndarray:
-    """Labels of the segments holding two or more local maxima (5 × 5) above ``threshold``:
-    the only ones worth deblending, so the others skip its per-source cost. (Called with the
-    detection threshold plus :data:`DEBLEND_PROMINENCE` on the sharpest kernel's map: a
-    component peaking lower would rarely stand :func:`merge_weak_splits`.)"""
-    peaks = (snr_map == cv2.dilate(snr_map, np.ones((5, 5), np.uint8))) & (snr_map > threshold)
-    counts = np.bincount(segments[peaks & (segments > 0)], minlength=int(segments.max()) + 1)
-    return np.flatnonzero(counts >= 2)
+def split_blends(sharp: np.ndarray, segments: np.ndarray, peak_level: float
+                 ) -> np.ndarray | None:
+    """The segments holding two or more local maxima (5 × 5) of ``sharp`` (the sharpest
+    kernel's significance) above ``peak_level``, split among those peaks by a watershed of
+    ``sharp`` (scikit-image, 8-connected) — the deblending of Source Extractor and photutils
+    without their per-source multi-thresholding (:func:`merge_weak_splits` then undoes the
+    splits that noise explains); the other segments as they are. ``None`` when none splits."""
+    from skimage.segmentation import watershed
+
+    peaks = ((sharp == cv2.dilate(sharp, np.ones((5, 5), np.uint8))) & (sharp > peak_level)
+             & (segments > 0))
+    pr, pc = np.nonzero(peaks)
+    counts = np.bincount(segments[pr, pc], minlength=int(segments.max()) + 1)
+    multi = counts >= 2
+    if not multi.any():
+        return None
+    region = multi[segments]
+    many = multi[segments[pr, pc]]
+    markers = np.zeros(segments.shape, np.int32)
+    markers[pr[many], pc[many]] = int(segments.max()) + 1 + np.arange(int(many.sum()))
+    rows, cols = np.nonzero(region)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    split = segments.copy()
+    box = (slice(r0, r1), slice(c0, c1))
+    split[box] = np.where(region[box], watershed(-sharp[box], markers[box], mask=region[box],
+                                                 connectivity=2), segments[box])
+    return split
 
 
 def grown_flux(subtracted: np.ndarray, sigma: np.ndarray, segments: np.ndarray,
@@ -979,7 +994,7 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                                     ).astype(np.float32)
                 fan.put([significance] * len(writers))
                 tissue_px += int(np.count_nonzero(block.tissue[c0:c1]))
-                small = box_mean(np.nan_to_num(block.diff[c0:c1], nan=0.0), factor)
+                small = box_mean(_zero_nan(block.diff[c0:c1].copy()), factor)
                 preview[y0 // factor:y0 // factor + small.shape[0]] = small
         with run.timed("completeness"):
             curve = completeness_curve(reader, starts, model, threshold, min_area, deblend)
