@@ -143,9 +143,10 @@ def split(model: PolyMap, frame: tuple[int, int]) -> tuple[np.ndarray, ResidualF
     xs = np.arange(0.0, w + step, step)
     ys = np.arange(0.0, h + step, step)
     nx, ny = np.meshgrid(xs, ys)
-    # held constant beyond the measured area (two nodes out, so that interpolation inside it
-    # sees the polynomial itself): evaluate at the nearest point of that box
-    reach_lo, reach_hi = lo - 2 * step, hi + 2 * step
+    # held constant beyond the measured area and four nodes around it (so that interpolation
+    # inside it sees the polynomial itself, and the tissue rim that no patch covers follows
+    # the polynomial a little way): evaluate at the nearest point of that box
+    reach_lo, reach_hi = lo - 4 * step, hi + 4 * step
     nodes = np.column_stack([np.clip(nx.ravel(), reach_lo[0], reach_hi[0]),
                              np.clip(ny.ravel(), reach_lo[1], reach_hi[1])])
     resid = model(nodes) - nodes @ affine[:2, :2].T - affine[:2, 2]

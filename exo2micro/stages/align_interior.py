@@ -42,7 +42,7 @@ Patches are measured in a thread pool of ``threads`` workers (OpenCV and numpy r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +76,9 @@ MAX_PATCHES = 96
 ROUNDS = 5
 #: Largest number of re-measuring rounds through a residual field.
 FIELD_ROUNDS = 4
+#: The denser patch grid a residual field is measured on (patches overlap by half).
+FIELD_MAX_PATCHES = 4 * MAX_PATCHES
+FIELD_MIN_SPACING = 0.5 * PATCH
 #: Tissue edge left out of the rotation rescue's texture comparison (px of a 512-px level:
 #: twice the reach of its high pass).
 RESCUE_EDGE_PX = 24
@@ -116,7 +119,8 @@ class Measurement:
 
 
 def plan_patches(post_pyr: Pyramid, pre_pyr: Pyramid, post_to_pre: np.ndarray,
-                 post_shape: tuple[int, int], pre_shape: tuple[int, int]
+                 post_shape: tuple[int, int], pre_shape: tuple[int, int],
+                 max_patches: int = MAX_PATCHES, min_spacing: float = 0.75 * PATCH
                  ) -> list[tuple[float, float]]:
     """Patch centres (full-res post px) on a grid over tissue that is tissue in both images,
     at least half a patch from the tissue edge and the frames."""
@@ -150,15 +154,15 @@ def plan_patches(post_pyr: Pyramid, pre_pyr: Pyramid, post_to_pre: np.ndarray,
     # cell centre (vectorised: there can be hundreds of thousands of candidates)
     origin = candidates.min(axis=0)
     area = max(len(candidates) * f * f, 1.0)
-    spacing = max(PATCH * 0.75, math.sqrt(area / MAX_PATCHES))
+    spacing = max(min_spacing, math.sqrt(area / max_patches))
     cell = np.floor((candidates - origin) / spacing).astype(np.int64)
     dist = np.hypot(*(candidates - origin - (cell + 0.5) * spacing).T)
     key = cell[:, 0] * (cell[:, 1].max() + 1) + cell[:, 1]
     order = np.lexsort((dist, key))
     first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
     chosen = candidates[np.sort(first)]
-    if len(chosen) > MAX_PATCHES:
-        chosen = chosen[np.linspace(0, len(chosen) - 1, MAX_PATCHES).astype(int)]
+    if len(chosen) > max_patches:
+        chosen = chosen[np.linspace(0, len(chosen) - 1, max_patches).astype(int)]
     return [(float(x), float(y)) for x, y in chosen]
 
 
@@ -306,14 +310,18 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
     n_inliers, rms = int(fit.inliers.sum()), fit.residual_rms_px
     accuracy = predicted_error(fit, tissue_xy)
     refined = _fit_field(post, pre, measured_under, centres, ms,
-                          params["interior_blur_base"], threads)
+                         params["interior_blur_base"], threads,
+                         lambda: plan_patches(post_pyr, pre_pyr, current, post.shape, pre.shape,
+                                              FIELD_MAX_PATCHES, FIELD_MIN_SPACING))
     field = None
     field_metrics: dict[str, Any] = {}
+    n_measured = n
     if refined is not None:
         current, field, model, field_metrics = refined
         n_inliers, rms = int(model.inliers.sum()), model.residual_rms_px
+        n_measured = field_metrics["field_patches"]
         accuracy = float(math.hypot(model.predicted_error(tissue_xy), ACCURACY_FLOOR_PX))
-    ratio = float(n_inliers / n)  # over all patches: untextured ones count against
+    ratio = float(n_inliers / n_measured)  # over all patches: untextured ones count against
     correction = max_displacement(current, start, tissue_xy)
     dec = decompose_similarity(current)
     metrics = {"n_patches": n, "n_inliers": n_inliers, "inlier_ratio": ratio,
@@ -430,11 +438,13 @@ def rotation_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray,
 
 def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
                centres: Sequence[tuple[float, float]], ms: Sequence[Measurement],
-               sigma_hi: float, threads: int
+               sigma_hi: float, threads: int,
+               dense: Callable[[], list[tuple[float, float]]]
                ) -> tuple[np.ndarray, ResidualField, nonrigid.PolyMap, dict[str, Any]] | None:
     """A residual field on top of the fitted ``affine`` when the measurements ask for one
     (:func:`exo2micro.nonrigid.select` prefers a higher polynomial degree), refined by
-    re-measuring the patches through it; ``None`` keeps the pair affine."""
+    re-measuring through it the ``dense()`` patch grid (more patches follow a field of higher
+    degree); ``None`` keeps the pair affine."""
     frame = post.shape
 
     def correspondences(a: np.ndarray, f: ResidualField | None, found: Sequence[Measurement]
@@ -447,6 +457,7 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
     model = nonrigid.select(*correspondences(affine, None, ms))
     if model is None or model.degree == 1:
         return None
+    centres = max(dense(), list(centres), key=len)
     xy = np.array(centres)
     field: ResidualField | None = None
     rounds = []
@@ -469,7 +480,7 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
     assert field is not None
     return affine, field, model, {"residual_model": field.model,
                                   "residual_field_max_px": field.max_px(),
-                                  "field_rounds": rounds}
+                                  "field_patches": len(centres), "field_rounds": rounds}
 
 
 def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", threads: int = 1,
