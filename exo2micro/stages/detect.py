@@ -41,19 +41,21 @@ SNR. The maximum over two kernels raises the false rate of a threshold a little;
 was set on microbe-free synthetic pairs (docs/benchmarks.md). Only tissue (grown by
 :data:`TISSUE_MARGIN` px) is searched.
 
-Detection and measurement (photutils)
--------------------------------------
-``detect_sources`` (8-connected, at least ``detect_min_area`` px above ``detect_threshold``)
-and, when ``detect_deblend``, ``deblend_sources`` on the sharper kernel's significance (whose
-image of two touching microbes keeps their peaks apart); a split is undone when a component
-rises less than :data:`DEBLEND_PROMINENCE` σ above its saddle with a sibling
-(:func:`merge_weak_splits`: noise bumps on a broad source). Only segments with two or more
-high peaks are handed to the deblender (:func:`multi_peak_labels`): photutils' per-source
-cost is what bounds the speed of this stage. The position is the peak of the filtered
-difference of the kernel that found the source best (the sharper one for deblended sources),
-refined to sub-pixel by a log-parabola (:func:`peak_positions`): the maximum-likelihood
-position of a source of the kernel's shape, near the Cramér–Rao bound. The other columns are
-vectorised reductions over each segment's pixels (:class:`SegmentPixels`): peak, area,
+Detection and measurement (photutils, scikit-image)
+---------------------------------------------------
+photutils' ``detect_sources`` (8-connected, at least ``detect_min_area`` px above
+``detect_threshold``) and, when ``detect_deblend``, a watershed (scikit-image) of the sharper
+kernel's significance — whose image of two touching microbes keeps their peaks apart — from
+the peaks of the segments that hold two or more above ``detect_threshold`` +
+:data:`DEBLEND_PROMINENCE` (:func:`split_blends`; photutils' ``deblend_sources`` does the
+same after a per-source multi-thresholding that cost twice this stage's time); a split is
+undone when a component rises less than :data:`DEBLEND_PROMINENCE` σ above its saddle with
+a sibling (:func:`merge_weak_splits`: noise bumps on a broad source). The position is the
+peak of the filtered difference of the kernel that found the source best (the sharper one
+for deblended sources), refined to sub-pixel by a log-parabola (:func:`peak_positions`): the
+maximum-likelihood position of a source of the kernel's shape, near the Cramér–Rao bound.
+The other columns are vectorised reductions over each segment's pixels
+(:class:`SegmentPixels`), not photutils' ``SourceCatalog``: peak, area,
 second-moment σ along the major/minor axes and the orientation (degrees from +x towards +y,
 i.e. clockwise as displayed with y down); the flux is summed over the segment grown by
 :data:`FLUX_GROW` px (:func:`grown_flux`). ``snr`` is the peak of the searched significance
@@ -69,12 +71,12 @@ Streaming, threads and memory
 Pass 1 reads evenly spaced blocks of :data:`~exo2micro.tiffio.TILE` rows, at most
 :data:`SAMPLE_PIXELS` px in all, for the noise fit. Pass 2 reads every block of TILE rows with
 :data:`HALO` extra rows above and below and cuts it into chunks of :data:`CHUNK_COLS` columns
-with :data:`CHUNK_HALO` more each side, detected in parallel threads (``threads``); a source
-is kept only by the chunk whose core holds its position (rows ``[y0 − 0.5, y1 − 0.5)``,
-likewise columns), so every source is measured once, from a chunk that holds it whole
-(sources up to 2 × HALO px tall). Memory is the row block's few full-width arrays plus about
-twenty chunk-sized float32 arrays per thread (≈ 10 MB each); the significance image is
-streamed to its writer, never held.
+with :data:`CHUNK_HALO` more each side, detected in parallel threads (``threads``, at most
+:data:`MAX_THREADS`); a source is kept only by the chunk whose core holds its position (rows
+``[y0 − 0.5, y1 − 0.5)``, likewise columns), so every source is measured once, from a chunk
+that holds it whole (sources up to 2 × HALO px tall). Memory is the input readers' caches
+and the row block's few full-width arrays (≈ 1.5 GB at 30 000 px wide) plus ≈ 0.1 GB of
+chunk arrays per thread; the significance image is streamed to its writer, never held.
 """
 
 from __future__ import annotations
@@ -131,6 +133,10 @@ CHUNK_COLS = 2048
 #: interpolation reaches the core never see the filters' edge (a chunk's core is then
 #: detected as in the whole row block, but for segments reaching past the halo).
 CHUNK_HALO = 2 * BG_BOX
+#: Most threads that detect chunks at once: each holds ≈ 0.1 GB of chunk arrays, on top of the
+#: ≈ 1.5 GB that a 30 000 px wide pair needs with two (bench/detect.py), so that stage 5 stays
+#: within 2 GB.
+MAX_THREADS = 4
 #: Growth (px) of each segment for its flux (:func:`grown_flux`).
 FLUX_GROW = 3
 #: Sources within this many px of no data or non-tissue are flagged FLAG_EDGE.
@@ -951,7 +957,7 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                ) -> dict[str, Any]:
     """Run stage 5 for one pair: noise model, significance image, catalogue, plots, record and
     ``result.json`` (``detections``). Chunks of row blocks are detected in ``threads``
-    threads (OpenCV and NumPy release the GIL; photutils' deblending mostly does not); the
+    threads, at most :data:`MAX_THREADS` (OpenCV and NumPy release the GIL); the
     significance image is written in every format of ``checkpoint_format``. Returns the stage
     record (also ``layout.record(5)``). Raises :class:`InputDataError` (exit 65) naming the
     file when an input is missing or unusable."""
@@ -963,7 +969,8 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     inputs = _Inputs.find(layout, checkpoint_format)
     pad = int(values.get("pad", 0))
     with _open(inputs.diff) as diff_img, _open(inputs.aligned) as pre_img, \
-            _open(inputs.post) as post_img, ThreadPoolExecutor(max(1, threads)) as pool:
+            _open(inputs.post) as post_img, \
+            ThreadPoolExecutor(max(1, min(threads, MAX_THREADS))) as pool:
         reader = BlockReader(diff_img, pre_img, post_img, inputs.k, inputs.pre_threshold, pad)
         h, w = reader.shape
         starts = sample_starts(h, w)
