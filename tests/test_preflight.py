@@ -221,7 +221,6 @@ def test_stage_5_has_memory_and_time_that_grow_with_threads(pairs: list) -> None
                 for t in (1, 2))
     model = preflight.default_model()
     assert one.stages[5].mem_bytes > model.baseline_bytes and one.stages[5].time_s > 0
-    assert two.stages[5].mem_bytes - one.stages[5].mem_bytes == pytest.approx(
-        model.memory[5]["threads"], abs=1)
+    assert two.stages[5].mem_bytes - one.stages[5].mem_bytes >= model.memory[5]["threads"] > 0
     assert estimate_pair(pairs[0].pre, pairs[0].post, threads=2).mem_bytes >= (
         two.stages[5].mem_bytes)
