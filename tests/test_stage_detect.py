@@ -32,7 +32,7 @@ from tests.test_stage_subtract import DYE, SAMPLE, build_pair, read_all
 POSITION_RMS_PX = 0.7
 #: rms of the position error over its Cramér–Rao bound (√2 σ / SNR per axis) of the detected
 #: microbes with SNR ≥ 5 on the faint pair: the code reaches ≈ 1.16 (1 is the noise limit); the
-#: tolerance fails a 2× degradation of the excess error as well as of the error.
+#: tolerance fails a 2× degradation.
 POSITION_OVER_CRB = 1.8
 #: Matching radius (px) of a detection to a true microbe.
 MATCH_PX = 2.0
