@@ -303,6 +303,7 @@ workflow {
         dyes: params.dyes,
         lenient: params.lenient,
         pipeline_params: stage_params[4],
+        pair_cpus: params.pair_cpus,
     ]
     DISCOVER(ch_source, discover_opts)
 

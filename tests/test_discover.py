@@ -575,6 +575,23 @@ def test_cli_estimates_are_the_preflight_model_and_replace_old_columns(tmp_path:
     assert header == "sample,dye,pre,post,mem_bytes,time_s,disk_bytes"
 
 
+def test_cli_estimates_count_the_threads_the_pairs_will_run_with(tmp_path: Path) -> None:
+    """Nextflow's DISCOVER runs on 1 CPU but estimates for the pair tasks' CPUs: memory
+    grows with threads, so the request must count them (--estimate-threads)."""
+    raw = tmp_path / "raw"
+    good = make_pair(raw, sample="GOOD")
+    mem = {}
+    for n in (1, 8):
+        sheet = tmp_path / f"pairs{n}.csv"
+        code, err = run_cli("--raw-dir", str(raw), "--out", str(sheet), "--estimates",
+                            "--threads", "1", "--estimate-threads", str(n))
+        assert code == 0, err
+        mem[n] = int(next(csv.DictReader(sheet.open()))["mem_bytes"])
+        assert mem[n] == estimate_pair(good.pre_path, good.post_path, {}, "tiff",
+                                       threads=n).mem_bytes
+    assert mem[8] > mem[1]
+
+
 def test_cli_rejects_bad_parameters_before_anything_runs(raw: Path, tmp_path: Path) -> None:
     out = tmp_path / "pairs.csv"
     code, err = run_cli("--raw-dir", str(raw), "--out", str(out), "--param", "bogus=1")

@@ -59,14 +59,17 @@ def split_names(values: tuple[str, ...]) -> list[str]:
               help="Add mem_bytes, time_s and disk_bytes columns (estimates from the TIFF "
                    "headers) to the --out samplesheet.")
 @checkpoint_format_option("Checkpoint format the estimates assume (disk_bytes).")
+@click.option("--estimate-threads", type=click.IntRange(1, 4096), default=None,
+              help="Threads the pairs will run with, which their memory estimates count "
+                   "(default: --threads). Nextflow passes the pair tasks' CPUs.")
 @param_option
 @threads_option
 @click.option("--verbose", "-v", is_flag=True, help="Also log every ignored non-TIFF file.")
 @run_tool
 def discover(raw_dir: Path | None, sheet: Path | None, samples: tuple[str, ...],
              dyes: tuple[str, ...], lenient: bool, out: Path | None, skipped_out: Path | None,
-             estimates: bool, checkpoint_format: str, param_values: tuple[str, ...],
-             threads: int | None, verbose: bool) -> None:
+             estimates: bool, checkpoint_format: str, estimate_threads: int | None,
+             param_values: tuple[str, ...], threads: int | None, verbose: bool) -> None:
     """Find the (sample, dye) pairs to process and report what cannot run."""
     setup_logging(verbose)
     if raw_dir is not None and sheet is not None:
@@ -89,7 +92,7 @@ def discover(raw_dir: Path | None, sheet: Path | None, samples: tuple[str, ...],
             for pair in found.pairs:
                 try:
                     est = estimate_pair(pair.pre, pair.post, values, checkpoint_format,
-                                        threads=n_threads)
+                                        threads=estimate_threads or n_threads)
                 except InputDataError as exc:
                     # the pair still runs, and fails in stage 1 with this reason (as locally)
                     click.echo(f"  {pair.sample}/{pair.dye}: no estimate: {exc}", err=True)

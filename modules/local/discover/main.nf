@@ -45,6 +45,7 @@ process DISCOVER {
         --out pairs.csv \\
         --skipped skipped.tsv \\
         --threads ${task.cpus} \\
+        --estimate-threads ${opts.pair_cpus} \\
         ${args}
     """
 
