@@ -138,19 +138,43 @@ def split(model: PolyMap, frame: tuple[int, int]) -> tuple[np.ndarray, ResidualF
     affine = np.vstack([coef.T, [0.0, 0.0, 1.0]])
     if model.degree == 1:
         return affine, None
-    h, w = frame
-    step = float(math.ceil(max(h, w) / (GRID_NODES - 1)))
-    xs = np.arange(0.0, w + step, step)
-    ys = np.arange(0.0, h + step, step)
+    step = _grid_step(frame)
+    xs = np.arange(0.0, frame[1] + step, step)
+    ys = np.arange(0.0, frame[0] + step, step)
     nx, ny = np.meshgrid(xs, ys)
-    # held constant beyond the measured area and four nodes around it (so that interpolation
-    # inside it sees the polynomial itself, and the tissue rim that no patch covers follows
-    # the polynomial a little way): evaluate at the nearest point of that box
-    reach_lo, reach_hi = lo - 4 * step, hi + 4 * step
-    nodes = np.column_stack([np.clip(nx.ravel(), reach_lo[0], reach_hi[0]),
-                             np.clip(ny.ravel(), reach_lo[1], reach_hi[1])])
+    nodes = _within_reach(model, frame, np.column_stack([nx.ravel(), ny.ravel()]))
     resid = model(nodes) - nodes @ affine[:2, :2].T - affine[:2, 2]
     dx = resid[:, 0].reshape(nx.shape).astype(np.float32)
     dy = resid[:, 1].reshape(nx.shape).astype(np.float32)
     field = ResidualField(f"polynomial-{model.degree}", step, (0.0, 0.0), dx, dy)
     return affine, field if field.max_px() >= MIN_FIELD_PX else None
+
+
+def _grid_step(frame: tuple[int, int]) -> float:
+    """Node spacing (px) of the residual field's grid over a post ``frame`` (h, w)."""
+    return float(math.ceil(max(frame) / (GRID_NODES - 1)))
+
+
+def _within_reach(model: PolyMap, frame: tuple[int, int], xy: np.ndarray) -> np.ndarray:
+    """``xy`` moved to the nearest point of the area the field follows ``model`` over: the
+    measured points' box and four grid nodes around it (so that interpolation inside the box
+    sees the polynomial itself, and the tissue rim that no patch covers follows it a little
+    way); beyond, the field is held constant."""
+    reach = 4 * _grid_step(frame)
+    lo, hi = model.centre - model.scale - reach, model.centre + model.scale + reach
+    return np.column_stack([np.clip(xy[:, 0], lo[0], hi[0]), np.clip(xy[:, 1], lo[1], hi[1])])
+
+
+def extrapolation_error(model: PolyMap, src: np.ndarray, dst: np.ndarray,
+                        frame: tuple[int, int], tissue_xy: np.ndarray) -> float:
+    """How far the field is a guess where no patch measured it (px, mean over the tissue
+    points ``tissue_xy``): the disagreement between ``model`` and the next higher degree fitted
+    to the same inliers, both held as the field holds them (:func:`_within_reach`). Two maps
+    that explain the patches equally well but part between them on the rim say how well the
+    rim is known; 0 for an affine model or when the next degree cannot be fitted."""
+    degree = model.degree + 1
+    if model.degree == 1 or model.inliers.sum() < 2 * n_terms(degree):
+        return 0.0
+    alt = _fit(src, dst, model.inliers, degree, model.centre, model.scale)
+    pts = _within_reach(model, frame, tissue_xy)
+    return float(np.mean(np.hypot(*(model(pts) - alt(pts)).T)))

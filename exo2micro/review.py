@@ -55,9 +55,10 @@ BETTER_FACTOR = 1.5
 SIGMA = 1.5
 
 #: Warnings (``result.json`` ``warnings``, ``stage N: `` prefix optional) that are failed
-#: consistency checks: the pixel-size check of stage 4.
+#: consistency checks: the pixel-size check of stage 4, stage 3's accuracy worse than 0.5 px.
 REVIEW_WARNINGS: tuple[re.Pattern[str], ...] = (
     re.compile(r"the pixel sizes \(pre .* µm, post .* µm\) imply a pre→post scale of "),
+    re.compile(r"the estimated alignment accuracy .* px is worse than "),
 )
 _STAGE_PREFIX = re.compile(r"^stage \d+: ")
 

@@ -43,8 +43,8 @@ def test_final_alignment_is_subpixel(tmp_path: Path, case: dict) -> None:
     err = pair.error(3)
     # what the code achieves on these cases: mean 0.004–0.016 px, p95 ≤ 0.034 px
     assert err["mean"] <= 0.03 and err["p95"] <= 0.06, err
-    # the estimate is honest: within a factor of a few of the measured error, never wildly low
-    assert tr.metrics["estimated_accuracy_px"] >= err["mean"] / 3
+    # the estimate is honest: within a factor of 3 of the measured error, never below half
+    assert err["mean"] / 2 <= tr.metrics["estimated_accuracy_px"] <= 3 * err["mean"], err
     rec = read_record(pair.layout.record(3))
     assert rec is not None and rec["status"] == "complete"
     assert (pair.layout.root / "pipeline_output" / "registration.png").stat().st_size > 10_000

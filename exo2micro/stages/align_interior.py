@@ -95,9 +95,14 @@ PLAN_SIDE = 1024
 #: Smallest correlation of a patch's band-passed post and aligned pre for it to be used: below
 #: it the patch has no texture shared by both images (featureless, or dominated by microbes).
 MIN_PATCH_CORRELATION = 0.2
-#: Systematic error floor (px) added in quadrature to the predicted statistical error; measured
-#: on synthetic pairs as the error left when the statistical error is negligible.
-ACCURACY_FLOOR_PX = 0.02
+#: Systematic error floor (px) added in quadrature to the predicted errors: the error left on
+#: benchmark pairs whose statistical error is negligible (interpolation, quantisation).
+ACCURACY_FLOOR_PX = 0.001
+#: An estimated accuracy worse than this (px) makes the pair need review.
+REVIEW_ACCURACY_PX = 0.5
+#: Factor from the statistical error to the expected mean error over the tissue (the patches'
+#: errors are not quite independent); calibrated with the floor on the benchmark pairs.
+ACCURACY_GAIN = 1.5
 
 
 def band_pass(patch: np.ndarray, sigma_hi: float) -> np.ndarray:
@@ -261,13 +266,28 @@ def fit_affine(post_to_pre: np.ndarray, ms: Sequence[Measurement]) -> FitResult 
     return FitResult(matrix, inl, rms, np.linalg.inv(x.T @ x))
 
 
-def predicted_error(fit: FitResult, xy: np.ndarray) -> float:
-    """Mean over ``xy`` of the fit's predicted 2-D standard error (px), with the systematic
-    floor :data:`ACCURACY_FLOOR_PX` added in quadrature."""
+def statistical_error(fit: FitResult, xy: np.ndarray) -> float:
+    """Mean over ``xy`` of the affine fit's predicted 2-D standard error (px): the inliers'
+    residual scatter through the least-squares covariance."""
     x = np.column_stack([xy, np.ones(len(xy))])
     var = np.einsum("ij,jk,ik->i", x, fit.design_inv, x)
-    stat = fit.residual_rms_px * np.sqrt(2.0 * var)
-    return float(np.mean(np.sqrt(stat ** 2 + ACCURACY_FLOOR_PX ** 2)))
+    return float(np.mean(fit.residual_rms_px * np.sqrt(2.0 * var)))
+
+
+def estimated_accuracy(statistical_px: float, extrapolation_px: float = 0.0) -> float:
+    """``estimated_accuracy_px``, the expected mean error over the tissue: the fit's
+    statistical error scaled by :data:`ACCURACY_GAIN`, a residual field's extrapolation error
+    (:func:`exo2micro.nonrigid.extrapolation_error`) and the floor :data:`ACCURACY_FLOOR_PX`,
+    in quadrature. Calibrated on the synthetic and real-texture benchmark pairs
+    (docs/benchmarks.md): within a factor of 3 of the true error, never below half of it."""
+    return float(math.hypot(ACCURACY_GAIN * statistical_px, extrapolation_px,
+                            ACCURACY_FLOOR_PX))
+
+
+def _tissue_points(post_pyr: Pyramid) -> np.ndarray:
+    """Full-resolution post tissue points (x, y), from the planning level."""
+    level, f = post_pyr.level_for(PLAN_SIDE)
+    return grid_points(tissue_mask(level), f, max_points=5000)
 
 
 def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: Pyramid,
@@ -308,11 +328,12 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                                f"patches share texture between pre and post (correlation ≥ "
                                f"{MIN_PATCH_CORRELATION}); kept stage 2")
     n_inliers, rms = int(fit.inliers.sum()), fit.residual_rms_px
-    accuracy = predicted_error(fit, tissue_xy)
+    stat, extrapolation = statistical_error(fit, tissue_xy), 0.0
     refined = _fit_field(post, pre, measured_under, centres, ms,
                          params["interior_blur_base"], threads,
                          lambda: plan_patches(post_pyr, pre_pyr, current, post.shape, pre.shape,
-                                              FIELD_MAX_PATCHES, FIELD_MIN_SPACING))
+                                              FIELD_MAX_PATCHES, FIELD_MIN_SPACING),
+                         lambda: _tissue_points(post_pyr))
     field = None
     field_metrics: dict[str, Any] = {}
     n_measured = n
@@ -320,7 +341,8 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
         current, field, model, field_metrics = refined
         n_inliers, rms = int(model.inliers.sum()), model.residual_rms_px
         n_measured = field_metrics["field_patches"]
-        accuracy = float(math.hypot(model.predicted_error(tissue_xy), ACCURACY_FLOOR_PX))
+        stat = model.predicted_error(tissue_xy)
+        extrapolation = field_metrics["extrapolation_px"]
     ratio = float(n_inliers / n_measured)  # over all patches: untextured ones count against
     correction = max_displacement(current, start, tissue_xy)
     dec = decompose_similarity(current)
@@ -329,7 +351,8 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                "correction_vs_stage2_px": correction, "rotation_deg": dec["rotation_deg"],
                "scale": dec["scale"], "anisotropy": dec["anisotropy"],
                "shear_deg": dec["shear_deg"], "stage2_status": stage2.status,
-               "estimated_accuracy_px": accuracy,
+               "statistical_error_px": stat,
+               "estimated_accuracy_px": estimated_accuracy(stat, extrapolation),
                "accuracy_source": "predicted standard error of the interior fit",
                **field_metrics, **_rescued(rescue)}
     if ratio < params["interior_min_inlier_ratio"]:
@@ -439,12 +462,13 @@ def rotation_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray,
 def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
                centres: Sequence[tuple[float, float]], ms: Sequence[Measurement],
                sigma_hi: float, threads: int,
-               dense: Callable[[], list[tuple[float, float]]]
+               dense: Callable[[], list[tuple[float, float]]], tissue: Callable[[], np.ndarray]
                ) -> tuple[np.ndarray, ResidualField, nonrigid.PolyMap, dict[str, Any]] | None:
     """A residual field on top of the fitted ``affine`` when the measurements ask for one
     (:func:`exo2micro.nonrigid.select` prefers a higher polynomial degree), refined by
     re-measuring through it the ``dense()`` patch grid (more patches follow a field of higher
-    degree); ``None`` keeps the pair affine."""
+    degree); ``None`` keeps the pair affine. ``tissue()`` gives the post tissue points over
+    which the field's extrapolation error is judged."""
     frame = post.shape
 
     def correspondences(a: np.ndarray, f: ResidualField | None, found: Sequence[Measurement]
@@ -454,7 +478,8 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
         moved = src + np.array([m.shift for m in good], np.float64).reshape(-1, 2)
         return src, map_points(a, f, moved)
 
-    model = nonrigid.select(*correspondences(affine, None, ms))
+    src, dst = correspondences(affine, None, ms)
+    model = nonrigid.select(src, dst)
     if model is None or model.degree == 1:
         return None
     centres = max(dense(), list(centres), key=len)
@@ -473,13 +498,16 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
         if moved < 0.01 and rnd > 0:
             break
         found = measure(post, pre, affine, centres, sigma_hi, False, threads, field)
-        refit = nonrigid.select(*correspondences(affine, field, found))
+        src, dst = correspondences(affine, field, found)
+        refit = nonrigid.select(src, dst)
         if refit is None or refit.degree == 1:
             return None
         model = refit
     assert field is not None
+    extrapolation = nonrigid.extrapolation_error(model, src, dst, frame, tissue())
     return affine, field, model, {"residual_model": field.model,
                                   "residual_field_max_px": field.max_px(),
+                                  "extrapolation_px": extrapolation,
                                   "field_patches": len(centres), "field_rounds": rounds}
 
 
@@ -503,6 +531,10 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
         pad = int(params["pad"])
         outs = {fmt: layout.aligned_pre(fmt) for fmt in formats(checkpoint_format)}
         acc = tr.metrics["estimated_accuracy_px"]
+        if acc > REVIEW_ACCURACY_PX:
+            run.warn(f"the estimated alignment accuracy {acc:.2f} px is worse than "
+                     f"{REVIEW_ACCURACY_PX} px: sub-pixel structure of the difference image may "
+                     f"be residue of the alignment")
         with run.timed("warp"):
             warp_to_files(pre, tr.post_to_pre, output_shape(post.shape, pad), pad, outs,
                           field=tr.residual_field,
