@@ -170,6 +170,10 @@ def test_auto_mode_uses_the_pool_only_when_pairs_fit(raw3: Path, tmp_path: Path,
     assert choose_auto_mode(pairs, tmp_path, None, "tiff", 4, 8)[:2] == ("process", 3)
     assert choose_auto_mode(pairs, tmp_path, None, "tiff", 4, 1)[:2] == ("serial", 1)
     assert choose_auto_mode(pairs[:1], tmp_path, None, "tiff", 4, 2)[:2] == ("serial", 1)
+    # without n_workers auto is capped by the CPU budget, not by the pool modes' default of 4
+    many = discover(raw3).pairs * 8  # 24 equal pairs: 8 workers run them in 3 rounds
+    assert choose_auto_mode(many, tmp_path, None, "tiff", None, 8)[:2] == ("process", 8)
+    assert choose_auto_mode(many, tmp_path, None, "tiff", 4, 8)[:2] == ("process", 4)
     monkeypatch.setattr("exo2micro.preflight.available_memory", lambda: (300 << 20, "x"))
     mode, workers, why = choose_auto_mode(pairs, tmp_path, None, "tiff", 4, 2)
     assert (mode, workers) == ("serial", 1) and "would not fit" in why

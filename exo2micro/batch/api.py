@@ -147,7 +147,7 @@ def discover_pairs(samples: str | Sequence[str] | None, dyes: str | Sequence[str
     return Found(found.source, found.pairs, skipped)
 
 
-def plan(found: Found, mode: str, *, n_workers: int, cpus: int | None,
+def plan(found: Found, mode: str, *, n_workers: int | None, cpus: int | None,
          params: Mapping[str, Any] | None, output_dir: str | os.PathLike[str],
          raw_dir: str | os.PathLike[str], from_stage: int | None, to_stage: int | None,
          force: bool, checkpoint_format: str, memory_debug: bool, force_run: bool,
@@ -232,7 +232,7 @@ def _size_native_threads(threads: int) -> None:
 
 
 def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | None,
-              parallel: bool | str = False, n_workers: int = 4,
+              parallel: bool | str = False, n_workers: int | None = None,
               params: Mapping[str, Any] | None = None,
               output_dir: str | os.PathLike[str] = "processed",
               raw_dir: str | os.PathLike[str] = "raw", from_stage: int | None = None,
@@ -251,7 +251,8 @@ def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | N
     missing/incomplete/duplicate pair and every TIFF whose name does not classify; ``False``
     skips them and reports them in the summary. ``parallel`` picks the mode
     (:mod:`exo2micro.parallel`; ``'auto'`` chooses between the process pool and serial from
-    the CPU budget and the memory estimate); ``n_workers`` applies to the pool modes; ``cpus``
+    the CPU budget and the memory estimate); ``n_workers`` caps the pool modes (``None``: 4
+    workers for ``process``/``thread``, the CPU budget for ``auto``); ``cpus``
     overrides the CPU budget; ``timeout_per_task`` (seconds) applies to subprocess mode;
     ``show_progress=False`` turns the progress bars (or lines) off. ``task_fn`` replaces
     :func:`~exo2micro.batch.tasks.process_one` (fault injection in the tests); ``reporter``

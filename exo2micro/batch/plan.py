@@ -69,7 +69,7 @@ def validate_run_args(*, samples: Any, dyes: Any, n_workers: Any, cpus: Any,
     not a finite number of seconds > 0, unknown stages or ``from_stage > to_stage``."""
     _names("samples", samples)
     _names("dyes", dyes)
-    _positive_int("n_workers", n_workers)
+    _positive_int("n_workers", n_workers, optional=True)
     _positive_int("cpus", cpus, optional=True)
     if timeout_per_task is not None and not _finite_positive(timeout_per_task):
         raise ParameterError(f"timeout_per_task must be a finite number of seconds > 0, "
@@ -142,17 +142,24 @@ def task_key(task: Task) -> str:
     return f"{task[0]}/{task[1]}"
 
 
-def plan_workers(mode: str, n_workers: int, n_tasks: int, cpus: int | None = None
+#: Pool size of the process and thread modes when ``n_workers`` is not given (exo2micro 2.4's
+#: default); ``auto`` is capped by the CPU budget instead.
+DEFAULT_WORKERS = 4
+
+
+def plan_workers(mode: str, n_workers: int | None, n_tasks: int, cpus: int | None = None
                  ) -> tuple[int, int, str]:
     """``(workers, threads per worker, explanation)`` for a mode within the CPU budget.
 
-    Pool modes run ``min(n_workers, budget, tasks)`` workers with ``budget // workers`` native
-    threads each, so workers × threads never exceeds the budget; serial and subprocess modes
-    give the one running task the whole budget.
+    Pool modes run ``min(n_workers, budget, tasks)`` workers (``n_workers`` ``None``:
+    :data:`DEFAULT_WORKERS`) with ``budget // workers`` native threads each, so workers ×
+    threads never exceeds the budget; serial and subprocess modes give the one running task
+    the whole budget.
     """
     from exo2micro.resources import cpu_budget
 
     budget, source = cpu_budget(cpus)
+    n_workers = DEFAULT_WORKERS if n_workers is None else n_workers
     if mode in ("process", "thread"):
         workers = max(1, min(n_workers, budget, max(1, n_tasks)))
     else:
@@ -166,18 +173,20 @@ def plan_workers(mode: str, n_workers: int, n_tasks: int, cpus: int | None = Non
 
 def choose_auto_mode(pairs: Sequence[Any], output_dir: str | os.PathLike[str],
                      params: Mapping[str, Any] | None, checkpoint_format: str,
-                     n_workers: int, cpus: int | None, **stages: Any) -> tuple[str, int, str]:
+                     n_workers: int | None, cpus: int | None, **stages: Any
+                     ) -> tuple[str, int, str]:
     """``(mode, workers, reason)`` for ``parallel='auto'``: the process pool when at least two
     pairs can run at once — two CPUs in the budget and the pre-flight estimate of two
     concurrent pairs within 80 % of the available memory — with the worker count (≤
-    ``n_workers`` and what both allow) whose estimated batch wall time is least
+    ``n_workers``, the CPU budget when it is ``None``, and what both allow) whose estimated
+    batch wall time is least
     (:func:`exo2micro.preflight.fastest_workers`: many small pairs, many single-thread workers;
     a few large ones, fewer workers with more threads each); serial otherwise."""
     from exo2micro import preflight
     from exo2micro.resources import cpu_budget
 
     budget = cpu_budget(cpus)[0]
-    cap = min(budget, n_workers, len(pairs))
+    cap = min(budget, budget if n_workers is None else n_workers, len(pairs))
     if cap < 2:
         return "serial", 1, f"CPU budget {budget}, {len(pairs)} pair(s), n_workers {n_workers}"
     plans = preflight.plan_batch(pairs, output_dir, params, checkpoint_format,

@@ -50,9 +50,10 @@ STAGES = click.IntRange(1, 5)
                    "else serial; serial: one pair at a time in this process; process: a pool "
                    "of --workers processes; thread: a pool of threads; subprocess: a fresh "
                    "process per pair.")
-@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Most pairs at once in auto/process/thread mode (capped by the CPU budget "
-                   "and, in auto mode, by memory).")
+                   "and, in auto mode, by memory; default: 4 for process/thread, the CPU "
+                   "budget for auto).")
 @click.option("--cpus", type=click.IntRange(min=1), default=None,
               help="CPU budget (default: SLURM_CPUS_PER_TASK, CPU affinity, cgroup quota).")
 @param_option
@@ -70,7 +71,8 @@ STAGES = click.IntRange(1, 5)
 @click.option("--verbose", "-v", is_flag=True, help="Log what every stage does.")
 @run_tool
 def run(raw_dir: Path | None, sheet: Path | None, outdir: Path, samples: tuple[str, ...],
-        dyes: tuple[str, ...], lenient: bool, mode: str, workers: int, cpus: int | None,
+        dyes: tuple[str, ...], lenient: bool, mode: str, workers: int | None,
+        cpus: int | None,
         param_values: tuple[str, ...], from_stage: int | None, to_stage: int | None,
         force: bool, timeout_per_task: float | None, checkpoint_format: str, force_run: bool,
         memory_debug: bool, verbose: bool) -> None:
