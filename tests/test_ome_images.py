@@ -306,3 +306,22 @@ def test_the_same_product_written_twice_is_the_same_file(tmp_path: Path) -> None
     uuid_of = lambda xml: xml.split('UUID="', 1)[1].split('"', 1)[0]  # noqa: E731
     assert first == again and uuid_of(first).startswith("urn:uuid:")
     assert uuid_of(first) != uuid_of(other)
+
+
+def test_halving_a_block_with_no_data_keeps_the_mean_of_the_finite_pixels() -> None:
+    """Boxes with some NaN average their finite pixels; all-NaN boxes stay NaN; the rest is
+    the plain 2 × 2 mean (the fast path and the no-data path agree pixel for pixel)."""
+    from exo2micro.tiffio import halve
+
+    rng = np.random.default_rng(3)
+    block = rng.random((64, 90), dtype=np.float32)
+    block[:, :40] = np.nan
+    block[10, 51] = np.nan
+    out = halve(block)
+    quads = np.stack([block[0::2, 0::2], block[0::2, 1::2], block[1::2, 0::2],
+                      block[1::2, 1::2]])
+    with np.errstate(invalid="ignore"):
+        ref = np.where(np.isnan(quads), 0, quads).sum(axis=0) / (~np.isnan(quads)).sum(axis=0)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(out[~np.isnan(out)], ref[~np.isnan(ref)], rtol=1e-6)
+    assert np.isnan(out[:, :20]).all() and not np.isnan(out[5, 25])
