@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -45,3 +46,14 @@ def public_dir(tmp_path: Path) -> Path:
             break
         folder.chmod(folder.stat().st_mode | 0o111)
     return tmp_path
+
+
+def public_checkout(root: Path) -> Path:
+    """``root`` (the checkout and its venv), asserted reachable by a normal user: the
+    permission tests run the package as uid 65534, which must be able to import it. A clone in
+    a private folder (``mktemp -d`` is mode 0700) fails here with that reason, not later with
+    an import error."""
+    blocked = [str(p) for p in (root, *root.parents) if not os.stat(p).st_mode & 0o001]
+    assert not blocked, (f"the permission tests need the checkout reachable by other users; "
+                         f"not traversable: {', '.join(blocked)} (chmod o+x)")
+    return root

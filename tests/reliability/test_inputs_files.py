@@ -17,7 +17,7 @@ from exo2micro.errors import EXIT_DATA, InputDataError, exit_code_for
 from exo2micro.layout import PairLayout
 from exo2micro.stages.load import run_load
 from exo2micro.tiffio import TiffImage
-from tests.reliability.helpers import gray, pair, public_dir, set_tag
+from tests.reliability.helpers import gray, pair, public_checkout, public_dir, set_tag
 from tests.runner_helpers import ROOT
 
 
@@ -72,7 +72,7 @@ def test_unreadable_file_as_a_normal_user(tmp_path: Path) -> None:
     code = ("import sys\nfrom exo2micro.tiffio import TiffImage\nfrom exo2micro.errors import "
             "InputDataError\ntry:\n    TiffImage(sys.argv[1])\nexcept InputDataError as e:\n"
             "    print(e)\n    sys.exit(65)\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(public_checkout(ROOT))}
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                            sys.executable, "-c", code, str(path)], capture_output=True,
                           text=True, env=env, check=False)
@@ -123,7 +123,8 @@ def test_symlink_loop_and_unlistable_sample_are_that_samples_problem(tmp_path: P
         raw.chmod(0o755)
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                                sys.executable, "-c", code, str(raw)], capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              text=True,
+                              env={**os.environ, "PYTHONPATH": str(public_checkout(ROOT))},
                               check=False, cwd="/")
     finally:
         locked.chmod(0o755)
