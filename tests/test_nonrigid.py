@@ -22,6 +22,8 @@ from exo2micro.transform import ResidualField, TransformRecord, apply, grid_poin
 from tests.helpers_io import WholeImage
 
 FRAME = (1000, 1200)  # (h, w) of the post frame in these tests
+#: What stage 3 may leave of a 2.5 px swelling (mean px over the tissue; it leaves 0.023).
+OURS_SWELL_MEAN = 0.04
 AFFINE = np.array([[0.99, -0.05, 30.0], [0.05, 0.99, -12.0], [0.0, 0.0, 1.0]])
 
 
@@ -94,14 +96,24 @@ def test_warp_through_a_field_samples_pre_where_the_map_says() -> None:
     np.testing.assert_allclose(out[5:-5, 5:-5], expect[5:-5, 5:-5], atol=1e-5)
 
 
-def _distort_post(post_path: Path, corner_px: float) -> None:
-    """Re-image the post TIFF through a camera with radial distortion: new post pixel x shows
-    what old post pixel ``x + radial(x)`` showed."""
+def _swelling(xy: np.ndarray, frame: tuple[int, int], amplitude: float = 2.5) -> np.ndarray:
+    """A smooth swelling of the sample: ``amplitude`` px, about one wave over the frame."""
+    h, w = frame
+    x, y = xy[:, 0], xy[:, 1]
+    return amplitude * np.column_stack([np.sin(2 * np.pi * x / (1.4 * w) + 1.0)
+                                        * np.cos(np.pi * y / h),
+                                        np.cos(2 * np.pi * y / (1.2 * h) + 2.0)
+                                        * np.sin(np.pi * x / w)])
+
+
+def _distort_post(post_path: Path, corner_px: float, swell: bool = False) -> None:
+    """Re-image the post TIFF through a camera with radial distortion (or, with ``swell``, of
+    a sample that swelled): new post pixel x shows what old post pixel ``x + d(x)`` showed."""
     img = tifffile.imread(post_path)
     h, w = img.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     xy = np.column_stack([xx.ravel(), yy.ravel()])
-    src = xy + _radial(xy, corner_px, (h, w))
+    src = xy + (_swelling(xy, (h, w), corner_px) if swell else _radial(xy, corner_px, (h, w)))
     mx = src[:, 0].reshape(h, w).astype(np.float32)
     my = src[:, 1].reshape(h, w).astype(np.float32)
     out = cv2.remap(img.astype(np.float32), mx, my, cv2.INTER_CUBIC)
@@ -138,3 +150,27 @@ def test_a_rigid_synthetic_pair_gets_no_field(tmp_path: Path) -> None:
     tr = pair.transform(3)
     assert tr.status == "ok" and tr.residual_field is None
     assert "residual_field" not in json.loads(pair.layout.interior_transform().read_text())
+
+
+def test_stage3_follows_a_swelling_sample(tmp_path: Path) -> None:
+    """Smooth swelling (2.5 px) is not an affine map: the field takes the error from pixels
+    to a few hundredths."""
+    frame = (1600, 2000)
+    spec = SynthSpec(width=frame[1], height=frame[0], rotation_deg=-3, scale=0.99, k=1.35,
+                     microbe_coverage=0.01, channel_mode="gray16")
+    res = generate_pair(spec, tmp_path / "raw")
+    assert res.post_path is not None
+    _distort_post(res.post_path, 2.5, swell=True)
+    pair_dir = tmp_path / "out" / spec.sample / spec.dye
+    run_pair(spec.sample, spec.dye, res.pre_path, res.post_path, pair_dir, to_stage=3, threads=2)
+    tr = TransformRecord.load(PairLayout(pair_dir, resolve(None)).interior_transform())
+    assert tr.status == "ok" and tr.residual_field is not None, tr.reason
+    xy = grid_points(truth_tissue_mask_post(res.truth, 4), 4)
+    truth = apply(np.asarray(res.truth["post_to_pre"]), xy + _swelling(xy, frame))
+    ours = np.hypot(*(map_points(tr.post_to_pre, tr.residual_field, xy) - truth).T)
+    affine_only = np.hypot(*(apply(tr.post_to_pre, xy) - truth).T)
+    assert ours.mean() < OURS_SWELL_MEAN and affine_only.mean() > 10 * ours.mean(), (
+        ours.mean(), affine_only.mean())
+    # the estimate covers the error (within a factor of 3, not below half)
+    est = tr.metrics["estimated_accuracy_px"]
+    assert ours.mean() / 2 <= est <= 3 * ours.mean(), (est, ours.mean())
