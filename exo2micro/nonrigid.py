@@ -84,14 +84,21 @@ def _robust_inliers(src: np.ndarray, dst: np.ndarray, degree: int, centre: np.nd
     standard deviations (patches on microbes or on moved content fall out)."""
     f = terms(src, degree, centre, scale)
     w = np.ones(len(src))
-    res = np.zeros(len(src))
+    sigma, res = MIN_SIGMA_PX, np.zeros(len(src))
     for _ in range(6):
         coef, *_ = np.linalg.lstsq(f * w[:, None], dst * w[:, None], rcond=None)
         res = np.hypot(*(dst - f @ coef).T)
-        sigma = max(MIN_SIGMA_PX, 1.4826 * float(np.median(res)) / math.sqrt(2 * math.log(2)))
+        sigma = _per_axis_sigma(res)
         w = np.sqrt(np.minimum(1.0, HUBER * sigma / np.maximum(res, 1e-12)))
-    sigma = max(MIN_SIGMA_PX, 1.4826 * float(np.median(res)) / math.sqrt(2 * math.log(2)))
     return res <= OUTLIER_SIGMA * sigma
+
+
+def _per_axis_sigma(distances: np.ndarray) -> float:
+    """Robust spread (px) of 2-D residuals from their lengths: the median length over
+    √(2 ln 2) (a 2-D Gaussian's per-axis σ) times 1.4826, which widens it on purpose so that
+    the Huber weights and the outlier cut spare the inliers; at least :data:`MIN_SIGMA_PX`."""
+    return max(MIN_SIGMA_PX,
+               1.4826 * float(np.median(distances)) / math.sqrt(2 * math.log(2)))
 
 
 def _fit(src: np.ndarray, dst: np.ndarray, inl: np.ndarray, degree: int, centre: np.ndarray,
