@@ -54,13 +54,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import jsonschema
+from typing import TYPE_CHECKING, Any, Literal
 
 from exo2micro.atomic import write_text_atomic
 from exo2micro.errors import LayoutError
 from exo2micro.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    import jsonschema
 
 log = logging.getLogger(__name__)
 
@@ -656,6 +657,8 @@ def load_samplesheet(
             f"samplesheet '{sheet}' lacks column(s) {_quoted(missing)}; its header is "
             f"'{','.join(header)}', expected {','.join(SAMPLESHEET_COLUMNS)} (+ extra columns)"
             f"{hints}")
+    import jsonschema  # only samplesheets need it (40 ms of every tool's start-up otherwise)
+
     errors: list[str] = []
     validator = jsonschema.Draft202012Validator(load_schema()["items"])
     properties = load_schema()["items"]["properties"]
