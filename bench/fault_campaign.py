@@ -23,7 +23,6 @@ seeded subset.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import signal
 import subprocess
@@ -34,20 +33,18 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from compare_outputs import compare  # noqa: E402
 
-from tests.runner_helpers import SIZE, make_raw  # noqa: E402
+from tests.reliability.runner_cases import MARK, wait_no_survivors  # noqa: E402
+from tests.runner_helpers import SIZE, child_env, exo2micro_cmd, make_raw  # noqa: E402
 
 MODES = ("serial", "process", "thread", "subprocess")
 STAGE_RECORDS = {1: "01_load", 2: "02_align_boundary", 3: "03_align_interior",
                  4: "04_subtract"}
-MARK = "E2M_CAMPAIGN_MARK"
 
 
 @dataclass
@@ -67,37 +64,14 @@ class Kill:
         return self.survivors == 0 and self.resumed_rc == 0 and not self.differences
 
 
-def _env(mark: str) -> dict[str, str]:
-    env = {**os.environ, MARK: mark}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _cmd(raw: Path, out: Path, mode: str) -> list[str]:
-    return [sys.executable, "-m", "exo2micro", "run", "--raw-dir", str(raw), "--outdir",
-            str(out), "--parallel", mode, "--workers", "2", "--cpus", "2"]
+    return exo2micro_cmd("run", "--raw-dir", str(raw), "--outdir", str(out), "--parallel",
+                         mode, "--workers", "2", "--cpus", "2")
 
 
-def survivors(mark: str) -> list[psutil.Process]:
-    """Live processes whose environment carries ``mark`` (zombies excluded)."""
-    found = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if (proc.info["status"] != psutil.STATUS_ZOMBIE
-                    and proc.environ().get(MARK) == mark):
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-def _wait_survivors(mark: str, timeout: float) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    left = survivors(mark)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = survivors(mark)
-    return left
+def _env(mark: str) -> dict[str, str]:
+    """The runner's environment, marked so that its survivors can be found."""
+    return child_env(**{MARK: mark})
 
 
 def _run(raw: Path, out: Path, mode: str, mark: str) -> int:
@@ -139,12 +113,12 @@ def one_kill(raw: Path, out: Path, pairs: list[tuple[str, str]], mode: str, stag
     proc.send_signal(signal.SIGKILL)  # the runner only: its children must follow by themselves
     proc.wait()
     kill.at_stage = _stage_reached(out, pairs)
-    left = _wait_survivors(mark, 5.0)
+    left = wait_no_survivors(mark, 5.0)
     kill.survivors = len(left)
     for p in left:
         p.kill()
     kill.resumed_rc = _run(raw, out, mode, mark)
-    kill.survivors += len(_wait_survivors(mark, 5.0))
+    kill.survivors += len(wait_no_survivors(mark, 5.0))
     kill.differences = compare(reference, out)[2]
     return kill
 
