@@ -326,3 +326,18 @@ def test_chunks_and_threads_give_the_same_catalogue(
     # identical but where a segment reaches past a halo (its deblending sees less of it)
     same = (dist < 1e-3) & np.isclose(chunked["flux"], whole["flux"][idx], rtol=1e-3)
     assert same.mean() >= 0.9
+
+
+def test_injection_mixes_every_snr_in_one_window() -> None:
+    """The completeness injection puts every SNR of the curve on one grid, in near-equal
+    shares, each source with the flux of its SNR (so one detection run measures the curve)."""
+    diff = np.zeros((256, 320), np.float32)
+    block, xy, snr = D.inject_sources(_block(diff), WHITE, D.INJECT_SNR,
+                                      np.random.default_rng(0))
+    counts = [int(np.sum(snr == s)) for s in D.INJECT_SNR]
+    assert sum(counts) == len(xy) and max(counts) - min(counts) <= 1
+    noise = float(WHITE.integrated_noise(np.float32(0), D.INJECT_SIGMA))
+    for (x, y), s in zip(xy, snr):
+        ix, iy = int(np.rint(x)), int(np.rint(y))
+        stamp = block.diff[iy - 12:iy + 13, ix - 12:ix + 13].sum()
+        assert stamp == pytest.approx(s * noise, rel=1e-3)
