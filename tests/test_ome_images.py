@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +326,60 @@ def test_halving_a_block_with_no_data_keeps_the_mean_of_the_finite_pixels() -> N
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
     np.testing.assert_allclose(out[~np.isnan(out)], ref[~np.isnan(ref)], rtol=1e-6)
     assert np.isnan(out[:, :20]).all() and not np.isnan(out[5, 25])
+
+
+def test_halve_sums_each_box_as_its_two_row_pairs_exactly() -> None:
+    """The pyramid's box mean is ``((a + b) + (c + d)) / n`` in float32 over the finite
+    pixels of the box, bit for bit, with and without no data, at large widths (OpenCV's
+    vector path) and at scales where a different summation order would round differently."""
+    rng = np.random.default_rng(7)
+    for shape, nan_fraction in [((512, 30000), 0.0), ((256, 15000), 0.3), ((64, 70002), 1.0),
+                                ((128, 640), 0.02)]:
+        block = (rng.normal(0, 1, shape) * rng.choice([1e-3, 1e4])).astype(np.float32)
+        block[rng.random(shape) < nan_fraction] = np.nan
+        a, b, c, d = (np.nan_to_num(q) for q in (block[0::2, 0::2], block[0::2, 1::2],
+                                                 block[1::2, 0::2], block[1::2, 1::2]))
+        finite = sum((~np.isnan(q)).astype(np.float32) for q in (
+            block[0::2, 0::2], block[0::2, 1::2], block[1::2, 0::2], block[1::2, 1::2]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            want = ((a + b) + (c + d)) / finite
+        assert halve(block).tobytes() == want.astype(np.float32).tobytes()
+
+
+@pytest.mark.parametrize(("shape", "dtype", "pyramid"), [
+    ((2229, 4301), np.float32, True), ((1025, 513), np.float32, True),
+    ((2049, 1500), np.uint16, True), ((1300, 1700), np.uint16, False)])
+def test_uncompressed_file_is_byte_for_byte_what_tifffile_writes_from_the_arrays(
+        tmp_path: Path, shape: tuple[int, int], dtype: type, pyramid: bool) -> None:
+    """write_tiled fills the tiles in place of the empty pages tifffile laid out; the file
+    must be exactly what tifffile writes when given every level as an array."""
+    rng = np.random.default_rng(5)
+    image = (rng.random(shape) * 1000).astype(dtype)
+    if dtype is np.float32:
+        image[:, : shape[1] // 3] = np.nan
+    meta = OmeMeta("x", "DAPI", 0.5, "facts")
+    path = tmp_path / "ours.tif"
+    write_tiled(path, shape, dtype, _blocks(image), ome=meta, pyramid=pyramid)
+    levels = [image]
+    for _ in level_shapes(shape) if pyramid else []:
+        levels.append(halve(levels[-1]))
+    ref = tmp_path / "ref.tif"
+    options = {"tile": (512, 512), "photometric": "minisblack", "metadata": None}
+    with tifffile.TiffWriter(ref) as tw:
+        tw.write(levels[0], subifds=len(levels) - 1 or None,
+                 description=meta.xml(shape, np.dtype(dtype)).encode(), **options)
+        for level in levels[1:]:
+            tw.write(level, subfiletype=1, **options)
+    assert path.read_bytes() == ref.read_bytes()
+
+
+def test_an_uncompressed_write_that_fails_midway_leaves_nothing(tmp_path: Path) -> None:
+    image = np.ones((2000, 1100), np.float32)
+
+    def failing() -> Iterator[np.ndarray]:
+        yield image[:512]
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_tiled(tmp_path / "x.tif", image.shape, np.float32, failing())
+    assert list(tmp_path.iterdir()) == []
