@@ -76,9 +76,13 @@ MAX_PATCHES = 96
 ROUNDS = 5
 #: Largest number of re-measuring rounds through a residual field.
 FIELD_ROUNDS = 4
-#: The denser patch grid a residual field is measured on (patches overlap by half).
+#: The denser grid of smaller patches a residual field is measured on: half-size patches,
+#: overlapping by a quarter, reaching to within half a patch plus :data:`FIELD_EDGE_MARGIN` of
+#: the tissue edge (a field is least known on the rim, which the large patches never reach).
+FIELD_PATCH = PATCH // 2
 FIELD_MAX_PATCHES = 4 * MAX_PATCHES
-FIELD_MIN_SPACING = 0.5 * PATCH
+FIELD_MIN_SPACING = 0.75 * FIELD_PATCH
+FIELD_EDGE_MARGIN = 16
 #: Tissue edge left out of the rotation rescue's texture comparison (px of a 512-px level:
 #: twice the reach of its high pass).
 RESCUE_EDGE_PX = 24
@@ -125,10 +129,12 @@ class Measurement:
 
 def plan_patches(post_pyr: Pyramid, pre_pyr: Pyramid, post_to_pre: np.ndarray,
                  post_shape: tuple[int, int], pre_shape: tuple[int, int],
-                 max_patches: int = MAX_PATCHES, min_spacing: float = 0.75 * PATCH
+                 max_patches: int = MAX_PATCHES, min_spacing: float = 0.75 * PATCH,
+                 patch: int = PATCH, edge_margin: float = EDGE_MARGIN
                  ) -> list[tuple[float, float]]:
-    """Patch centres (full-res post px) on a grid over tissue that is tissue in both images,
-    at least half a patch from the tissue edge and the frames."""
+    """Centres (full-res post px) of ``patch``-px patches on a grid over tissue that is tissue
+    in both images, ``edge_margin`` px plus half a patch from the tissue edge, and inside both
+    frames."""
     post_l, f = post_pyr.level_for(PLAN_SIDE)
     pre_l, fp = pre_pyr.level_for(PLAN_SIDE)
     post_m = tissue_mask(post_l)
@@ -138,14 +144,14 @@ def plan_patches(post_pyr: Pyramid, pre_pyr: Pyramid, post_to_pre: np.ndarray,
                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
     both = (post_m & pre_m).astype(np.uint8)
     # half a patch plus the width of the soft tissue edge, so patches see interior texture only
-    r = max(1, math.ceil((PATCH / 2 + EDGE_MARGIN) / f) + 1)
+    r = max(1, math.ceil((patch / 2 + edge_margin) / f) + 1)
     inner = cv2.erode(both, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2),
                       borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
     candidates = grid_points(inner, f, max_points=10**7)
     if candidates.size == 0:
         return []
     # keep centres whose patch lies inside both full-resolution frames
-    half = PATCH / 2 + 2
+    half = patch / 2 + 2
     ph, pw = post_shape
     pre_c = apply(post_to_pre, candidates)
     ok = ((candidates[:, 0] >= half) & (candidates[:, 0] <= pw - 1 - half)
@@ -202,25 +208,26 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure(post: TiffImage, pre: TiffImage, post_to_pre: np.ndarray,
             centres: Sequence[tuple[float, float]], sigma_hi: float, coarse: bool,
-            threads: int, field: ResidualField | None = None) -> list[Measurement]:
-    """Measure the residual shift at every patch centre under ``post_to_pre`` (plus
-    ``field``)."""
-    half = PATCH // 2
-    window = cv2.createHanningWindow((PATCH, PATCH), cv2.CV_32F)
+            threads: int, field: ResidualField | None = None, patch: int = PATCH
+            ) -> list[Measurement]:
+    """Measure the residual shift at every centre of a ``patch``-px patch under
+    ``post_to_pre`` (plus ``field``)."""
+    half = patch // 2
+    window = cv2.createHanningWindow((patch, patch), cv2.CV_32F)
 
     def one(c: tuple[float, float]) -> Measurement:
         x0, y0 = round(c[0]) - half, round(c[1]) - half
-        post_p = post.read_window(y0, y0 + PATCH, x0, x0 + PATCH)[:, :, 0].astype(np.float32)
-        pre_p = warp_window(pre, post_to_pre, y0, y0 + PATCH, x0, x0 + PATCH, field=field)
+        post_p = post.read_window(y0, y0 + patch, x0, x0 + patch)[:, :, 0].astype(np.float32)
+        pre_p = warp_window(pre, post_to_pre, y0, y0 + patch, x0, x0 + patch, field=field)
         pf, qf = band_pass(post_p, sigma_hi), band_pass(pre_p, sigma_hi)
-        centre = (x0 + (PATCH - 1) / 2.0, y0 + (PATCH - 1) / 2.0)
+        centre = (x0 + (patch - 1) / 2.0, y0 + (patch - 1) / 2.0)
         if coarse:
             (dx, dy), _ = cv2.phaseCorrelate(pf * 1.0, qf * 1.0, window)
-            if max(abs(dx), abs(dy)) > PATCH / 4:  # beyond what one patch can measure
+            if max(abs(dx), abs(dy)) > patch / 4:  # beyond what one patch can measure
                 return Measurement(centre, (dx, dy), 0.0)
             # phaseCorrelate(a, b) reports s with b(x) = a(x − s); for (a, b) = (post, pre)
             # that is post(x) = pre(x + s), so d = s
-            shifted = cv2.warpAffine(qf, np.float32([[1, 0, dx], [0, 1, dy]]), (PATCH, PATCH),
+            shifted = cv2.warpAffine(qf, np.float32([[1, 0, dx], [0, 1, dy]]), (patch, patch),
                                      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
             b = slice(BORDER + int(abs(dy)) + 1, -(BORDER + int(abs(dy)) + 1))
             c = slice(BORDER + int(abs(dx)) + 1, -(BORDER + int(abs(dx)) + 1))
@@ -332,7 +339,8 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
     refined = _fit_field(post, pre, measured_under, centres, ms,
                          params["interior_blur_base"], threads,
                          lambda: plan_patches(post_pyr, pre_pyr, current, post.shape, pre.shape,
-                                              FIELD_MAX_PATCHES, FIELD_MIN_SPACING),
+                                              FIELD_MAX_PATCHES, FIELD_MIN_SPACING,
+                                              FIELD_PATCH, FIELD_EDGE_MARGIN),
                          lambda: _tissue_points(post_pyr))
     field = None
     field_metrics: dict[str, Any] = {}
@@ -466,9 +474,11 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
                ) -> tuple[np.ndarray, ResidualField, nonrigid.PolyMap, dict[str, Any]] | None:
     """A residual field on top of the fitted ``affine`` when the measurements ask for one
     (:func:`exo2micro.nonrigid.select` prefers a higher polynomial degree), refined by
-    re-measuring through it the ``dense()`` patch grid (more patches follow a field of higher
-    degree); ``None`` keeps the pair affine. ``tissue()`` gives the post tissue points over
-    which the field's extrapolation error is judged."""
+    re-measuring through it the ``dense()`` grid of :data:`FIELD_PATCH`-px patches (more
+    patches, closer to the tissue edge, follow a field of higher degree; ``centres`` with
+    :data:`PATCH`-px patches when the dense grid has fewer); ``None`` keeps the pair affine.
+    ``tissue()`` gives the post tissue points over which the field's extrapolation error is
+    judged."""
     frame = post.shape
 
     def correspondences(a: np.ndarray, f: ResidualField | None, found: Sequence[Measurement]
@@ -482,7 +492,11 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
     model = nonrigid.select(src, dst)
     if model is None or model.degree == 1:
         return None
-    centres = max(dense(), list(centres), key=len)
+    patch = FIELD_PATCH
+    centres_dense = dense()
+    if len(centres_dense) < len(centres):
+        centres_dense, patch = list(centres), PATCH
+    centres = centres_dense
     xy = np.array(centres)
     field: ResidualField | None = None
     rounds = []
@@ -497,7 +511,7 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
                        "residual_rms_px": model.residual_rms_px, "moved_px": moved})
         if moved < 0.01 and rnd > 0:
             break
-        found = measure(post, pre, affine, centres, sigma_hi, False, threads, field)
+        found = measure(post, pre, affine, centres, sigma_hi, False, threads, field, patch)
         src, dst = correspondences(affine, field, found)
         refit = nonrigid.select(src, dst)
         if refit is None or refit.degree == 1:
