@@ -6,10 +6,13 @@ stage 4 (:mod:`exo2micro.review`) failed: finished, but its alignment (and so k)
 
 Written by stage 4 on success and by the orchestrators when a pair fails, so every pair that
 was attempted has one. Paths inside are relative to the pair folder.
+
+Its typed form and JSON Schema are in :mod:`exo2micro.result_model`.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +22,7 @@ from exo2micro.atomic import write_json_atomic
 from exo2micro.errors import exit_code_for
 from exo2micro.layout import PairLayout
 from exo2micro.records import read_record, stage1_physical
+from exo2micro.result_model import ErrorInfo, PairResult
 from exo2micro.review import problems_in_warnings
 from exo2micro.transform import TransformRecord
 
@@ -68,8 +72,9 @@ def _detections(layout: PairLayout) -> dict[str, Any] | None:
 
 def build_result(layout: PairLayout, sample: str, dye: str, status: str,
                  meta: Mapping[str, str] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble the result dict of a pair from whatever stage records exist."""
+                 error: ErrorInfo | None = None) -> PairResult:
+    """Assemble the result of a pair from whatever stage records exist; ``error`` for a
+    failed pair."""
     stages: dict[str, Any] = {}
     outputs: list[str] = []
     warnings: list[str] = []
@@ -91,44 +96,62 @@ def build_result(layout: PairLayout, sample: str, dye: str, status: str,
                   "problems": earlier + [p for p in flagged if p not in earlier]}
     if status == "complete" and review and review.get("problems"):
         status = NEEDS_REVIEW
-    return {
-        "sample": sample,
-        "dye": dye,
-        "status": status,
-        "review": review,
-        "scale_estimate": scales.get("moffat"),
-        "scale_percentile_value": scales.get("percentile"),
-        "manual_scale": scales.get("manual"),
-        "k_model": sub.get("k_model"),
-        "scale_range": sub.get("scale_range"),
-        "scale_map": sub.get("scale_map"),
-        "pixel_size_um": stage1_physical(layout, "post")["pixel_size_um"],
-        "exposure": sub.get("exposure"),
-        "alignment": _alignment(layout),
-        "params": P.non_default(layout.params),
-        "suffix": layout.sfx(4),
-        "fingerprint": P.fingerprint(layout.params, 4),
-        "stages": stages,
-        "outputs": outputs,
-        "warnings": warnings,
-        "detections": _detections(layout),
-        "meta": dict(meta or {}),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **(extra or {}),
-    }
+    return PairResult(
+        sample=sample,
+        dye=dye,
+        status=status,
+        review=review,
+        scale_estimate=scales.get("moffat"),
+        scale_percentile_value=scales.get("percentile"),
+        manual_scale=scales.get("manual"),
+        k_model=sub.get("k_model"),
+        scale_range=sub.get("scale_range"),
+        scale_map=sub.get("scale_map"),
+        pixel_size_um=stage1_physical(layout, "post")["pixel_size_um"],
+        exposure=sub.get("exposure"),
+        alignment=_alignment(layout),
+        params=P.non_default(layout.params),
+        suffix=layout.sfx(4),
+        fingerprint=P.fingerprint(layout.params, 4),
+        stages=stages,
+        outputs=outputs,
+        warnings=warnings,
+        detections=_detections(layout),
+        meta=dict(meta or {}),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        error=error,
+    )
 
 
-def write_result(layout: PairLayout, result: Mapping[str, Any]) -> None:
-    write_json_atomic(layout.result(), dict(result))
+def write_result(layout: PairLayout, result: PairResult) -> None:
+    """Write ``result`` to the pair's ``result.json`` (atomically)."""
+    write_json_atomic(layout.result(), result.to_json())
+
+
+def read_result(layout: PairLayout) -> PairResult:
+    """The pair's ``result.json``, checked (:meth:`PairResult.from_json`). Raises ``OSError``
+    when it cannot be read and ``ValueError`` when it is not JSON or not a result."""
+    return PairResult.from_json(json.loads(layout.result().read_text()),
+                                str(layout.result()))
 
 
 def error_result(layout: PairLayout, sample: str, dye: str, exc: BaseException, *,
                  stage: int | None = None, meta: Mapping[str, str] | None = None,
-                 attempts: int | None = None) -> dict[str, Any]:
+                 attempts: int | None = None) -> PairResult:
     """Write and return the result of a failed pair: ``status = "error: <reason>"``."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    result = build_result(layout, sample, dye, f"error: {reason}", meta, extra={
-        "error": {"class": type(exc).__name__, "stage": stage, "exit_code": exit_code_for(exc),
-                  "attempts": attempts}})
+    result = build_result(layout, sample, dye, error_status(exc), meta,
+                          error_info(exc, stage, attempts))
     write_result(layout, result)
     return result
+
+
+def error_status(exc: BaseException) -> str:
+    """``error: <reason>``: the first line of ``exc``'s message, else its class name."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"error: {reason}"
+
+
+def error_info(exc: BaseException, stage: int | None, attempts: int | None) -> ErrorInfo:
+    """The ``error`` of a failed pair's result."""
+    return {"class": type(exc).__name__, "stage": stage, "exit_code": exit_code_for(exc),
+            "attempts": attempts}

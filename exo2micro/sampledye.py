@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exo2micro import params as P
 from exo2micro.layout import PairLayout, formats
 from exo2micro.resources import current_rss_bytes, peak_rss_bytes
+
+if TYPE_CHECKING:
+    from exo2micro.result_model import PairResult
 
 StageCallback = Callable[[int, str], None]
 
@@ -190,20 +192,20 @@ class SampleDye:
             gc.collect()
             runner["memory"] = {"pid": os.getpid(), "before": rss_before,
                                 "after": current_rss_bytes(), "peak": current["peak"] or None}
-        result["runner"] = runner
-        if layout is not None and "fingerprint" in result:
+        result.runner = runner
+        if layout is not None and result.is_written:
             with contextlib.suppress(OSError):
                 write_result(layout, result)
-        self.result = result
-        return result
+        self.result = result.to_json()
+        return self.result
 
     def failure_result(self, exc: BaseException, layout: PairLayout | None,
-                       stage: int | None, attempts: int | None) -> dict[str, Any]:
+                       stage: int | None, attempts: int | None) -> PairResult:
         """The error result of a failed run (``status = "error: <reason>"``), written to
         ``result.json`` when ``layout`` is known and writable."""
-        from exo2micro.errors import exit_code_for
         from exo2micro.oserrors import is_storage_error, storage_error
-        from exo2micro.result import error_result
+        from exo2micro.result import error_info, error_result, error_status
+        from exo2micro.result_model import PairResult
 
         if is_storage_error(exc):  # disk full, read-only...: say so, not "[Errno 28] …/tmp-x"
             exc = storage_error(  # type: ignore[arg-type]
@@ -214,24 +216,22 @@ class SampleDye:
                                     meta=self.meta, attempts=attempts)
             except Exception:  # the folder is unwritable: still report the original error
                 pass
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return {"sample": self.sample, "dye": self.dye, "status": f"error: {reason}",
-                "scale_estimate": None, "meta": dict(self.meta),
-                "error": {"class": type(exc).__name__, "stage": stage,
-                          "exit_code": exit_code_for(exc), "attempts": attempts}}
+        return PairResult(status=error_status(exc), sample=self.sample, dye=self.dye,
+                          meta=dict(self.meta), error=error_info(exc, stage, attempts))
 
-    def _complete_result(self, layout: PairLayout, last: int) -> dict[str, Any]:
+    def _complete_result(self, layout: PairLayout, last: int) -> PairResult:
         """The result of a successful run: stage 4's ``result.json`` when it belongs to these
-        parameters, else one assembled from the stage records (runs that stop early)."""
-        from exo2micro.result import build_result
+        parameters, else one assembled from the stage records (runs that stop early, and a
+        ``result.json`` that is unreadable or not a valid result)."""
+        from exo2micro.result import build_result, read_result
 
         if last >= max(P.STAGE_NAMES):
             try:
-                existing = json.loads(layout.result().read_text())
+                existing = read_result(layout)
             except (OSError, ValueError):
                 existing = None
-            if (isinstance(existing, dict) and existing.get("status") == "complete"
-                    and existing.get("fingerprint") == P.fingerprint(layout.params, 4)):
+            if (existing is not None and existing.status == "complete"
+                    and existing.fingerprint == P.fingerprint(layout.params, 4)):
                 return existing
         return build_result(layout, self.sample, self.dye, "complete", self.meta)
 

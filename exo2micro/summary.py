@@ -44,7 +44,9 @@ from typing import Any
 
 from exo2micro.atomic import write_json_atomic, write_text_atomic
 from exo2micro.captions import caption
+from exo2micro.contracts import ContractError
 from exo2micro.params import STAGE_NAMES
+from exo2micro.result_model import PairResult
 
 #: Diagnostics shown as thumbnails in the HTML report, in column order (plot names of
 #: :meth:`exo2micro.layout.PairLayout.plot`, without the parameter suffix).
@@ -167,44 +169,28 @@ def _range(value: Any) -> tuple[float, float] | None:
     return None
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    """``value`` when it is a JSON object, else an empty one (a result of the wrong shape)."""
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    """``value`` when it is a JSON array, else an empty one (a result of the wrong shape)."""
-    return value if isinstance(value, list) else []
-
-
-def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> PairRow:
-    """A summary row from a ``result.json`` dict (complete, needs-review or error).
+def row_from_result(result: PairResult, pair_dir: Path | None = None) -> PairRow:
+    """A summary row from a checked ``result.json`` (complete, needs-review or error).
 
     A complete pair whose warnings hold a failed consistency check
     (:func:`exo2micro.review.problems_in_warnings`) needs review, with that warning as (part of)
-    its reason. Raises ``TypeError``/``ValueError``/``AttributeError`` for a result of the
-    wrong shape; :func:`collect_rows` turns that into an error row."""
+    its reason."""
     from exo2micro.review import problems_in_warnings
 
-    sample, dye = str(result.get("sample", "?")), str(result.get("dye", "?"))
-    status = str(result.get("status", "error: no status in result"))
+    sample, dye, status = result.sample, result.dye, result.status
     state = status if status in ("complete", "needs-review") else "error"
     reason = status.split(":", 1)[1].strip() if ":" in status and state == "error" else ""
-    flagged = problems_in_warnings(_list(result.get("warnings")))
+    flagged = problems_in_warnings(result.warnings)
     if state == "complete" and flagged:
         state = "needs-review"
     if state == "needs-review":
-        problems = [str(p) for p in _list(_dict(result.get("review")).get("problems"))]
+        problems = list((result.review or {}).get("problems") or [])
         reason = ("; ".join(problems + [f for f in flagged if f not in problems])
                   or "a consistency check failed")
-    exposure, found = _dict(result.get("exposure")), _dict(result.get("detections"))
-    alignment = result.get("alignment") or {}
-    stages = result.get("stages") or {}
-    error = result.get("error") or {}
-    runner = result.get("runner") or {}
-    stages = {str(k): _dict(v) for k, v in _dict(stages).items()}
-    alignment, error, runner = _dict(alignment), _dict(error), _dict(runner)
-    timings = {k: _num(_dict(v.get("timings_s")).get("total")) for k, v in stages.items()}
+    exposure, found = result.exposure or {}, result.detections or {}
+    alignment, error, runner = result.alignment or {}, result.error or {}, result.runner or {}
+    stages = result.stages
+    timings = {k: _num(v.get("timings_s", {}).get("total")) for k, v in stages.items()}
     peaks = {k: _int(v.get("peak_rss_bytes")) for k, v in stages.items()}
     done = [i + 1 for i, k in enumerate(STAGE_KEYS)
             if stages.get(k, {}).get("status") == "complete"]
@@ -214,57 +200,51 @@ def row_from_result(result: Mapping[str, Any], pair_dir: Path | None = None) -> 
     base = f"{sample}/{dye}"
     return PairRow(
         sample=sample, dye=dye, state=state, reason=reason,
-        moffat=_num(result.get("scale_estimate")),
-        percentile=_num(result.get("scale_percentile_value")),
-        manual=_num(result.get("manual_scale")),
-        k_model=str(result.get("k_model") or ""),
-        k_range=_range(result.get("scale_range")),
+        moffat=_num(result.scale_estimate),
+        percentile=_num(result.scale_percentile_value),
+        manual=_num(result.manual_scale),
+        k_model=result.k_model or "",
+        k_range=_range(result.scale_range),
         accuracy_px=_num(alignment.get("estimated_accuracy_px")),
-        pixel_size_um=_num(result.get("pixel_size_um")),
+        pixel_size_um=_num(result.pixel_size_um),
         exposure_ratio=_num(exposure.get("ratio")),
         k_net_of_exposure=_num(exposure.get("k_net_of_exposure")),
         detections=_int(found.get("n")), detections_snr5=_int(found.get("n_snr5")),
         detections_per_mm2=_num(found.get("per_mm2")),
-        stage2=str(_dict(alignment.get("stage2")).get("status", "")),
-        stage3=str(_dict(alignment.get("stage3")).get("status", "")),
+        stage2=alignment.get("stage2", {}).get("status", ""),
+        stage3=alignment.get("stage3", {}).get("status", ""),
         # the last stage that completed (the runner's `last_stage` is the one it was asked to
         # reach); a failure's own stage is `error_stage`
         last_stage=max(done) if done else None,
         wall_s=wall,
         peak_rss_bytes=max((v for v in peaks.values() if v is not None), default=None),
         attempts=_int(error.get("attempts")) or _int(runner.get("attempts")),
-        exit_code=_int(error.get("exit_code")), error_class=str(error.get("class", "")),
-        error_stage=_int(error.get("stage")), fingerprint=str(result.get("fingerprint", "")),
-        params=_dict(result.get("params")),
-        meta={str(k): str(v) for k, v in _dict(result.get("meta")).items()},
+        exit_code=_int(error.get("exit_code")), error_class=error.get("class", ""),
+        error_stage=_int(error.get("stage")), fingerprint=result.fingerprint or "",
+        params=result.params, meta=dict(result.meta),
         timings_s={k: v for k, v in timings.items() if v is not None},
         stage_peaks={k: v for k, v in peaks.items() if v is not None},
-        outputs=[f"{base}/{o}" for o in result.get("outputs") or [] if isinstance(o, str)],
+        outputs=[f"{base}/{o}" for o in result.outputs],
         result_path=f"{base}/result.json", pair_dir=pair_dir,
-        suffix=str(result.get("suffix", "")))
+        suffix=result.suffix or "")
 
 
 def _safe_row(result: Any, pair_dir: Path | None) -> PairRow:
-    """:func:`row_from_result`, or an error row saying why the result could not be read (a
-    list, missing keys, text where numbers belong): one bad file never stops a summary."""
-    data = _dict(result)
+    """:func:`row_from_result` of parsed ``result.json``, or an error row saying why it is not
+    a result (a list, no status, a value of the wrong type: :meth:`PairResult.from_json`'s
+    message): one bad file never stops a summary. ``sample`` and ``dye`` come from the pair
+    folder when the file lacks them."""
+    data = result if isinstance(result, dict) else {}
     sample = str(data.get("sample") or (pair_dir.parent.name if pair_dir else "?"))
     dye = str(data.get("dye") or (pair_dir.name if pair_dir else "?"))
     where = f"{sample}/{dye}/result.json"
-    if not isinstance(result, dict):
-        return PairRow(sample, dye, "error", f"{where} is not a JSON object "
-                                             f"(a {type(result).__name__}); re-run the pair",
-                       pair_dir=pair_dir, result_path=where)
-    if not isinstance(result.get("status"), str):
-        return PairRow(sample, dye, "error", f"{where} has no status; re-run the pair",
-                       pair_dir=pair_dir, result_path=where)
     try:
-        row = row_from_result({**result, "sample": sample, "dye": dye}, pair_dir)
-    except (TypeError, ValueError, AttributeError) as exc:
-        return PairRow(sample, dye, "error", f"{where} has an unexpected shape ({exc}); "
-                                             f"re-run the pair", pair_dir=pair_dir,
+        typed = PairResult.from_json({**result, "sample": sample, "dye": dye}
+                                     if isinstance(result, dict) else result, where)
+    except ContractError as exc:
+        return PairRow(sample, dye, "error", f"{exc}; re-run the pair", pair_dir=pair_dir,
                        result_path=where)
-    return row
+    return row_from_result(typed, pair_dir)
 
 
 @dataclass(frozen=True)

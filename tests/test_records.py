@@ -197,6 +197,6 @@ def test_a_pixel_size_disagreement_makes_result_json_need_review(tmp_path: Path)
     layout.record(4).parent.mkdir(parents=True)
     layout.record(4).write_text(json.dumps({"status": "complete", "warnings": [check]}))
     result = build_result(layout, "S", "D", "complete")
-    assert result["status"] == "needs-review"
-    assert result["review"]["problems"] == [check] and result["review"]["passed"] is False
+    assert result.status == "needs-review" and result.review is not None
+    assert result.review["problems"] == [check] and result.review["passed"] is False
     assert row_from_result(result).reason == check  # named once, not twice

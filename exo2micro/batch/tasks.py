@@ -57,12 +57,12 @@ def lost_result(task: Task, exc: BaseException, stage: int | None, attempts: int
     except ParameterError:
         layout = None
     result = sd.failure_result(exc, layout, stage, attempts)
-    result.setdefault("error", {}).update(extra or {})
-    result["runner"] = {**(task[2].get("run_info") or {}), "attempts": attempts}
-    if layout is not None and "fingerprint" in result:
+    result.error = {**(result.error or {}), **(extra or {})}
+    result.runner = {**(task[2].get("run_info") or {}), "attempts": attempts}
+    if layout is not None and result.is_written:
         with contextlib.suppress(OSError):
             write_result(layout, result)
-    return result
+    return result.to_json()
 
 
 def stage_in_progress(task: Task) -> int | None:

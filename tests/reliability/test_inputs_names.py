@@ -63,7 +63,10 @@ def _write(path: Path, data: object) -> Path:
     ({"sample": "B", "dye": "D"}, "has no status"),
     ({"sample": "B", "dye": "D", "status": "complete", "stages": ["x"],
       "scale_estimate": "big", "alignment": "none", "runner": {"wall_s": "soon"},
-      "outputs": [3, "a.png"], "meta": [1]}, None),
+      "outputs": [3, "a.png"], "meta": [1]}, "scale_estimate: expected a number or null"),
+    ({"sample": "B", "dye": "D", "status": "complete", "runner": {"wall_s": "soon"}},
+     "runner.wall_s: expected a number or null, found a string ('soon')"),
+    ({"sample": "B", "dye": "D", "status": "complete", "added_later": {"x": 1}}, None),
 ])
 def test_summary_survives_result_files_of_the_wrong_shape(tmp_path: Path, data: object,
                                                           reason: str | None) -> None:
