@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "detect": "exo2micro.cli.detect:detect",
     "summary": "exo2micro.cli.summary:summary",
     "params": "exo2micro.cli.params:params",
+    "schema": "exo2micro.cli.schema:schema",
 }
 
 
