@@ -70,6 +70,9 @@ SAMPLESHEET_COLUMNS: tuple[str, ...] = ("sample", "dye", "pre", "post")
 #: Resource-estimate columns written by ``e2m-discover --estimates`` (read by the Nextflow
 #: pipeline's resource directives). They are not pair metadata: reading a sheet drops them.
 ESTIMATE_COLUMNS: tuple[str, ...] = ("mem_bytes", "time_s", "disk_bytes")
+#: Columns of a resolved samplesheet that are not pair metadata: every other column is an extra
+#: one (PairSpec.extra; the Nextflow pipeline's meta.extra, modules/local/constants.nf).
+RESERVED_COLUMNS: tuple[str, ...] = (*SAMPLESHEET_COLUMNS, *ESTIMATE_COLUMNS)
 #: Optional columns holding one pair's image facts (module docstring); the schema declares them.
 IMAGE_COLUMNS: tuple[str, ...] = ("pixel_size_um", "pre_pixel_size_um", "post_pixel_size_um",
                                   "channel", "pre_exposure_s", "post_exposure_s")
@@ -685,8 +688,7 @@ def load_samplesheet(
         reserved = _name_problem("sample", row["sample"])
         if reserved:
             absent.append(f"sample name {reserved}")
-        extra = {k: v for k, v in row.items()
-                 if k and k not in SAMPLESHEET_COLUMNS and k not in ESTIMATE_COLUMNS}
+        extra = {k: v for k, v in row.items() if k and k not in RESERVED_COLUMNS}
         found.setdefault(key[0], {})[key[1]] = (
             f"{label}: " + "; ".join(absent) if absent
             else PairSpec(key[0], key[1], pre, post, extra))
@@ -713,7 +715,7 @@ def load_samplesheet(
 def _near_image_columns(header: Sequence[str]) -> list[str]:
     """A warning per extra column whose name is close to an image column's (a typo would
     silently leave the pair's value unused)."""
-    known = (*SAMPLESHEET_COLUMNS, *ESTIMATE_COLUMNS, *IMAGE_COLUMNS)
+    known = (*RESERVED_COLUMNS, *IMAGE_COLUMNS)
     return [f"column '{column}' is kept as an extra column, not read as an image column"
             f"{hint}" for column in header
             if column and column not in known and (hint := did_you_mean(column, IMAGE_COLUMNS))]
@@ -741,8 +743,7 @@ def write_samplesheet(
     pairs = list(pairs)
     if extra_columns is None:
         extra_columns = _unique(k for p in pairs for k in p.extra)
-    reserved = (*SAMPLESHEET_COLUMNS, *ESTIMATE_COLUMNS)
-    clash = [c for c in extra_columns if c in reserved]
+    clash = [c for c in extra_columns if c in RESERVED_COLUMNS]
     if clash:
         raise ValueError(f"extra column(s) {_quoted(clash)} clash with the standard columns")
     if estimates is not None and len(estimates) != len(pairs):

@@ -23,6 +23,13 @@ EXIT_USAGE = 2
 EXIT_DATA = 65
 EXIT_OOM = 137
 
+#: Exit codes of a task killed from outside: out of memory, time limit or a signal (130-145:
+#: 128 + signals 2 to 17, SIGINT, SIGKILL = :data:`EXIT_OOM`, SIGTERM among them; 104 and 175 as
+#: some schedulers and clouds report a killed job). Under Nextflow (conf/base.config, through
+#: the generated conf/constants.config, :mod:`exo2micro.nfconstants`) the batch tasks retry only
+#: these, and a pair task still killed with one on its last attempt is ignored, not fatal.
+RETRY_EXIT_CODES: tuple[int, ...] = (104, *range(130, 146), 175)
+
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_INTERNAL: "unexpected internal error (with traceback)",

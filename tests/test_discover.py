@@ -17,6 +17,7 @@ from exo2micro.cli.discover import split_names
 from exo2micro.discover import (
     ALL_DYES,
     ESTIMATE_COLUMNS,
+    RESERVED_COLUMNS,
     DiscoveryError,
     classify_filename,
     discover,
@@ -558,7 +559,7 @@ def test_cli_estimates_are_the_preflight_model_and_replace_old_columns(tmp_path:
     assert any(line.startswith("  BROKEN/SybrGld: no estimate: ") and "truncated" in line
                for line in err)
     rows = {r["sample"]: r for r in csv.DictReader(sheet.open())}
-    assert list(rows["GOOD"]) == ["sample", "dye", "pre", "post", *ESTIMATE_COLUMNS]
+    assert list(rows["GOOD"]) == list(RESERVED_COLUMNS)
     want = estimate_pair(good.pre_path, good.post_path, {"scale_percentile": 99.5}, "both",
                          threads=1)
     assert int(rows["GOOD"]["mem_bytes"]) == want.mem_bytes
@@ -572,7 +573,7 @@ def test_cli_estimates_are_the_preflight_model_and_replace_old_columns(tmp_path:
     code, _ = run_cli("--input", str(sheet), "--lenient", "--out", str(again), "--estimates")
     assert code == 0
     header = again.read_text().splitlines()[0]
-    assert header == "sample,dye,pre,post,mem_bytes,time_s,disk_bytes"
+    assert header == ",".join(RESERVED_COLUMNS)
 
 
 def test_cli_estimates_count_the_threads_the_pairs_will_run_with(tmp_path: Path) -> None:

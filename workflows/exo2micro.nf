@@ -19,19 +19,11 @@ include { ALIGN_INTERIOR } from '../modules/local/align_interior'
 include { SUBTRACT       } from '../modules/local/subtract'
 include { DETECT         } from '../modules/local/detect'
 include { SUMMARY        } from '../modules/local/summary'
-
-// Columns of the resolved samplesheet that are not extra metadata.
-def reservedColumns() {
-    return ['sample', 'dye', 'pre', 'post', 'mem_bytes', 'time_s', 'disk_bytes']
-}
-
-/*
- * Samplesheet columns that give one pair's own image facts (docs/usage.md, "A samplesheet").
- * Every stage tool takes them as options of the same names (--pixel-size-um, ...).
- */
-def imageColumns() {
-    return ['pixel_size_um', 'pre_pixel_size_um', 'post_pixel_size_um', 'channel', 'pre_exposure_s', 'post_exposure_s']
-}
+// Generated from the package (exo2micro/nfconstants.py): the stage names, the resolved
+// samplesheet's columns that are not extra metadata, and those that give one pair's own image
+// facts (docs/usage.md, "A samplesheet"; every stage tool takes them as options of the same
+// names: --pixel-size-um, ...).
+include { stageNames; reservedColumns; imageColumns } from '../modules/local/constants'
 
 // [column: value] of a row's non-empty image columns.
 def imageFacts(row) {
@@ -89,7 +81,7 @@ def failureHeader() {
 }
 
 def stageName(stage) {
-    return ['load', 'align_boundary', 'align_interior', 'subtract', 'detect'][stage - 1]
+    return stageNames()[stage - 1]
 }
 
 /*

@@ -11,28 +11,27 @@ import yaml
 
 from .conftest import REPO
 
-RETRY_CODES = {104, 175, *range(130, 146)}
 
-
-def _expand_groovy_codes(text: str) -> set[int]:
-    """`(130..145) + [104, 175]` -> the set of codes."""
-    codes: set[int] = set()
-    for low, high in re.findall(r"\((\d+)\.\.(\d+)\)", text):
-        codes.update(range(int(low), int(high) + 1))
-    for group in re.findall(r"\+\s*\[([\d,\s]+)\]", text):
-        codes.update(int(c) for c in group.split(","))
-    return codes
-
-
-def test_retry_codes_agree_between_config_and_stage_scripts() -> None:
+def test_both_error_strategies_read_the_generated_retry_codes(project_dump: dict) -> None:
+    """No exit code is written in conf/base.config: its closures read task.ext.retry_exit_codes,
+    set once, in the generated conf/constants.config that it includes (its values:
+    tests/test_nfconstants.py; what the closures decide: test_groovy_functions.py)."""
     base = (REPO / "conf" / "base.config").read_text()
     strategies = re.findall(r"errorStrategy\s*=\s*\{(.*?)\}\n", base)
     assert len(strategies) == 2, "base.config: process-wide and process_pair errorStrategy"
     for strategy in strategies:
-        assert _expand_groovy_codes(strategy) == RETRY_CODES, strategy
+        assert "task.exitStatus in task.ext.retry_exit_codes" in strategy
+        assert not re.search(r"\d", strategy), strategy
         assert "task.attempt <= params.max_retries" in strategy
     assert "'ignore'" in strategies[1], "a pair that is still killed must not stop the others"
     assert "maxRetries    = params.max_retries" in base
+    config = project_dump["config"]
+    includes = [e["value"] for e in config
+                if e["file"] == "conf/base.config" and e["path"] == "includeConfig"]
+    assert includes == ["constants.config"]
+    codes = [e for e in config if e["path"].endswith("retry_exit_codes")]
+    assert [(e["file"], e["path"]) for e in codes] == [
+        ("conf/constants.config", "process.ext.retry_exit_codes")]
 
 
 def test_container_is_fully_qualified_and_versioned_with_the_package() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from exo2micro.errors import RETRY_EXIT_CODES
 from exo2micro.params import REGISTRY
 
 from .conftest import JAVA_OPTIONS, REPO
@@ -66,7 +67,8 @@ def groovy(project_dump: dict, language_server_jar: Path):
     functions = [FILE_STANDIN] + [
         f["source"]
         for f in project_dump["functions"]
-        if f["file"] in ("main.nf", "workflows/exo2micro.nf", "modules/local/utils.nf")
+        if f["file"] in ("main.nf", "workflows/exo2micro.nf", "modules/local/utils.nf",
+                         "modules/local/constants.nf")
     ]
 
     def call(expression: str, **binding):
@@ -202,19 +204,28 @@ def _error_strategies() -> list[str]:
     return found
 
 
+def _retry_exit_codes(project_dump: dict, groovy) -> list[int]:
+    """process.ext.retry_exit_codes as conf/constants.config sets it, evaluated by Groovy."""
+    (value,) = [e["value"] for e in project_dump["config"]
+                if e["path"] == "process.ext.retry_exit_codes"]
+    return groovy(value)
+
+
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 @pytest.mark.parametrize("exit_status", [1, 2, 65, 70, 104, 125, 127, 130, 137, 140, 143, 145,
                                          146, 175, 255])
 def test_error_strategy_for_every_exit_code_and_attempt(
-    groovy, exit_status: int, attempt: int
+    groovy, project_dump: dict, exit_status: int, attempt: int
 ) -> None:
-    """The closures evaluated by Groovy with max_retries = 2 (3 attempts): the pair stages
-    retry every failure, then ignore a pair killed on its last attempt and stop the run for
-    anything else; the batch tasks retry only the kill codes (docs/usage.md, "Retries")."""
+    """The closures evaluated by Groovy with max_retries = 2 (3 attempts) and the task's
+    ext.retry_exit_codes of conf/constants.config: the pair stages retry every failure, then
+    ignore a pair killed on its last attempt and stop the run for anything else; the batch tasks
+    retry only the kill codes (docs/usage.md, "Retries")."""
     process_wide, pair = _error_strategies()
-    task = {"exitStatus": exit_status, "attempt": attempt}
+    ext = {"retry_exit_codes": _retry_exit_codes(project_dump, groovy)}
+    task = {"exitStatus": exit_status, "attempt": attempt, "ext": ext}
     params = {"max_retries": 2}
-    killed = exit_status in {104, 175, *range(130, 146)}
+    killed = exit_status in RETRY_EXIT_CODES
     got_pair = groovy(f"({pair})()", task=task, params=params)
     got_batch = groovy(f"({process_wide})()", task=task, params=params)
     last = attempt > 2

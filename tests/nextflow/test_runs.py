@@ -3,9 +3,9 @@
 Every test here starts the pinned Nextflow runtime (scripts/setup-nextflow.sh) on a small
 synthetic batch with the local executor, the project's venv tools on PATH and no container:
 ``-profile test`` against the local runner on the same batch, failed pairs under ``--lenient``,
-retries of a task killed like the out-of-memory killer does, ``-resume`` after nothing, a
-stage-4 parameter and a raw TIFF changed, a samplesheet with per-pair image columns,
-``-stub-run``, ``--help`` and an unknown parameter.
+retries of a task killed like the out-of-memory killer does (a pair still killed on its last
+attempt is ignored), ``-resume`` after nothing, a stage-4 parameter and a raw TIFF changed, a
+samplesheet with per-pair image columns, ``-stub-run``, ``--help`` and an unknown parameter.
 Faults are injected from test-only configs given with ``-c``, never from production code.
 """
 
@@ -233,15 +233,12 @@ def test_strict_discovery_stops_the_run_with_every_problem(tmp_path: Path) -> No
 # retries
 
 
-def inject(path: Path, process: str, script: str) -> Path:
-    """A test-only config: ``script`` runs before the task's own script (beforeScript)."""
-    path.write_text(
-        "process {\n"
-        f"    withName: '{process}' {{\n"
-        f"        beforeScript = {{ {script} }}\n"
-        "    }\n"
-        "}\n"
-    )
+def inject(path: Path, process: str, script: str, **more: str) -> Path:
+    """A test-only config: ``script`` runs before the task's own script (beforeScript) of
+    ``process``, and each of ``more`` (process name: script) before that process's."""
+    blocks = "".join(f"    withName: '{name}' {{\n        beforeScript = {{ {code} }}\n    }}\n"
+                     for name, code in {process: script, **more}.items())
+    path.write_text("process {\n" + blocks + "}\n")
     return path
 
 
@@ -280,6 +277,36 @@ def test_an_internal_error_is_retried_then_stops_the_run(tmp_path: Path) -> None
     rows = [r for r in run.trace() if process_name(r) == "SUBTRACT"]
     assert [(r["attempt"], r["exit"]) for r in rows] == [("1", "1"), ("2", "1"), ("3", "1")], rows
     assert all(r["status"] == "FAILED" for r in rows), rows
+
+
+def test_kill_codes_retry_a_batch_task_and_a_pair_killed_to_the_end_is_ignored(
+    tmp_path: Path,
+) -> None:
+    """The retry exit codes (task.ext.retry_exit_codes, conf/constants.config) as both
+    errorStrategy closures of conf/base.config read them: DISCOVER killed (137) on its first
+    attempt is retried; one pair's ALIGN_BOUNDARY killed on every attempt is ignored after the
+    last, so the other pair completes, the run succeeds and the summary names the stage."""
+    raw = tmp_path / "raw"
+    (killed, _dye), _other = make_raw(raw, n=2)
+    suicide = "'{tool}() {{ sh -c \"kill -KILL \\\\$\\\\$\"; }}; export -f {tool}'"
+    config = inject(
+        tmp_path / "killed.config",
+        "ALIGN_BOUNDARY",
+        f"meta.sample == '{killed}' ? {suicide.format(tool='e2m-align-boundary')} : ''",
+        DISCOVER=f"task.attempt == 1 ? {suicide.format(tool='e2m-discover')} : ''",
+    )
+    run = nextflow_run(tmp_path / "launch", "--raw_dir", str(raw), "--max_retries", "1",
+                       "-c", str(config))
+    assert run.proc.returncode == 0, run.explain()
+    discover = [(r["attempt"], r["exit"]) for r in run.trace() if process_name(r) == "DISCOVER"]
+    assert discover == [("1", "137"), ("2", "0")], discover
+    rows = [(r["attempt"], r["status"], r["exit"]) for r in run.trace()
+            if process_name(r) == "ALIGN_BOUNDARY" and r["tag"].startswith(f"{killed}/")]
+    assert rows == [("1", "FAILED", "137"), ("2", "FAILED", "137")], rows
+    manifest = run.manifest()
+    assert manifest["counts"]["complete"] == 1, manifest["counts"]
+    pair = next(p for p in manifest["pairs"] if p["sample"] == killed)
+    assert "align_boundary did not finish" in pair["reason"], pair
 
 
 # ------------------------------------------------------------------------------------------
