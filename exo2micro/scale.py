@@ -502,20 +502,44 @@ class TileHistograms:
         return cls(side, nx, lo, bins, row0, np.zeros((rows, nx, bins + 2), dtype),
                    np.zeros((rows, nx)), np.zeros((rows, nx)))
 
-    def add(self, values: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
-        """Count log-ratio ``values`` (1-D, finite) of the pixels at frame rows ``ys`` and
-        columns ``xs`` (integer arrays of the same length, inside the rows held)."""
+    def add(self, values: np.ndarray, mask: np.ndarray, y0: int = 0) -> None:
+        """Count the log-ratio ``values`` (1-D, finite) of the pixels where ``mask`` is true,
+        in row-major order (``values`` is what ``image[mask]`` gives). ``mask`` (bool) covers
+        frame rows ``y0 … y0 + mask.shape[0] − 1`` (inside the tile rows held) and every
+        column from 0.
+
+        Cost: one pass over the values (their bins, one histogram update per tile row); the
+        tiles' pixel counts and coordinate sums come from row and column counts of ``mask``,
+        not from per-pixel coordinates."""
+        if values.size != np.count_nonzero(mask):
+            raise ValueError(f"TileHistograms.add: {values.size} values for "
+                             f"{np.count_nonzero(mask)} pixels")
         if values.size == 0:
             return
         pos = (np.asarray(values, np.float32) - np.float32(self.lo)) * np.float32(1 / RATIO_BIN)
         pos += np.float32(1.0)
         np.clip(pos, 0, self.bins + 1, out=pos)
-        tile = (ys // self.side - self.row0) * self.nx + xs // self.side
-        n_tiles = self.counts.shape[0] * self.nx
-        flat = tile * (self.bins + 2) + pos.astype(np.intp)
-        self.counts += np.bincount(flat, minlength=self.counts.size).reshape(self.counts.shape)
-        self.sum_x += np.bincount(tile, weights=xs, minlength=n_tiles).reshape(self.sum_x.shape)
-        self.sum_y += np.bincount(tile, weights=ys, minlength=n_tiles).reshape(self.sum_y.shape)
+        slots = pos.astype(np.intp)
+        cols = np.arange(mask.shape[1])
+        col_tile = cols // self.side
+        first_slot = col_tile * (self.bins + 2)
+        starts = np.arange(0, mask.shape[1], self.side)
+        a = done = 0
+        while a < mask.shape[0]:  # the rows of one tile row at a time
+            ty = (y0 + a) // self.side
+            b = min(mask.shape[0], (ty + 1) * self.side - y0)
+            m = mask[a:b]
+            flat = np.broadcast_to(first_slot, m.shape)[m]
+            flat += slots[done:done + flat.size]
+            done += flat.size
+            r = ty - self.row0
+            self.counts[r] += np.bincount(flat, minlength=self.counts[r].size
+                                          ).reshape(self.counts[r].shape)
+            self.sum_x[r] += np.bincount(col_tile, weights=cols * np.count_nonzero(m, axis=0),
+                                         minlength=self.nx)
+            self.sum_y[r] += np.arange(y0 + a, y0 + b) @ np.add.reduceat(m, starts, axis=1,
+                                                                         dtype=np.int64)
+            a = b
 
     def merge(self, part: TileHistograms) -> None:
         """Add ``part`` (same tiles and bins, any tile rows inside these) to these counts."""

@@ -52,9 +52,9 @@ def filled_tiles(log_k: Any, rng: np.random.Generator, stain: float = 0.05,
     stained = rng.random(xs.size) < stain
     values[stained] += rng.uniform(0.05, 0.5, int(stained.sum()))
     tiles = scale.TileHistograms.empty(FRAME, scale.tile_side(FRAME), float(np.median(values)))
-    tiles.add(values, ys, xs)
     counts = np.zeros((h, w), np.float32)
     counts[ys, xs] = 1
+    tiles.add(values, counts > 0)  # values are in row-major order, as boolean indexing's
     return tiles, scale.CellGrid(np.arange(w, dtype=float), np.arange(h, dtype=float), counts)
 
 
@@ -350,3 +350,29 @@ def test_gradient_pair_with_padding_and_threads(tmp_path: Path) -> None:
     ideal = post - truth["k"].astype(np.float32) * read_image(layout.aligned_pre("tiff"))[inner]
     ratio, ratio64, frac64 = residuals(diff, ideal, truth)
     assert ratio <= 1.05 and (ratio64 <= 1.5 or frac64 <= 0.005)
+
+
+def test_tile_histograms_count_each_pixel_in_its_tile_and_bin() -> None:
+    """A block straddling tile rows, held from a later tile row: every tile's counts, pixel
+    coordinate sums and out-of-window slots equal a per-pixel count."""
+    rng = np.random.default_rng(3)
+    frame, side = (900, 700), 128
+    tiles = scale.TileHistograms(side, 6, 0.1, 40, 2, np.zeros((5, 6, 42), np.int64),
+                                 np.zeros((5, 6)), np.zeros((5, 6)))
+    y0, mask = 300, rng.random((333, frame[1])) < 0.4
+    values = rng.uniform(0.09, 0.105, int(mask.sum()))
+    tiles.add(values, mask, y0)
+    ys, xs = np.nonzero(mask)
+    ys = ys + y0
+    slot = np.clip(np.floor((values - 0.1) / scale.RATIO_BIN + 1 + 1e-9), 0, 41).astype(int)
+    want = np.zeros_like(tiles.counts)
+    np.add.at(want, (ys // side - 2, xs // side, slot), 1)
+    assert int(want[:, :, 0].sum()) > 0 and int(want[:, :, -1].sum()) > 0
+    assert np.abs(tiles.counts - want).sum() <= 2  # float32 rounding at a bin edge
+    assert np.array_equal(tiles.counts.sum(axis=2), want.sum(axis=2))
+    for sums, coord in ((tiles.sum_x, xs), (tiles.sum_y, ys)):
+        ref = np.zeros_like(sums)
+        np.add.at(ref, (ys // side - 2, xs // side), coord)
+        assert np.array_equal(sums, ref)
+    with pytest.raises(ValueError, match="values for"):
+        tiles.add(values[:-1], mask, y0)

@@ -388,8 +388,7 @@ def coarse_surface(level: CoarseLevel, thr: Thresholds, k0: float, shape: tuple[
         valid, clean = estimation_masks(level.post, level.pre, level.inside, thr, k, px=f)
         tiles = scale.TileHistograms.empty(level.post.shape, scale.tile_side(level.post.shape),
                                            math.log10(k0))
-        rows, cols = np.nonzero(clean)
-        tiles.add(np.log10(level.post[clean]) - np.log10(level.pre[clean]), rows, cols)
+        tiles.add(np.log10(level.post[clean]) - np.log10(level.pre[clean]), clean)
         table = tiles.estimates().shifted(f, (f - 1) / 2 + pad)
         choice = scale.choose_surface(table, shape, scale.CellGrid(xs, ys, valid), mode)
         if choice.surface is None:
@@ -596,9 +595,8 @@ def _pass1_block(src: Sources, thr: Thresholds, k0: float, factor: int, y0: int,
         clean_ratio = (np.log10(scale.dequantise(pv[keep])) - lq[keep]) if src.integer \
             else ratio[keep]
         out.clean.add(clean_ratio)
-        if out.tiles is not None:  # np.nonzero's order is boolean indexing's
-            ys, xs = np.nonzero(clean[rows])
-            out.tiles.add(clean_ratio, ys + (y0 + r), xs)
+        if out.tiles is not None:
+            out.tiles.add(clean_ratio, clean[rows], y0 + r)
         # the value histograms only set display ranges: every VALUE_STRIDE-th pixel is plenty
         out.post.add(lp[::VALUE_STRIDE])
         out.pre.add(lq[::VALUE_STRIDE])
