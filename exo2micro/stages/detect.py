@@ -76,7 +76,8 @@ with :data:`CHUNK_HALO` more each side, detected in parallel threads (``threads`
 ``[y0 − 0.5, y1 − 0.5)``, likewise columns), so every source is measured once, from a chunk
 that holds it whole (sources up to 2 × HALO px tall). Memory is the input readers' caches
 and the row block's few full-width arrays (≈ 1.5 GB at 30 000 px wide) plus ≈ 0.1 GB of
-chunk arrays per thread; the significance image is streamed to its writer, never held.
+chunk arrays per thread; the significance image is streamed to its writer
+(:class:`~exo2micro.streaming.FanOut`), never held.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ import csv
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,9 @@ from exo2micro.fitsio import FitsImage, make_header, write_streamed
 from exo2micro.layout import PairLayout, formats, tiff_compression
 from exo2micro.records import StageRun, product_ome, require_stage, stage1_physical
 from exo2micro.result import build_result, write_result
-from exo2micro.stages.subtract import TILE, FanOut, box_mean, preview_factor
-from exo2micro.tiffio import TiffImage, read_info, write_tiled
+from exo2micro.stages.subtract import box_mean, preview_factor
+from exo2micro.streaming import FanOut, Writer
+from exo2micro.tiffio import TILE, TiffImage, read_info, write_tiled
 
 #: Gaussian σ (px) of the matched-filter bank. A kernel of σ_k keeps 2σσ_k / (σ² + σ_k²) of the
 #: optimal SNR of a Gaussian source of σ; the better of the two keeps ≥ 94 % for σ 2–6.5 px
@@ -833,9 +835,9 @@ def write_catalogue(layout: PairLayout, columns: Mapping[str, np.ndarray],
 
 def _writers(layout: PairLayout, fmts: Sequence[str], shape: tuple[int, int], sample: str,
              dye: str, compression: str | None, threshold: float
-             ) -> tuple[list[Callable[[Iterable[np.ndarray]], None]], list[Path]]:
+             ) -> tuple[list[Writer], list[Path]]:
     """One significance-image writer per format (the writers of stage 4's difference)."""
-    writers: list[Callable[[Iterable[np.ndarray]], None]] = []
+    writers: list[Writer] = []
     paths: list[Path] = []
     for fmt in fmts:
         path = layout.significance(fmt)

@@ -70,10 +70,12 @@ Two passes over the full-resolution images, in blocks of :data:`~exo2micro.tiffi
    most 24 × 24 tiles of 6 000 bins, ≤ 14 MB) and the tissue count per :data:`MAP_FACTOR`
    cell (12 MB at 30 000 × 25 000 px);
 2. the difference image of every active scale, streamed to every requested format at once
-   (one writer thread per file), plus the 2-D and difference histograms.
+   (one writer thread per file, :class:`~exo2micro.streaming.FanOut`), plus the 2-D and
+   difference histograms.
 
 With ``threads ≥ 2`` blocks are processed by a thread pool (reads are serialised, numpy and
-OpenCV release the GIL) with bounded look-ahead. Memory is a few blocks of ``512 × width``
+OpenCV release the GIL) with bounded look-ahead (:func:`~exo2micro.streaming.ordered_map`,
+at most ``threads + 1`` blocks in flight). Memory is a few blocks of ``512 × width``
 float32 per thread and per writer, plus the readers' tile caches; never a full-resolution copy.
 """
 
@@ -81,13 +83,12 @@ from __future__ import annotations
 
 import json
 import math
-import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import cv2
 import numpy as np
@@ -102,6 +103,7 @@ from exo2micro.pyramid import Pyramid
 from exo2micro.records import StageRun, stage1_physical
 from exo2micro.result import build_result, write_result
 from exo2micro.review import Review, review_alignment
+from exo2micro.streaming import FanOut, Writer, ordered_map
 from exo2micro.tiffio import TILE, OmeMeta, TiffImage, read_info, write_tiled
 from exo2micro.transform import TransformRecord
 
@@ -138,9 +140,6 @@ NO_DATA = np.float32(np.nan)
 #: The k map is written, and tissue pixels counted for its median and range, on cells of
 #: MAP_FACTOR × MAP_FACTOR output px (a divisor of TILE, so blocks hold whole cells).
 MAP_FACTOR = 16
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -397,97 +396,6 @@ def coarse_surface(level: CoarseLevel, thr: Thresholds, k0: float, shape: tuple[
     return choice
 
 
-# ------------------------------------------------------------------------- block helpers
-def _ordered_map(pool: ThreadPoolExecutor | None, fn: Callable[[T], R], items: Iterable[T],
-                 ahead: int) -> Iterator[R]:
-    """``map(fn, items)`` in order, with at most ``ahead`` items in flight on ``pool``."""
-    if pool is None:
-        yield from map(fn, items)
-        return
-    pending: list[Future[R]] = []
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.pop(0).result()
-    for fut in pending:
-        yield fut.result()
-
-
-class _Aborted(Exception):
-    """Raised inside a writer when the producer failed, so the writer discards its file."""
-
-
-_END = object()
-_ABORT = object()
-
-
-class FanOut:
-    """Feeds row blocks to several pull-style writers (``writer(blocks)``), each in a thread.
-
-    ``put(blocks)`` hands block ``i`` to writer ``i``; queues are bounded, so at most a couple
-    of blocks per writer wait in memory. On leaving the ``with`` block normally every writer
-    finishes its file; on an exception every writer is aborted (its temporary file removed by
-    :func:`exo2micro.atomic.atomic_path`). A writer's own error is re-raised in the producer.
-    """
-
-    def __init__(self, writers: Sequence[Callable[[Iterable[np.ndarray]], None]],
-                 depth: int = 2) -> None:
-        self._queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in writers]
-        self._errors: list[BaseException | None] = [None] * len(writers)
-        self._threads = [threading.Thread(target=self._run, args=(i, w), daemon=True,
-                                          name=f"exo2micro-writer-{i}")
-                         for i, w in enumerate(writers)]
-        for t in self._threads:
-            t.start()
-
-    def _stream(self, i: int) -> Iterator[np.ndarray]:
-        while True:
-            item = self._queues[i].get()
-            if item is _END:
-                return
-            if item is _ABORT:
-                raise _Aborted
-            yield item
-
-    def _run(self, i: int, writer: Callable[[Iterable[np.ndarray]], None]) -> None:
-        try:
-            writer(self._stream(i))
-        except _Aborted:
-            pass
-        except BaseException as exc:
-            self._errors[i] = exc
-
-    def _put(self, i: int, item: Any) -> bool:
-        """Queue ``item`` for writer ``i``; False when that writer has stopped."""
-        while self._threads[i].is_alive():
-            try:
-                self._queues[i].put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def put(self, blocks: Sequence[np.ndarray]) -> None:
-        for i, block in enumerate(blocks):
-            if not self._put(i, block):
-                raise self._errors[i] or RuntimeError(
-                    f"writer {i} stopped before its image was complete")
-
-    def __enter__(self) -> FanOut:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        token = _END if exc_type is None else _ABORT
-        for i in range(len(self._threads)):
-            self._put(i, token)
-        for t in self._threads:
-            t.join()
-        if exc_type is None:
-            for err in self._errors:
-                if err is not None:
-                    raise err
-
-
 # ------------------------------------------------------------------------------- pass 1
 @dataclass
 class Pass1:
@@ -622,7 +530,7 @@ def first_pass(src: Sources, thr: Thresholds, k0: float, pool: ThreadPoolExecuto
     if plan is not None:
         total.tiles = plan.histograms(src.shape)
         total.cells = np.zeros((-(-h // MAP_FACTOR), -(-w // MAP_FACTOR)), np.float32)
-    for y0, part in _ordered_map(pool, lambda y: _pass1_block(src, thr, k0, factor, y, plan),
+    for y0, part in ordered_map(pool, lambda y: _pass1_block(src, thr, k0, factor, y, plan),
                                  range(0, h, TILE), ahead):
         total.merge(part)
         r0 = y0 // factor
@@ -732,12 +640,12 @@ def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
              shape: tuple[int, int], sample: str, dye: str, scales: Mapping[str, float],
              accuracy: float | None, compression: str | None, pixel_size_um: float | None,
              scale_map: str | None = None
-             ) -> tuple[list[Callable[[Iterable[np.ndarray]], None]], list[Path], list[int]]:
+             ) -> tuple[list[Writer], list[Path], list[int]]:
     """One writer per (kind, format), the files they write, and which kind feeds each
     (``compression``: tifffile codec of the TIFFs). ``scale_map`` (the k map's path in the
     pair folder) marks the Moffat difference as made with k(x, y); its ``scale`` is then the
     map's median."""
-    writers: list[Callable[[Iterable[np.ndarray]], None]] = []
+    writers: list[Writer] = []
     paths: list[Path] = []
     feeds: list[int] = []
     for i, kind in enumerate(kinds):
@@ -797,14 +705,14 @@ class _Inputs:
 
 def _second_pass(src: Sources, thr: Thresholds, scales: Mapping[str, float],
                  grid: tuple[float, float, int], diff_range: float,
-                 writers: Sequence[Callable[[Iterable[np.ndarray]], None]], feeds: Sequence[int],
+                 writers: Sequence[Writer], feeds: Sequence[int],
                  pool: ThreadPoolExecutor | None, ahead: int,
                  surface: scale.KSurface | None = None) -> Pass2:
     """Pass 2: stream the difference blocks to the writers, accumulate its histograms (the
     Moffat difference with k(x, y) of ``surface`` when given)."""
     total = _empty_pass2(grid, diff_range, scales)
     with FanOut(writers, depth=1) as fan:
-        for blocks, part in _ordered_map(
+        for blocks, part in ordered_map(
                 pool, lambda y: _pass2_block(src, thr, scales, grid, diff_range, y, surface),
                 range(0, src.shape[0], TILE), ahead):
             total.merge(part)

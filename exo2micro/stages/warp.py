@@ -18,13 +18,14 @@ reads overlap little and memory stays at a few chunks whatever the image size.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
 
+from exo2micro.streaming import lookahead
 from exo2micro.tiffio import TILE, OmeMeta
 from exo2micro.transform import ResidualField, affine_for_window, apply
 
@@ -108,28 +109,32 @@ def iter_warped_blocks(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tu
     """Yield consecutive full-width float32 row blocks of the aligned pre image.
 
     The chunks of the *next* block are computed by a pool of ``threads`` workers while the
-    caller consumes the current one (encodes and writes it), so warping overlaps I/O; at most
-    two blocks (2 × 512 rows × width × 4 bytes) are in memory.
+    caller consumes the current one (encodes and writes it), so warping overlaps I/O
+    (:func:`exo2micro.streaming.lookahead` with two blocks ahead); at most two blocks
+    (2 × 512 rows × width × 4 bytes) are in memory.
     """
     h, w = out_shape
 
-    def submit(pool: ThreadPoolExecutor, y0: int) -> list[tuple[int, Future[np.ndarray]]]:
-        y1 = min(h, y0 + block_rows)
-        return [(x0, pool.submit(warp_window, pre, post_to_pre, y0, y1, x0, min(w, x0 + CHUNK),
-                                 pad, cv2.INTER_CUBIC, field)) for x0 in range(0, w, CHUNK)]
-
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        pending = submit(pool, 0) if h > 0 else []
-        for y0 in range(0, h, block_rows):
-            upcoming = submit(pool, y0 + block_rows) if y0 + block_rows < h else []
-            block = np.empty((min(h, y0 + block_rows) - y0, w), np.float32)
-            for x0, future in pending:
-                chunk = future.result()
-                block[:, x0:x0 + chunk.shape[1]] = chunk
-            if progress:
-                progress(block.shape[0])
-            yield block
-            pending = upcoming
+        def start(y0: int) -> Callable[[], np.ndarray]:
+            """Submit the column chunks of the block at ``y0``; return its assembler."""
+            y1 = min(h, y0 + block_rows)
+            chunks = [(x0, pool.submit(warp_window, pre, post_to_pre, y0, y1, x0,
+                                       min(w, x0 + CHUNK), pad, cv2.INTER_CUBIC, field))
+                      for x0 in range(0, w, CHUNK)]
+
+            def assemble() -> np.ndarray:
+                block = np.empty((y1 - y0, w), np.float32)
+                for x0, future in chunks:
+                    chunk = future.result()
+                    block[:, x0:x0 + chunk.shape[1]] = chunk
+                if progress:
+                    progress(block.shape[0])
+                return block
+
+            return assemble
+
+        yield from lookahead(start, range(0, h, block_rows), 2)
 
 
 def warp_to_files(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[int, int],
