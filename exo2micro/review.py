@@ -24,7 +24,7 @@ batch summary: the pre→post scale implied by the two physical pixel sizes disa
 stage 2's measured scale (stage 4, :func:`exo2micro.stages.subtract.pixel_scale_check`; a wrong
 pixel size makes every µm and per-mm² value of the pair wrong).
 
-Texture is the band-passed log intensity of :func:`exo2micro.stages.align_boundary.band_pass`.
+Texture is the band-passed log intensity of :func:`exo2micro.stages.align_boundary.level_texture`.
 Coordinates follow :mod:`exo2micro.transform` (``post_to_pre``, x = column, y = row).
 Memory: a few images of ≤ 512 px side.
 """
@@ -133,7 +133,7 @@ class TextureView:
            edge_px: int = 2) -> TextureView:
         """The view on the level of longer side ≤ ``side``; the mask leaves out ``edge_px``
         level px inside the tissue edge (where the high pass rings)."""
-        from exo2micro.stages.align_boundary import band_pass, common_level
+        from exo2micro.stages.align_boundary import common_level, level_texture
 
         pre_l, post_l, f = common_level(pre_pyr, post_pyr, side)
         mask = tissue_mask(post_l)
@@ -142,7 +142,7 @@ class TextureView:
         ys, xs = np.nonzero(mask)
         centre = (float(xs.mean()), float(ys.mean())) if xs.size else (
             (post_l.shape[1] - 1) / 2, (post_l.shape[0] - 1) / 2)
-        return cls(band_pass(pre_l, SIGMA), band_pass(post_l, SIGMA), mask, centre, f)
+        return cls(level_texture(pre_l, SIGMA), level_texture(post_l, SIGMA), mask, centre, f)
 
     def score(self, a_level: np.ndarray, max_shift: int = MAX_SHIFT
               ) -> tuple[float, tuple[int, int]]:

@@ -3,6 +3,8 @@
 The interiors of pre and post differ (that is the point of staining) but the outline of the
 sample does not, so this stage matches footprints, not intensities:
 
+The three steps are :func:`search`, :func:`refine` and :func:`gate`:
+
 1. **Grid search** on a small pyramid level (longer side ≤ :data:`SEARCH_SIDE` px): for every
    rotation in ±``angle_range`` (step ``angle_step``) and scale in [``scale_min``,
    ``scale_max``] (step ``scale_step``) the pre footprint's boundary band (``boundary_width``
@@ -27,6 +29,7 @@ full-resolution ``f·i + (f−1)/2``. Memory: a few images of ≤ 1 024 px side 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,8 +278,11 @@ def refine_similarity(pre_img: np.ndarray, post_img: np.ndarray, post_to_pre: np
     return result, {"iterations": it, "last_step_px": step}
 
 
-def band_pass(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """Log intensity, high-passed and normalised: the texture ``fine_ecc`` matches."""
+def level_texture(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Log intensity of a pyramid level, high-passed (minus its blur of σ ``8·sigma``),
+    smoothed by ``sigma`` px and divided by its standard deviation: the texture ``fine_ecc``
+    matches and :mod:`exo2micro.review` compares. (Stage 3's patches use
+    :func:`exo2micro.stages.align_interior.patch_texture`.)"""
     logv = np.log1p(np.maximum(img, 0)).astype(np.float32)
     hp = logv - cv2.GaussianBlur(logv, (0, 0), 8 * sigma)
     hp = cv2.GaussianBlur(hp, (0, 0), sigma)
@@ -298,9 +304,33 @@ def iou(pre_mask: np.ndarray, post_mask: np.ndarray, post_to_pre_level: np.ndarr
 
 
 # ------------------------------------------------------------------------------ the stage
-def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: dict[str, Any]
-                   ) -> TransformRecord:
-    """Compute the stage-2 transform (full-resolution ``post_to_pre``) from two pyramids."""
+@dataclass(frozen=True)
+class Search:
+    """What the grid search step found: the best candidate, the box size ``factor`` of the
+    search level, the tissue footprints there and the smallest scale searched (for the grid's
+    resolution)."""
+
+    grid: GridResult
+    factor: int
+    pre_mask: np.ndarray
+    post_mask: np.ndarray
+    min_scale: float
+
+    @property
+    def post_to_pre(self) -> np.ndarray:
+        """The grid result as a full-resolution ``post_to_pre``."""
+        return to_full(self.grid.post_to_pre, self.factor, self.factor)
+
+    def metrics(self) -> dict[str, Any]:
+        """The search facts of the transform record's metrics."""
+        g = self.grid
+        return {"search_factor": self.factor, "candidates": g.candidates,
+                "grid": {"rotation_deg": g.rotation_deg, "scale": g.scale,
+                         "score": g.score, "second_score": g.second_score}}
+
+
+def search(pre_pyr: Pyramid, post_pyr: Pyramid, params: Mapping[str, Any]) -> Search:
+    """Step 1: the grid search over rotation × scale on the search level (module docstring)."""
     p = params
     pre_l, post_l, f = common_level(pre_pyr, post_pyr, SEARCH_SIDE)
     pre_mask, post_mask = tissue_mask(pre_l), tissue_mask(post_l)
@@ -318,47 +348,57 @@ def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: dict[str, Any]
         feats = [soft_footprint(m, max(1.0, p["boundary_smooth"] / 4))
                  for m in (pre_mask, post_mask)]
     grid = grid_search(feats[0], feats[1], angles, scales)
-    grid_full = to_full(grid.post_to_pre, f, f)
+    return Search(grid, f, pre_mask, post_mask, float(min(scales)))
 
-    metrics: dict[str, Any] = {
-        "search_factor": f, "candidates": grid.candidates,
-        "grid": {"rotation_deg": grid.rotation_deg, "scale": grid.scale,
-                 "score": grid.score, "second_score": grid.second_score},
-        "refinement": []}
-    # Tissue pixels of the post footprint (full-res coordinates) for displacement gates.
-    tissue_xy = grid_points(post_mask, f)
-    current = grid_full
+
+def refine(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray, params: Mapping[str, Any]
+           ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Step 2: refine the full-resolution ``start`` beyond the grid, on smoothed footprints
+    coarse to fine (``multiscale``), then on textures (``fine_ecc``); returns the refined
+    ``post_to_pre`` and one convergence record per pass."""
+    p = params
+    current = start
+    passes: list[dict[str, Any]] = []
+    options = {"max_iter": min(p["stopit"], 200), "min_step": max(p["stopdelta"], 1e-3)}
     sides = REFINE_SIDES if p["multiscale"] else REFINE_SIDES[-1:]
     for side in sides:
         pre_r, post_r, fr = common_level(pre_pyr, post_pyr, side)
         soft = [soft_footprint(tissue_mask(im), 2.0) for im in (pre_r, post_r)]
-        a_level, info = refine_similarity(soft[0], soft[1], to_level(current, fr, fr),
-                                          max_iter=min(p["stopit"], 200),
-                                          min_step=max(p["stopdelta"], 1e-3))
+        a_level, info = refine_similarity(soft[0], soft[1], to_level(current, fr, fr), **options)
         current = to_full(a_level, fr, fr)
-        metrics["refinement"].append({"factor": fr, "kind": "footprint", **info})
+        passes.append({"factor": fr, "kind": "footprint", **info})
     if p["fine_ecc"]:
         pre_r, post_r, fr = common_level(pre_pyr, post_pyr, REFINE_SIDES[-1])
-        a_level, info = refine_similarity(band_pass(pre_r), band_pass(post_r),
-                                          to_level(current, fr, fr),
-                                          max_iter=min(p["stopit"], 200),
-                                          min_step=max(p["stopdelta"], 1e-3))
+        a_level, info = refine_similarity(level_texture(pre_r), level_texture(post_r),
+                                          to_level(current, fr, fr), **options)
         current = to_full(a_level, fr, fr)
-        metrics["refinement"].append({"factor": fr, "kind": "intensity", **info})
+        passes.append({"factor": fr, "kind": "intensity", **info})
+    return current, passes
 
+
+def gate(found: Search, refined: np.ndarray, params: Mapping[str, Any],
+         metrics: dict[str, Any]) -> TransformRecord:
+    """Step 3: keep the refinement only if it moves tissue pixels, rotates and rescales within
+    the limits (else ``grid_only``: the grid result), then mark a scale far from 1 or a poor
+    footprint overlap ``suspect``. Adds the gates' facts to ``metrics``."""
+    p = params
+    f = found.factor
+    grid_full = found.post_to_pre
+    # Tissue pixels of the post footprint (full-res coordinates) for displacement gates.
+    tissue_xy = grid_points(found.post_mask, f)
     status, reason = "ok", ""
-    moved = max_displacement(current, grid_full, tissue_xy)
+    moved = max_displacement(refined, grid_full, tissue_xy)
     # The grid itself is only accurate to half a step of each axis at the search level: a
     # refinement must be allowed to move tissue that far *plus* max_translation.
     radius = float(np.max(np.linalg.norm(tissue_xy - tissue_xy.mean(axis=0), axis=1)))
     grid_px = (f + radius * math.radians(p["angle_step"] / 2)
-               + radius * p["scale_step"] / 2 / min(scales))
+               + radius * p["scale_step"] / 2 / found.min_scale)
     metrics["grid_resolution_px"] = grid_px
-    d_grid, d_ref = decompose_similarity(grid_full), decompose_similarity(current)
+    d_grid, d_ref = decompose_similarity(grid_full), decompose_similarity(refined)
     d_rot = abs((d_ref["rotation_deg"] - d_grid["rotation_deg"] + 180) % 360 - 180)
     d_scale = abs(d_ref["scale"] / d_grid["scale"] - 1)
     metrics["refinement_moved_tissue_px"] = moved
-    if not np.all(np.isfinite(current)):
+    if not np.all(np.isfinite(refined)):
         status, reason = "grid_only", "refinement diverged"
     elif moved > p["max_translation"] + grid_px:
         status, reason = "grid_only", (f"refinement would move tissue pixels by up to "
@@ -370,9 +410,9 @@ def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: dict[str, Any]
     elif d_scale > p["max_scale_delta"]:
         status, reason = "grid_only", (f"refinement would change scale by {d_scale:.3f} > "
                                        f"max_scale_delta {p['max_scale_delta']}")
-    final = grid_full if status == "grid_only" else current
+    final = grid_full if status == "grid_only" else refined
     dec = decompose_similarity(final)
-    overlap = iou(pre_mask, post_mask, to_level(final, f, f))
+    overlap = iou(found.pre_mask, found.post_mask, to_level(final, f, f))
     metrics.update({"rotation_deg": dec["rotation_deg"], "scale": dec["scale"],
                     "overlap_iou": overlap})
     if status == "ok" and abs(dec["scale"] - 1) > p["max_scale_diff"]:
@@ -382,6 +422,15 @@ def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: dict[str, Any]
         status, reason = "suspect", (f"footprints overlap poorly after alignment "
                                      f"(IoU {overlap:.2f} < {MIN_IOU})")
     return TransformRecord(final, status, 2, metrics, reason)
+
+
+def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: Mapping[str, Any]
+                   ) -> TransformRecord:
+    """Compute the stage-2 transform (full-resolution ``post_to_pre``) from two pyramids:
+    :func:`search`, :func:`refine`, :func:`gate`."""
+    found = search(pre_pyr, post_pyr, params)
+    refined, passes = refine(pre_pyr, post_pyr, found.post_to_pre, params)
+    return gate(found, refined, params, found.metrics() | {"refinement": passes})
 
 
 def run_align_boundary(layout: PairLayout, *, sample: str = "", dye: str = "", threads: int = 1,

@@ -109,9 +109,10 @@ REVIEW_ACCURACY_PX = 0.5
 ACCURACY_GAIN = 1.5
 
 
-def band_pass(patch: np.ndarray, sigma_hi: float) -> np.ndarray:
-    """Log intensity, band-passed (σ 1 px minus σ ``sigma_hi`` px), divided by its robust
-    spread (1.4826 · MAD). Multiplicative brightness changes become offsets and vanish."""
+def patch_texture(patch: np.ndarray, sigma_hi: float) -> np.ndarray:
+    """Log intensity of a patch, band-passed (σ 1 px minus σ ``sigma_hi`` px), divided by its
+    robust spread (1.4826 · MAD). Multiplicative brightness changes become offsets and
+    vanish. (Whole levels use :func:`exo2micro.stages.align_boundary.level_texture`.)"""
     logv = np.log1p(np.maximum(patch, 0.0)).astype(np.float32)
     hp = cv2.GaussianBlur(logv, (0, 0), 1.0) - cv2.GaussianBlur(logv, (0, 0), sigma_hi)
     spread = 1.4826 * float(np.median(np.abs(hp - np.median(hp))))
@@ -219,7 +220,7 @@ def measure(post: TiffImage, pre: TiffImage, post_to_pre: np.ndarray,
         x0, y0 = round(c[0]) - half, round(c[1]) - half
         post_p = post.read_window(y0, y0 + patch, x0, x0 + patch)[:, :, 0].astype(np.float32)
         pre_p = warp_window(pre, post_to_pre, y0, y0 + patch, x0, x0 + patch, field=field)
-        pf, qf = band_pass(post_p, sigma_hi), band_pass(pre_p, sigma_hi)
+        pf, qf = patch_texture(post_p, sigma_hi), patch_texture(pre_p, sigma_hi)
         centre = (x0 + (patch - 1) / 2.0, y0 + (patch - 1) / 2.0)
         if coarse:
             (dx, dy), _ = cv2.phaseCorrelate(pf * 1.0, qf * 1.0, window)
