@@ -61,7 +61,7 @@ GAIN_16BIT = 200.0
 #: Fraction of the signal leaking into each non-signal colour channel.
 CROSSTALK = 0.04
 #: Tile edge (px) of the ``tiled`` layout.
-TILE = 512
+RAW_TILE = 512
 #: Target size (bytes) of one strip of the ``strips`` layout (tifffile's default for
 #: compressed data, used here for every compression).
 STRIP_BYTES = 262144
@@ -106,7 +106,7 @@ _OCTAVE_STD = 0.139
 _TISSUE_EXTENT = 0.82
 _HARMONIC_ORDERS: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
 _HARMONIC_BUDGET = 0.2
-_EDGE_PX = 3.0
+_FOOTPRINT_EDGE_PX = 3.0
 #: Angular sectors of the footprint's fast inside/outside test.
 _SECTORS = 4096
 
@@ -428,7 +428,7 @@ def make_footprint(spec: SynthSpec) -> Footprint:
     harmonics = tuple((n, float(a), float(p))
                       for n, a, p in zip(_HARMONIC_ORDERS, amps, phases, strict=True))
     return Footprint((pw - 1) / 2.0 + spec.tissue_offset[0], (ph - 1) / 2.0 +
-                     spec.tissue_offset[1], ax, ay, harmonics, _EDGE_PX)
+                     spec.tissue_offset[1], ax, ay, harmonics, _FOOTPRINT_EDGE_PX)
 
 
 def _lattice(key: int, i0: int, i1: int, j0: int, j1: int) -> np.ndarray:
@@ -690,7 +690,7 @@ def _band_rows(spec: SynthSpec, width: int, height: int) -> int:
     """Rows per streamed band: one row of tiles, or a whole number of strips holding about
     :data:`BAND_BYTES` (at most :data:`POST_CHUNK` rows)."""
     if spec.layout == "tiled":
-        return TILE
+        return RAW_TILE
     rps = _rows_per_strip(spec, width, height)
     row_bytes = width * spec.mode.channels * spec.mode.dtype.itemsize
     rows = min(POST_CHUNK, max(1, BAND_BYTES // row_bytes))
@@ -717,8 +717,8 @@ def _write_tiff(path: Path, bands: Iterator[np.ndarray], spec: SynthSpec, width:
         options["extrasamples"] = ("unassalpha",)
     data: Iterator[np.ndarray] | Iterator[bytes]
     if spec.layout == "tiled":
-        options["tile"] = (TILE, TILE)
-        data = (band[:, x:x + TILE] for band in bands for x in range(0, width, TILE))
+        options["tile"] = (RAW_TILE, RAW_TILE)
+        data = (band[:, x:x + RAW_TILE] for band in bands for x in range(0, width, RAW_TILE))
     else:
         rps = _rows_per_strip(spec, width, height)
         options["rowsperstrip"] = rps

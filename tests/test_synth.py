@@ -196,7 +196,7 @@ def test_layouts_and_compression(tmp_path: Path, layout: str, compression: str |
         assert page.compression.name == codec
         assert page.is_tiled == (layout == "tiled")
         if layout == "tiled":
-            assert (page.tilelength, page.tilewidth) == (synth.TILE, synth.TILE)
+            assert (page.tilelength, page.tilewidth) == (synth.RAW_TILE, synth.RAW_TILE)
         else:
             expected = synth.STRIP_BYTES // (700 * 3) if layout == "strips" else 300
             assert page.rowsperstrip == expected

@@ -14,7 +14,7 @@ every side).
 * **signal**: data pixels where both images are above a small threshold,
   ``background + SIGNAL_FRACTION · (tissue median − background)`` of each image (levels from
   the stage-1 pyramids), i.e. tissue where both carry fluorescence.
-* **estimation**: the signal set eroded by :data:`EDGE_PX` px, which drops tissue edges, the
+* **estimation**: the signal set eroded by :data:`ERODE_PX` px, which drops tissue edges, the
   pre frame's edge (where the warp interpolated with the zero outside) and the padding.
 * **microbe-free**: the estimation set minus the neighbourhood of stain. Post-only light
   (microbes and their faint halos) would shift part of the ratio distribution slightly to the
@@ -111,7 +111,7 @@ from exo2micro.transform import TransformRecord
 #: tissue median.
 SIGNAL_FRACTION = 0.25
 #: Erosion (px) of the signal set before estimating k: tissue edges, the pre frame's edge.
-EDGE_PX = 3
+ERODE_PX = 3
 #: Microbe mask: Gaussian σ (px) of the smoothing of the excess, the flagged fraction of k0·pre,
 #: and the dilation (px) of the flags, which covers the faint halo of stained spots.
 SMOOTH_PX = 2.0
@@ -123,7 +123,7 @@ SUB_ROWS = 128
 VALUE_STRIDE = 8
 #: Rows read above and below each block so that the masks of its rows are exact: the erosion's
 #: reach, or the dilation's plus the smoothing kernel's radius.
-HALO = max(EDGE_PX, DILATE_PX + math.ceil(3 * SMOOTH_PX))
+HALO = max(ERODE_PX, DILATE_PX + math.ceil(3 * SMOOTH_PX))
 #: Fewer microbe-free pixels than this fraction of the estimation set earns a warning (stain
 #: nearly everywhere, or a misalignment that reads as stain).
 MIN_CLEAN_FRACTION = 0.05
@@ -153,7 +153,7 @@ class Thresholds:
 
     def to_json(self) -> dict[str, Any]:
         return {"post": self.post, "pre": self.pre, "fraction": SIGNAL_FRACTION,
-                "edge_px": EDGE_PX, "levels": self.levels}
+                "edge_px": ERODE_PX, "levels": self.levels}
 
 
 def tissue_thresholds(post_pyramid: Pyramid, pre_pyramid: Pyramid) -> Thresholds:
@@ -291,7 +291,7 @@ def estimation_masks(post: np.ndarray, pre: np.ndarray, data: np.ndarray, thr: T
     masks of the whole image.
     """
     sig = signal_mask(post, pre, data, thr)
-    edge = _odd(EDGE_PX / px)
+    edge = _odd(ERODE_PX / px)
     valid = cv2.erode(sig.view(np.uint8), np.ones((edge, edge), np.uint8),
                       borderType=cv2.BORDER_CONSTANT, borderValue=1).view(bool)
     sigma = SMOOTH_PX / px
