@@ -78,6 +78,8 @@ FEATURES: tuple[str, ...] = (
 
 #: Fraction of available memory/disk above which a warning is printed, and the refusal limit.
 WARN_FRACTION = 0.8
+#: :data:`WARN_FRACTION` as the messages state it ("80 %").
+WARN_PERCENT = f"{WARN_FRACTION * 100:g} %"
 REFUSE_FRACTION = 1.0
 
 
@@ -420,8 +422,8 @@ def _need(mems: Sequence[int], concurrent: int, in_process: bool, model: MemoryM
 
 
 def max_workers_fitting(mems: Sequence[int], available: int, limit: int) -> int:
-    """The largest worker count ≤ ``limit`` whose concurrent peak stays within 80 % of
-    ``available`` (0 if even one task does not)."""
+    """The largest worker count ≤ ``limit`` whose concurrent peak stays within
+    :data:`WARN_FRACTION` of ``available`` (0 if even one task does not)."""
     ordered = sorted(mems, reverse=True)
     best = 0
     for n in range(1, limit + 1):
@@ -471,7 +473,7 @@ def _memory_remedies(plans: Sequence[PairPlan], mems: Sequence[int], available: 
         fit = max_workers_fitting(mems, available, workers - 1)
         if fit >= 1:
             out.append(f"reduce n_workers (--workers) from {workers} to {fit}: {fit} × up to "
-                       f"{fmt_bytes(max(mems))} fits in 80 % of {fmt_bytes(available)}")
+                       f"{fmt_bytes(max(mems))} fits in {WARN_PERCENT} of {fmt_bytes(available)}")
         out.append(f"use serial mode (parallel=False, --parallel serial): one task at a time "
                    f"needs up to {fmt_bytes(max(mems))}")
     if int(values["pad"]) > 0:

@@ -177,9 +177,9 @@ def choose_auto_mode(pairs: Sequence[Any], output_dir: str | os.PathLike[str],
                      ) -> tuple[str, int, str]:
     """``(mode, workers, reason)`` for ``parallel='auto'``: the process pool when at least two
     pairs can run at once — two CPUs in the budget and the pre-flight estimate of two
-    concurrent pairs within 80 % of the available memory — with the worker count (≤
-    ``n_workers``, the CPU budget when it is ``None``, and what both allow) whose estimated
-    batch wall time is least
+    concurrent pairs within :data:`~exo2micro.preflight.WARN_FRACTION` of the available
+    memory — with the worker count (≤ ``n_workers``, the CPU budget when it is ``None``, and
+    what both allow) whose estimated batch wall time is least
     (:func:`exo2micro.preflight.fastest_workers`: many small pairs, many single-thread workers;
     a few large ones, fewer workers with more threads each); serial otherwise."""
     from exo2micro import preflight
@@ -197,8 +197,8 @@ def choose_auto_mode(pairs: Sequence[Any], output_dir: str | os.PathLike[str],
     avail, _ = preflight.available_memory()
     fit = preflight.max_workers_fitting(mems, avail, cap)
     if fit < 2:
-        return "serial", 1, (f"two pairs at once would not fit in 80 % of the available "
-                             f"{preflight.fmt_bytes(avail)}")
+        return "serial", 1, (f"two pairs at once would not fit in {preflight.WARN_PERCENT} of "
+                             f"the available {preflight.fmt_bytes(avail)}")
     times = [p.estimate.time_s for p in plans if p.estimate is not None and p.stages]
     workers = preflight.fastest_workers(times, budget, fit)
     if workers < 2:
@@ -206,5 +206,5 @@ def choose_auto_mode(pairs: Sequence[Any], output_dir: str | os.PathLike[str],
                              f"for these pair sizes")
     return "process", workers, (f"{workers} workers × {budget // workers} thread(s) is estimated "
                                 f"fastest for these pair sizes; {fit} pairs at once fit the CPU "
-                                f"budget ({budget}) and 80 % of the available "
-                                f"{preflight.fmt_bytes(avail)}")
+                                f"budget ({budget}) and {preflight.WARN_PERCENT} of the "
+                                f"available {preflight.fmt_bytes(avail)}")
