@@ -244,3 +244,27 @@ def echo_stage_done(sample: str, dye: str, stage: int, skipped: bool, detail: st
     state = "skipped (current)" if skipped else "done"
     click.echo(f"{sample}/{dye} stage {stage} {state}: {detail}"
                f"{'; ' + reason if reason else ''}", err=True)
+
+
+def transform_stage_command(name: str, stage: int, work: Callable[..., dict[str, Any]],
+                            help_text: str, detail: Callable[[dict[str, Any]], str]
+                            ) -> click.Command:
+    """The tool of a stage that finds a transform from the pair folder alone (2 align-boundary,
+    3 align-interior): :func:`stage_options`, then
+    ``work(layout, sample=, dye=, threads=, checkpoint_format=)`` under :func:`run_pair_stage`,
+    then :func:`echo_stage_done` with ``detail(record)`` and the record's ``reason``."""
+
+    @click.command(name, help=help_text)
+    @stage_options
+    @run_tool
+    def command(pair: dict[str, Any], sample: str, dye: str, pair_dir: str,
+                checkpoint_format: str, force: bool,
+                param_values: tuple[str, ...], threads: int | None) -> None:
+        _, rec, skipped = run_pair_stage(
+            stage, lambda layout, n: work(layout, sample=sample, dye=dye, threads=n,
+                                          checkpoint_format=checkpoint_format),
+            pair_dir=pair_dir, param_values=param_values, threads=threads, force=force,
+            checkpoint_format=checkpoint_format, pair=pair)
+        echo_stage_done(sample, dye, stage, skipped, detail(rec), rec.get("reason"))
+
+    return command
