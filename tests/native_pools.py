@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 #: The modules of every stage, imported before the pools are read so that the libraries they
-#: load late (scipy's and scikit-image's native code, photutils, astropy) are checked too.
+#: load late (scipy's and scikit-image's native code, astropy) are checked too.
 STAGE_MODULES = ("exo2micro.stages.load", "exo2micro.stages.align_boundary",
                  "exo2micro.stages.align_interior", "exo2micro.stages.subtract",
                  "exo2micro.stages.detect", "exo2micro.stages.warp")

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -341,3 +342,39 @@ def test_injection_mixes_every_snr_in_one_window() -> None:
         ix, iy = int(np.rint(x)), int(np.rint(y))
         stamp = block.diff[iy - 12:iy + 13, ix - 12:ix + 13].sum()
         assert stamp == pytest.approx(s * noise, rel=1e-3)
+
+
+@pytest.mark.parametrize(("threshold", "min_area"), [(2.0, 1), (2.5, 5), (3.5, 12), (9.0, 5)])
+def test_segments_are_photutils_detect_sources(threshold: float, min_area: int) -> None:
+    """find_segments gives photutils' detect_sources segmentation, label for label, on a
+    smooth noise field with sources, no data (NaN) and an unsearchable region."""
+    from photutils.segmentation import detect_sources
+
+    rng = np.random.default_rng(11)
+    snr = cv2.GaussianBlur(rng.normal(0, 1, (600, 700)).astype(np.float32), (0, 0), 1.5) * 5
+    spikes = np.zeros(snr.shape, np.float32)
+    spikes[rng.integers(0, 600, 150), rng.integers(0, 700, 150)] = rng.uniform(1, 20, 150)
+    snr += cv2.GaussianBlur(spikes, (0, 0), 2.0) * 25  # sources of 1-12 sigma, some touching
+    snr[:40, :] = np.nan
+    searchable = np.ones(snr.shape, bool)
+    searchable[300:420, 100:260] = False
+    ours = D.find_segments(snr, threshold, min_area, searchable)
+    theirs = detect_sources(snr, threshold, min_area,
+                            connectivity=8, mask=~searchable)
+    if theirs is None:
+        assert ours is None
+        return
+    assert ours is not None
+    segments, labels = ours
+    assert segments.dtype == theirs.data.dtype
+    assert np.array_equal(segments, theirs.data)
+    assert np.array_equal(labels, theirs.labels)
+    assert labels.size > 10
+
+
+def test_no_segment_above_the_threshold_is_none() -> None:
+    snr = np.zeros((50, 60), np.float32)
+    snr[10, 10:13] = 9.0  # 3 px: below a minimum area of 5
+    assert D.find_segments(snr, 5.0, 5, np.ones(snr.shape, bool)) is None
+    assert D.find_segments(snr, 5.0, 3, np.ones(snr.shape, bool))[1].tolist() == [1]
+    assert D.find_segments(snr, 5.0, 1, np.zeros(snr.shape, bool)) is None

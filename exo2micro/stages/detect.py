@@ -41,29 +41,29 @@ SNR. The maximum over two kernels raises the false rate of a threshold a little;
 was set on microbe-free synthetic pairs (docs/benchmarks.md). Only tissue (grown by
 :data:`TISSUE_MARGIN` px) is searched.
 
-Detection and measurement (photutils, scikit-image)
----------------------------------------------------
-photutils' ``detect_sources`` (8-connected, at least ``detect_min_area`` px above
-``detect_threshold``) and, when ``detect_deblend``, a watershed (scikit-image) of the sharper
-kernel's significance — whose image of two touching microbes keeps their peaks apart — from
-the peaks of the segments that hold two or more above ``detect_threshold`` +
-:data:`DEBLEND_PROMINENCE` (:func:`split_blends`; photutils' ``deblend_sources`` does the
-same after a per-source multi-thresholding that cost twice this stage's time); a split is
-undone when a component rises less than :data:`DEBLEND_PROMINENCE` σ above its saddle with
-a sibling (:func:`merge_weak_splits`: noise bumps on a broad source). The position is the
-peak of the filtered difference of the kernel that found the source best (the sharper one
-for deblended sources), refined to sub-pixel by a log-parabola (:func:`peak_positions`): the
-maximum-likelihood position of a source of the kernel's shape, near the Cramér–Rao bound.
-The other columns are vectorised reductions over each segment's pixels
-(:class:`SegmentPixels`), not photutils' ``SourceCatalog``: peak, area,
-second-moment σ along the major/minor axes and the orientation (degrees from +x towards +y,
-i.e. clockwise as displayed with y down); the flux is summed over the segment grown by
-:data:`FLUX_GROW` px (:func:`grown_flux`). ``snr`` is the peak of the searched significance
-in the source: the detection SNR, ≈ the integrated SNR (it is not flux / flux_err: the grown
-segment holds more noise than the optimal filter). The local background is the mean of
-quiet pixels (|D/σ| < :data:`QUIET_SIGMA`) over :data:`BG_BOX` px boxes, interpolated
-bilinearly. Flags (bits): :data:`FLAG_EDGE` (within :data:`EDGE_GROW` px of no data or of
-non-tissue), :data:`FLAG_SATURATED` (a post pixel of the source at the dtype's maximum),
+Detection and measurement (scipy, scikit-image)
+-----------------------------------------------
+Segments as photutils' ``detect_sources`` makes them (:func:`find_segments`: 8-connected, at
+least ``detect_min_area`` px above ``detect_threshold``) and, when ``detect_deblend``, a
+watershed (scikit-image) of the sharper kernel's significance — whose image of two touching
+microbes keeps their peaks apart — from the peaks of the segments that hold two or more above
+``detect_threshold`` + :data:`DEBLEND_PROMINENCE` (:func:`split_blends`; photutils'
+``deblend_sources`` does the same after a per-source multi-thresholding that cost twice this
+stage's time); a split is undone when a component rises less than :data:`DEBLEND_PROMINENCE` σ
+above its saddle with a sibling (:func:`merge_weak_splits`: noise bumps on a broad source).
+The position is the peak of the filtered difference of the kernel that found the source best
+(the sharper one for deblended sources), refined to sub-pixel by a log-parabola
+(:func:`peak_positions`): the maximum-likelihood position of a source of the kernel's shape,
+near the Cramér–Rao bound. The other columns are vectorised reductions over each segment's
+pixels (:class:`SegmentPixels`), not photutils' ``SourceCatalog``: peak, area, second-moment σ
+along the major/minor axes and the orientation (degrees from +x towards +y, i.e. clockwise as
+displayed with y down); the flux is summed over the segment grown by :data:`FLUX_GROW` px
+(:func:`grown_flux`). ``snr`` is the peak of the searched significance in the source: the
+detection SNR, ≈ the integrated SNR (it is not flux / flux_err: the grown segment holds more
+noise than the optimal filter). The local background is the mean of quiet pixels (|D/σ| <
+:data:`QUIET_SIGMA`) over :data:`BG_BOX` px boxes, interpolated bilinearly. Flags (bits):
+:data:`FLAG_EDGE` (within :data:`EDGE_GROW` px of no data or of non-tissue),
+:data:`FLAG_SATURATED` (a post pixel of the source at the dtype's maximum),
 :data:`FLAG_DEBLENDED`.
 
 Streaming, threads and memory
@@ -85,7 +85,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -451,6 +450,35 @@ def search_map(block: Block, model: NoiseModel, sigma: np.ndarray) -> SearchMap:
     return SearchMap(per_kernel, filtered, snr, searchable, subtracted, valid)
 
 
+def find_segments(snr: np.ndarray, threshold: float, min_area: int, searchable: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sources of a significance image: 8-connected groups of at least ``min_area``
+    searchable pixels above ``threshold``, as a segment image (int32, 0 background, segments
+    numbered 1 … n in the raster order of their first pixel) and the labels ``1 … n``;
+    ``None`` when there is none.
+
+    This is photutils' ``detect_sources`` (threshold, ``scipy.ndimage.label``, minimum area,
+    consecutive labels), label for label — tests/test_stage_detect.py checks it against
+    photutils — without importing photutils, whose import (astropy) cost a second per stage
+    process, more than detecting the sources of a 2 000 × 1 600 pair."""
+    from scipy import ndimage
+
+    above = np.greater(snr, threshold, where=searchable, out=np.zeros(snr.shape, bool))
+    segments, n = ndimage.label(above, structure=np.ones((3, 3), int))
+    if n == 0:
+        return None
+    big = np.bincount(segments.ravel(), minlength=n + 1) >= min_area
+    big[0] = False
+    kept = int(np.count_nonzero(big))
+    if kept == 0:
+        return None
+    if kept < n:
+        renumber = np.zeros(n + 1, segments.dtype)
+        renumber[big] = np.arange(1, kept + 1, dtype=segments.dtype)
+        segments = renumber[segments]
+    return segments, np.arange(1, kept + 1, dtype=segments.dtype)
+
+
 def detect_block(block: Block, model: NoiseModel, threshold: float, min_area: int,
                  deblend: bool, core: tuple[float, float, float, float] | None = None
                  ) -> dict[str, np.ndarray]:
@@ -461,26 +489,20 @@ def detect_block(block: Block, model: NoiseModel, threshold: float, min_area: in
     ``core`` = ``(y_lo, y_hi, x_lo, x_hi)`` (output frame) keeps only sources whose position
     lies in ``[x_lo, x_hi) × [y_lo, y_hi)``; ``None`` keeps all.
     """
-    from photutils.segmentation import detect_sources
-    from photutils.utils.exceptions import NoDetectionsWarning
-
     sigma = model.sigma(block.level)
     search = search_map(block, model, sigma)
     if not search.searchable.any():  # e.g. a chunk of bare slide
         return _empty_columns()
-    with warnings.catch_warnings():  # no source in a block is an answer, not a problem
-        warnings.simplefilter("ignore", NoDetectionsWarning)
-        segm = detect_sources(search.snr, threshold, min_area, connectivity=8,
-                              mask=~search.searchable)
-    if segm is None:
+    found = find_segments(search.snr, threshold, min_area, search.searchable)
+    if found is None:
         return _empty_columns()
     sharp = search.per_kernel[0]
-    split = split_blends(sharp, segm.data, threshold + DEBLEND_PROMINENCE) if deblend else None
+    split = split_blends(sharp, found[0], threshold + DEBLEND_PROMINENCE) if deblend else None
     if split is None:
-        segments, labels = segm.data, np.asarray(segm.labels)
+        segments, labels = found
         deblended = np.zeros(labels.size, bool)
     else:
-        segments, labels, deblended = merge_weak_splits(segm.data, split, sharp)
+        segments, labels, deblended = merge_weak_splits(found[0], split, sharp)
     pixels = SegmentPixels.of(segments, labels)
     # a deblended source is placed by the sharpest kernel, whose image of a blend keeps the
     # two peaks apart; the others by the kernel that found them best
