@@ -63,7 +63,7 @@ OVERRIDES: dict[str, Any] = {}
 def run_stages(pair_dir: Path) -> dict[str, Any]:
     """Stage 4 (resume-aware) and stage 5 (always, with :data:`OVERRIDES`); its record."""
     from exo2micro import params as P
-    from exo2micro.layout import PairLayout
+    from exo2micro.io.layout import PairLayout
     from exo2micro.pipeline import run_stage
     from exo2micro.stages.detect import run_detect
     from exo2micro.stages.subtract import run_subtract
@@ -81,9 +81,9 @@ def evaluate(pair_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     from scipy.spatial import cKDTree
 
     from exo2micro import params as P
-    from exo2micro.layout import PairLayout
+    from exo2micro.io.layout import PairLayout
+    from exo2micro.io.tiffio import TiffImage
     from exo2micro.stages import detect as D
-    from exo2micro.tiffio import TiffImage
 
     layout = PairLayout(pair_dir, P.resolve(OVERRIDES))
     truth = json.loads(next((pair_dir.parent / "raw").rglob("*_truth.json")).read_text())
@@ -262,7 +262,7 @@ def timing(workdir: Path, size: tuple[int, int], threads: int) -> None:
 def child(pair_dir: Path, threads: int) -> None:
     """Stage 5 forced, once; prints its timings as JSON (the measured process)."""
     from exo2micro import params as P
-    from exo2micro.layout import PairLayout
+    from exo2micro.io.layout import PairLayout
     from exo2micro.pipeline import prepare as prepare_pair
     from exo2micro.stages.detect import run_detect
 

@@ -35,11 +35,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout  # noqa: E402
+from exo2micro.batch.preflight import estimate_pair  # noqa: E402
+from exo2micro.io.layout import CHECKPOINT_FORMATS, PairLayout  # noqa: E402
+from exo2micro.numerics.transform import TransformRecord, displacement_stats, grid_points  # noqa: E402
 from exo2micro.params import resolve  # noqa: E402
-from exo2micro.preflight import estimate_pair  # noqa: E402
 from exo2micro.synth import SynthSpec, generate_pair, load_truth, truth_tissue_mask_post  # noqa: E402
-from exo2micro.transform import TransformRecord, displacement_stats, grid_points  # noqa: E402
 
 #: raw TIFF layouts microscopes produce: name -> (synth layout, compression)
 LAYOUTS = {

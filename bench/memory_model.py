@@ -3,7 +3,7 @@
 
 Runs synthetic pairs of four sizes (× threads × raw storage) through
 :func:`exo2micro.pipeline.run_pair`, each in a fresh ``/usr/bin/time -v python`` process, and
-compares the estimate of :func:`exo2micro.preflight.estimate_pair` with what was measured:
+compares the estimate of :func:`exo2micro.batch.preflight.estimate_pair` with what was measured:
 
 * per stage: the peak RSS each stage records (the kernel's high-water mark, reset at the start
   of every stage, so one process reports each stage's own peak) and its wall time;
@@ -44,16 +44,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from exo2micro import params as P  # noqa: E402
-from exo2micro.preflight import (  # noqa: E402
+from exo2micro.batch.preflight import (  # noqa: E402
     MODEL_PATH,
     MemoryModel,
     default_model,
     estimate_pair,
     features,
 )
-from exo2micro.records import read_record  # noqa: E402
+from exo2micro.io.records import read_record  # noqa: E402
+from exo2micro.io.tiffio import ImageInfo, read_info  # noqa: E402
 from exo2micro.synth import SynthSpec, generate_pair  # noqa: E402
-from exo2micro.tiffio import ImageInfo, read_info  # noqa: E402
 
 MiB = 2**20
 CHILD = """
@@ -136,7 +136,7 @@ def measure(workdir: Path, size: tuple[int, int], layout: str, threads: int,
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
         peak = int(m.group(1)) * 1024 if m else 0
         values = P.resolve({})
-        from exo2micro.layout import PairLayout
+        from exo2micro.io.layout import PairLayout
 
         layout_ = PairLayout(out, values)
         stage_peak, stage_time = {}, {}

@@ -37,9 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from exo2micro.io.tiffio import TiffImage  # noqa: E402
+from exo2micro.numerics.transform import max_displacement  # noqa: E402
 from exo2micro.synth import SynthSpec, batch_specs, make_batch  # noqa: E402
-from exo2micro.tiffio import TiffImage  # noqa: E402
-from exo2micro.transform import max_displacement  # noqa: E402
 
 MODES = ("serial", "process", "thread", "subprocess")
 WIDTHS = (1000, 1200, 1400, 1500, 1600, 1800, 2000, 2200, 2400, 2600, 3000)

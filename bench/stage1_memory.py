@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exo2micro.records import read_record  # noqa: E402
+from exo2micro.io.records import read_record  # noqa: E402
+from exo2micro.io.tiffio import read_info  # noqa: E402
 from exo2micro.synth import SynthSpec, generate_pair  # noqa: E402
-from exo2micro.tiffio import read_info  # noqa: E402
 
 MiB = 2**20
 TARGET_FACTOR = 1.5

@@ -37,11 +37,11 @@ def prepare(workdir: Path, width: int, height: int, k: float, coverage: float, s
 
     from exo2micro import params as P
     from exo2micro import synth
-    from exo2micro.layout import PairLayout
+    from exo2micro.io.layout import PairLayout
+    from exo2micro.io.tiffio import TiffImage
+    from exo2micro.numerics.transform import TransformRecord
     from exo2micro.stages.load import run_load
     from exo2micro.stages.warp import output_shape, warp_to_files
-    from exo2micro.tiffio import TiffImage
-    from exo2micro.transform import TransformRecord
 
     extra = (f"_n{noise:g}" if noise != 1.0 else "") + (
         f"_b{brightness:g}" if brightness != 1.0 else "")
@@ -74,7 +74,7 @@ def prepare(workdir: Path, width: int, height: int, k: float, coverage: float, s
 def child(pair_dir: Path, threads: int, checkpoint_format: str) -> None:
     """Run stage 4 once and print its timings as JSON (the child process)."""
     from exo2micro import params as P
-    from exo2micro.layout import PairLayout
+    from exo2micro.io.layout import PairLayout
     from exo2micro.stages.subtract import run_subtract
 
     layout = PairLayout(pair_dir, P.resolve({}))
@@ -109,7 +109,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    from exo2micro.layout import CHECKPOINT_FORMATS
+    from exo2micro.io.layout import CHECKPOINT_FORMATS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", action="append", type=parse_size,

@@ -63,7 +63,7 @@ import tifffile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exo2micro.transform import ResidualField, map_points  # noqa: E402
+from exo2micro.numerics.transform import ResidualField, map_points  # noqa: E402
 
 #: Post (and pre) frame, (height, width) px.
 SHAPE = (1600, 2000)

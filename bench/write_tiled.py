@@ -1,7 +1,7 @@
 """Cost of writing one image product: a float32 OME-TIFF with its pyramid, alone.
 
 Streams ``--height × --width`` float32 rows (Gaussian noise, the left third no data, as a
-difference image outside the pre frame) through :func:`exo2micro.tiffio.write_tiled` in
+difference image outside the pre frame) through :func:`exo2micro.io.tiffio.write_tiled` in
 512-row blocks, flat (one level) and pyramidal, and prints wall, CPU and peak RSS of each.
 The blocks repeat one precomputed block, so the numbers are the writer's own cost.
 
@@ -27,7 +27,7 @@ def child(path: str, height: int, width: int, pyramid: bool, compression: str | 
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from exo2micro.tiffio import TILE, write_tiled
+    from exo2micro.io.tiffio import TILE, write_tiled
 
     rng = np.random.default_rng(0)
     block = rng.normal(0, 1, (TILE, width)).astype(np.float32)

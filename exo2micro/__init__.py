@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "SampleDye": "exo2micro.sampledye",
     "run_batch": "exo2micro.parallel",
-    "MemoryTracker": "exo2micro.memory",
+    "MemoryTracker": "exo2micro.batch.memory",
 }
 
 __all__ = ["MemoryTracker", "SampleDye", "__version__", "run_batch"]

@@ -12,8 +12,8 @@ from them (tests/test_nfconstants.py fails when one differs from what this modul
   task sees it.
 * ``modules/local/constants.nf``: the functions ``stageNames()``
   (:data:`exo2micro.params.STAGE_NAMES`), ``reservedColumns()``
-  (:data:`exo2micro.discover.RESERVED_COLUMNS`) and ``imageColumns()``
-  (:data:`exo2micro.discover.IMAGE_COLUMNS`), included by ``workflows/exo2micro.nf``.
+  (:data:`exo2micro.batch.discover.RESERVED_COLUMNS`) and ``imageColumns()``
+  (:data:`exo2micro.batch.discover.IMAGE_COLUMNS`), included by ``workflows/exo2micro.nf``.
 
 Regenerate after changing one of them::
 
@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from exo2micro.discover import IMAGE_COLUMNS, RESERVED_COLUMNS
+from exo2micro.batch.discover import IMAGE_COLUMNS, RESERVED_COLUMNS
 from exo2micro.errors import RETRY_EXIT_CODES
 from exo2micro.params import STAGE_NAMES
 
@@ -86,9 +86,9 @@ def constants_module() -> str:
     functions = [
         _function("exo2micro.params.STAGE_NAMES, in stage order: stage n is item n - 1.",
                   "stageNames", groovy_list(stages_in_order(STAGE_NAMES))),
-        _function("exo2micro.discover.RESERVED_COLUMNS: resolved samplesheet columns that are "
-                  "not extra metadata.", "reservedColumns", groovy_list(RESERVED_COLUMNS)),
-        _function("exo2micro.discover.IMAGE_COLUMNS: samplesheet columns with a pair's own "
+        _function("exo2micro.batch.discover.RESERVED_COLUMNS: resolved samplesheet columns that "
+                  "are not extra metadata.", "reservedColumns", groovy_list(RESERVED_COLUMNS)),
+        _function("exo2micro.batch.discover.IMAGE_COLUMNS: samplesheet columns with a pair's own "
                   "image facts.", "imageColumns", groovy_list(IMAGE_COLUMNS)),
     ]
     return (

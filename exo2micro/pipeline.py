@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from exo2micro import params as P
-from exo2micro.layout import PairLayout, tiff_compression
-from exo2micro.records import read_record, stage_is_current
+from exo2micro.io.layout import PairLayout, tiff_compression
+from exo2micro.io.records import read_record, stage_is_current
 from exo2micro.resources import configure_threads, cpu_budget, reset_peak_rss
 
 log = logging.getLogger("exo2micro")
@@ -95,7 +95,7 @@ def run_pair(sample: str, dye: str, pre_raw: str | Path, post_raw: str | Path,
     A stage re-runs when it is not current, when ``force`` is set, when it is ≥ ``from_stage``
     (``from_stage`` forces a re-run from that stage on), or when an earlier stage re-ran in this
     call. Exceptions propagate (the caller decides how to report them); see
-    :func:`exo2micro.result.error_result` for the failed-pair ``result.json``.
+    :func:`exo2micro.io.result.error_result` for the failed-pair ``result.json``.
     ``on_stage(stage, event)`` is called with ``"start"``/``"done"``/``"skipped"`` for progress.
     Returns the last stage's record.
     """

@@ -16,7 +16,7 @@ pre-flight check for this pair and then :meth:`SampleDye.execute`. Batch runners
 
 :meth:`execute` never raises for a failed pair (only for ``KeyboardInterrupt``): the exception
 becomes ``status = "error: <reason>"`` in the returned dict and in ``result.json``
-(:func:`exo2micro.result.error_result`), so a batch always goes on. Whatever happens, the
+(:func:`exo2micro.io.result.error_result`), so a batch always goes on. Whatever happens, the
 result records how it ran (``result["runner"]``: mode, threads, wall time, attempt, process,
 pre-flight outcome, memory if requested).
 """
@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exo2micro import params as P
-from exo2micro.layout import PairLayout, formats
+from exo2micro.io.layout import PairLayout, formats
 from exo2micro.resources import current_rss_bytes, peak_rss_bytes
 
 if TYPE_CHECKING:
-    from exo2micro.result_model import PairResult
+    from exo2micro.io.result_model import PairResult
 
 StageCallback = Callable[[int, str], None]
 
@@ -105,7 +105,7 @@ class SampleDye:
     def inputs(self) -> tuple[Path, Path]:
         """The raw pre and post files (discovered under ``raw_dir`` unless given)."""
         if self.pre is None or self.post is None:
-            from exo2micro.discover import DiscoveryError, discover
+            from exo2micro.batch.discover import DiscoveryError, discover
 
             found = discover(self.raw_dir, [self.sample], [self.dye], strict=False)
             if not found.pairs:
@@ -124,9 +124,9 @@ class SampleDye:
         the pair does not fit, unless ``force_run``. A failing pair does not raise: its result
         has ``status = "error: …"``.
         """
-        from exo2micro.discover import PairSpec
-        from exo2micro.lock import OutputLock
-        from exo2micro.preflight import check, plan_batch
+        from exo2micro.batch.discover import PairSpec
+        from exo2micro.batch.lock import OutputLock
+        from exo2micro.batch.preflight import check, plan_batch
         from exo2micro.resources import cpu_budget
 
         threads = cpu_budget(self.threads)[0]
@@ -157,8 +157,8 @@ class SampleDye:
         ``memory_debug`` adds RSS before/after (with a ``gc.collect()`` pass) and the task's
         peak under ``result["runner"]["memory"]``.
         """
+        from exo2micro.io.result import write_result
         from exo2micro.pipeline import run_pair
-        from exo2micro.result import write_result
 
         t0 = time.perf_counter()
         threads = threads if threads is not None else self.threads
@@ -203,9 +203,9 @@ class SampleDye:
                        stage: int | None, attempts: int | None) -> PairResult:
         """The error result of a failed run (``status = "error: <reason>"``), written to
         ``result.json`` when ``layout`` is known and writable."""
-        from exo2micro.oserrors import is_storage_error, storage_error
-        from exo2micro.result import error_info, error_result, error_status
-        from exo2micro.result_model import PairResult
+        from exo2micro.io.oserrors import is_storage_error, storage_error
+        from exo2micro.io.result import error_info, error_result, error_status
+        from exo2micro.io.result_model import PairResult
 
         if is_storage_error(exc):  # disk full, read-only...: say so, not "[Errno 28] …/tmp-x"
             exc = storage_error(  # type: ignore[arg-type]
@@ -223,7 +223,7 @@ class SampleDye:
         """The result of a successful run: stage 4's ``result.json`` when it belongs to these
         parameters, else one assembled from the stage records (runs that stop early, and a
         ``result.json`` that is unreadable or not a valid result)."""
-        from exo2micro.result import build_result, read_result
+        from exo2micro.io.result import build_result, read_result
 
         if last >= max(P.STAGE_NAMES):
             try:

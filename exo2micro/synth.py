@@ -27,7 +27,7 @@ Image model (all intensities in *8-bit units*, "DN"; 16-bit modes multiply by
   ``signal_channels``) with 4 % crosstalk into the other colour channels.
 
 The transform is a similarity about the image centres (:func:`post_to_pre_matrix`), following
-the convention of :mod:`exo2micro.transform`.
+the convention of :mod:`exo2micro.numerics.transform`.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ import numpy as np
 import tifffile
 from scipy.special import ndtri
 
-from exo2micro import transform
-from exo2micro.atomic import atomic_path, write_json_atomic
 from exo2micro.errors import InputDataError, ParameterError
+from exo2micro.io.atomic import atomic_path, write_json_atomic
+from exo2micro.numerics import transform
 
 CHANNEL_MODES: tuple[str, ...] = ("rgb8", "rgba8", "gray8", "gray16", "rgb16", "float32")
 LAYOUTS: tuple[str, ...] = ("strips", "single-strip", "tiled")
@@ -305,7 +305,7 @@ def channel_weights(spec: SynthSpec) -> np.ndarray:
 
 
 def post_to_pre_matrix(spec: SynthSpec) -> np.ndarray:
-    """The true ``post_to_pre`` (3×3, raw pixel coordinates, :mod:`exo2micro.transform`).
+    """The true ``post_to_pre`` (3×3, raw pixel coordinates, :mod:`exo2micro.numerics.transform`).
 
     Pre is rotated by ``rotation_deg`` and magnified by ``scale`` about its centre pixel
     ``((W−1)/2, (H−1)/2)``, which lands on the post centre shifted by ``(tx, ty)``.
@@ -922,7 +922,7 @@ def _mask_on_grid(fp: Footprint, to_pre: np.ndarray, size: tuple[int, int], fact
                   ) -> np.ndarray:
     """Footprint ≥ 0.5 on the 1/``factor`` grid of a frame of ``size`` = (width, height):
     cell (i, j) is the full-resolution point ``(j·f + (f−1)/2, i·f + (f−1)/2)`` (the
-    convention of :func:`exo2micro.transform.grid_points`), mapped to pre by ``to_pre``."""
+    convention of :func:`exo2micro.numerics.transform.grid_points`), mapped to pre by ``to_pre``."""
     off = (factor - 1.0) / 2.0
     x = np.arange(math.ceil(size[0] / factor)) * factor + off
     y = np.arange(math.ceil(size[1] / factor)) * factor + off
@@ -941,7 +941,7 @@ def truth_tissue_mask_post(truth: dict[str, Any], factor: float = 1.0) -> np.nda
     """Boolean tissue mask in the POST frame at 1/``factor`` resolution, from a truth dict.
 
     Shape ``(ceil(H/f), ceil(W/f))``; cell ``(i, j)`` is the post point
-    ``(j·f + (f−1)/2, i·f + (f−1)/2)`` (as :func:`exo2micro.transform.grid_points`), tissue
+    ``(j·f + (f−1)/2, i·f + (f−1)/2)`` (as :func:`exo2micro.numerics.transform.grid_points`), tissue
     where the footprint there is ≥ 0.5. Deterministic from the JSON alone.
     """
     height, width = truth["post_shape"]

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from exo2micro.layout import PairLayout
+from exo2micro.io.layout import PairLayout
+from exo2micro.numerics.transform import TransformRecord, displacement_stats, grid_points
 from exo2micro.params import resolve
 from exo2micro.pipeline import run_pair
 from exo2micro.synth import SynthSpec, generate_pair, truth_tissue_mask_post
-from exo2micro.transform import TransformRecord, displacement_stats, grid_points
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Atomic writes (exo2micro.atomic) and what a SIGKILL mid-write leaves behind
+"""Atomic writes (exo2micro.io.atomic) and what a SIGKILL mid-write leaves behind
 (docs/contracts.md)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exo2micro import atomic, fitsio, records, tiffio
 from exo2micro import params as P
-from exo2micro.layout import PairLayout
+from exo2micro.io import atomic, fitsio, records, tiffio
+from exo2micro.io.layout import PairLayout
 from tests.helpers_io import REPO, files_under
 
 #: A child process that streams a large image slowly into ``argv[2]`` with the writer named by
@@ -24,7 +24,8 @@ from tests.helpers_io import REPO, files_under
 SLOW_WRITER = """
 import sys, time
 import numpy as np
-from exo2micro import fitsio, params, tiffio
+from exo2micro.io import fitsio, tiffio
+from exo2micro import params
 
 kind, out = sys.argv[1], sys.argv[2]
 h, w = 16384, 4096

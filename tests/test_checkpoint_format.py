@@ -9,9 +9,9 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout, formats, tiff_compression
+from exo2micro.io.layout import CHECKPOINT_FORMATS, PairLayout, formats, tiff_compression
+from exo2micro.io.tiffio import pyramid_bytes
 from exo2micro.pipeline import run_pair
-from exo2micro.tiffio import pyramid_bytes
 from tests.helpers_io import make_pair
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from exo2micro import preflight
+from exo2micro.batch import preflight
 from exo2micro.cli.run import run
 from tests.runner_helpers import child_env, make_raw, run_exo2micro
 
@@ -78,7 +78,7 @@ def test_preflight_refusal_exits_2_and_force_run_runs(raw: Path, tmp_path: Path,
 
 def test_locked_output_folder_exits_2(raw: Path, tmp_path: Path) -> None:
     hold = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom exo2micro.lock import OutputLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom exo2micro.batch.lock import OutputLock\n"
          "with OutputLock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
          str(tmp_path)], stdout=subprocess.PIPE, text=True, env=child_env())
     try:

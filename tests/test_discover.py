@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from exo2micro.cli.discover import discover as discover_cmd
-from exo2micro.cli.discover import split_names
-from exo2micro.discover import (
+from exo2micro.batch.discover import (
     ALL_DYES,
     ESTIMATE_COLUMNS,
     RESERVED_COLUMNS,
@@ -25,8 +23,10 @@ from exo2micro.discover import (
     read_samplesheet,
     scan_raw_dir,
 )
+from exo2micro.batch.preflight import estimate_pair
+from exo2micro.cli.discover import discover as discover_cmd
+from exo2micro.cli.discover import split_names
 from exo2micro.errors import EXIT_DATA, LayoutError, exit_code_for
-from exo2micro.preflight import estimate_pair
 from exo2micro.utils import discover_tasks
 from tests.helpers_io import make_pair
 

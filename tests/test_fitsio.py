@@ -1,4 +1,4 @@
-"""Tests of the streamed FITS writer and its headers (exo2micro.fitsio)."""
+"""Tests of the streamed FITS writer and its headers (exo2micro.io.fitsio)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import psutil
 import pytest
 from astropy.io import fits
 
-from exo2micro import fitsio
 from exo2micro import params as P
 from exo2micro.errors import InputDataError
+from exo2micro.io import fitsio
 
 OVERRIDES = {"pad": 25, "boundary_width": 20, "use_edges": False, "angle_step": 0.5,
              "stopdelta": 1e-8, "manual_scale": 1.7}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exo2micro.layout import PairLayout, formats
+from exo2micro.io.layout import PairLayout, formats
 from exo2micro.params import DEFAULTS
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from exo2micro.batch.lock import LOCK_NAME, OutputLock, read_holder
 from exo2micro.errors import EXIT_USAGE, LockError, exit_code_for
-from exo2micro.lock import LOCK_NAME, OutputLock, read_holder
 from tests.runner_helpers import child_env
 
 HOLD = """
 import sys, time
-from exo2micro.lock import OutputLock
+from exo2micro.batch.lock import OutputLock
 with OutputLock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)

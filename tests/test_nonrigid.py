@@ -12,13 +12,19 @@ import pytest
 import tifffile
 from alignment_helpers import make_aligned
 
-from exo2micro import nonrigid
-from exo2micro.layout import PairLayout
+from exo2micro.io.layout import PairLayout
+from exo2micro.numerics import nonrigid
+from exo2micro.numerics.transform import (
+    ResidualField,
+    TransformRecord,
+    apply,
+    grid_points,
+    map_points,
+)
 from exo2micro.params import resolve
 from exo2micro.pipeline import run_pair
 from exo2micro.stages.warp import warp_window
 from exo2micro.synth import SynthSpec, generate_pair, truth_tissue_mask_post
-from exo2micro.transform import ResidualField, TransformRecord, apply, grid_points, map_points
 from tests.helpers_io import WholeImage
 
 FRAME = (1000, 1200)  # (h, w) of the post frame in these tests

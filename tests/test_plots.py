@@ -1,6 +1,6 @@
-"""The diagnostic PNGs (exo2micro.diagnostics, exo2micro.registration_plot): captions, legends
-that leave the images free, outlines that stay distinguishable, words instead of jargon, µm
-scale bars sized for the previews, and the plot table of docs/output.md."""
+"""The diagnostic PNGs (exo2micro.report.diagnostics, exo2micro.report.registration_plot):
+captions, legends that leave the images free, outlines that stay distinguishable, words instead
+of jargon, µm scale bars sized for the previews, and the plot table of docs/output.md."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from exo2micro import diagnostics as d
-from exo2micro.captions import CAPTIONS, caption
-from exo2micro.pyramid import Pyramid
-from exo2micro.registration_plot import plot_registration, registration_figure
-from exo2micro.scale import Histogram, Histogram2D, TileTable, fit_left_wing
+from exo2micro.numerics.pyramid import Pyramid
+from exo2micro.numerics.scale import Histogram, Histogram2D, TileTable, fit_left_wing
+from exo2micro.report import diagnostics as d
+from exo2micro.report.captions import CAPTIONS, caption
+from exo2micro.report.registration_plot import plot_registration, registration_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 1.35

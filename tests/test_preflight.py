@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from exo2micro import preflight
-from exo2micro.discover import discover
-from exo2micro.errors import ResourceError
-from exo2micro.parallel import run_batch
-from exo2micro.preflight import (
+from exo2micro.batch import preflight
+from exo2micro.batch.discover import discover
+from exo2micro.batch.preflight import (
     PreflightDiskError,
     PreflightMemoryError,
     check,
@@ -20,9 +18,11 @@ from exo2micro.preflight import (
     plan_batch,
     stages_to_run,
 )
+from exo2micro.errors import ResourceError
+from exo2micro.io.tiffio import TiffImage
+from exo2micro.parallel import run_batch
 from exo2micro.resources import cgroup_memory_headroom
 from exo2micro.synth import SynthSpec, generate_pair
-from exo2micro.tiffio import TiffImage
 from tests.runner_helpers import make_raw
 
 GiB = 1 << 30

@@ -1,4 +1,4 @@
-"""Stage records and the resume check (exo2micro.records, docs/contracts.md)."""
+"""Stage records and the resume check (exo2micro.io.records, docs/contracts.md)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from exo2micro import params as P
-from exo2micro import records, tiffio
-from exo2micro.atomic import write_json_atomic
 from exo2micro.errors import InputDataError
-from exo2micro.layout import PairLayout
+from exo2micro.io import records, tiffio
+from exo2micro.io.atomic import write_json_atomic
+from exo2micro.io.layout import PairLayout
 from exo2micro.pipeline import run_stage
 
 
@@ -188,8 +188,8 @@ def test_output_ok_by_type(tmp_path: Path) -> None:
 
 def test_a_pixel_size_disagreement_makes_result_json_need_review(tmp_path: Path) -> None:
     """result.json and the summary agree: the failed pixel-size check is a review problem."""
-    from exo2micro.result import build_result
-    from exo2micro.summary import row_from_result
+    from exo2micro.io.result import build_result
+    from exo2micro.report.summary import row_from_result
 
     check = ("the pixel sizes (pre 0.65 µm, post 0.65 µm) imply a pre→post scale of 1.0000, "
              "but stage 2 measured 0.9413 (-5.9%); is a pixel size wrong?")

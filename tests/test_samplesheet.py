@@ -14,8 +14,7 @@ import tifffile
 
 from exo2micro import params as P
 from exo2micro.batch.api import run_batch
-from exo2micro.batch.plan import build_task_list, split_options
-from exo2micro.discover import (
+from exo2micro.batch.discover import (
     IMAGE_COLUMNS,
     SAMPLESHEET_COLUMNS,
     DiscoveryError,
@@ -28,9 +27,10 @@ from exo2micro.discover import (
     write_samplesheet,
     write_skipped,
 )
-from exo2micro.discover import SkippedPair as Skipped
+from exo2micro.batch.discover import SkippedPair as Skipped
+from exo2micro.batch.plan import build_task_list, split_options
 from exo2micro.errors import EXIT_DATA, ParameterError, exit_code_for
-from exo2micro.layout import PairLayout
+from exo2micro.io.layout import PairLayout
 from exo2micro.synth import SynthSpec, batch_specs, make_batch
 from tests.runner_helpers import SIZE
 

@@ -1,4 +1,5 @@
-"""Scale estimation from streamed histograms (exo2micro.scale): grids, quantiles, Moffat fit."""
+"""Scale estimation from streamed histograms (exo2micro.numerics.scale): grids, quantiles, Moffat
+fit."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from exo2micro import scale
-from exo2micro.scale import Histogram, Histogram2D
+from exo2micro.numerics import scale
+from exo2micro.numerics.scale import Histogram, Histogram2D
 
 
 def moffat_sample(rng: np.random.Generator, n: int, centre: float, alpha: float, beta: float

@@ -1,9 +1,10 @@
 """A spatially varying k (``k_model``): per-tile estimates, the robust surface, and stage 4 with it.
 
-The unit tests feed :class:`exo2micro.scale.TileHistograms` with log-ratio values drawn around a
-known field; the stage tests run stage 4 on small pairs made here (numpy + tifffile: a textured
-footprint, k(x, y) known at every pixel, stained spots in post only, Poisson noise), aligned
-with the identity, so the difference an ideal subtraction would give is ``post − k(x, y)·pre``.
+The unit tests feed :class:`exo2micro.numerics.scale.TileHistograms` with log-ratio values drawn
+around a known field; the stage tests run stage 4 on small pairs made here (numpy + tifffile: a
+textured footprint, k(x, y) known at every pixel, stained spots in post only, Poisson noise),
+aligned with the identity, so the difference an ideal subtraction would give is ``post − k(x,
+y)·pre``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro import scale, synth
-from exo2micro.fitsio import make_header
-from exo2micro.layout import PairLayout
+from exo2micro import synth
+from exo2micro.io.fitsio import make_header
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.tiffio import TiffImage
+from exo2micro.numerics import scale
+from exo2micro.numerics.transform import TransformRecord
 from exo2micro.stages.load import run_load
 from exo2micro.stages.subtract import run_subtract
 from exo2micro.stages.warp import output_shape, warp_to_files
-from exo2micro.tiffio import TiffImage
-from exo2micro.transform import TransformRecord
 
 SAMPLE, DYE = "KMAP01", "SybrGld"
 FRAME = (1200, 1500)  # (height, width) of the unit tests' frame

@@ -13,12 +13,12 @@ import pytest
 import tifffile
 from alignment_helpers import make_aligned
 
+from exo2micro.io.records import read_record, stage_is_current
+from exo2micro.io.tiffio import TiffImage
+from exo2micro.numerics.transform import similarity_post_to_pre
 from exo2micro.params import resolve
 from exo2micro.pipeline import run_pair
-from exo2micro.records import read_record, stage_is_current
 from exo2micro.stages.warp import iter_warped_blocks, warp_to_files
-from exo2micro.tiffio import TiffImage
-from exo2micro.transform import similarity_post_to_pre
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,7 +156,7 @@ def test_warp_to_both_formats_writes_identical_data(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     img = rng.integers(0, 200, (700, 900), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "pre.tif", img, tile=(256, 256))
-    from exo2micro.fitsio import FitsImage, make_header
+    from exo2micro.io.fitsio import FitsImage, make_header
 
     matrix = similarity_post_to_pre(11.0, 1.07, (450, 350), (440, 360))
     outs = {"tiff": tmp_path / "a.tif", "fits": tmp_path / "a.fits"}
@@ -170,10 +170,10 @@ def test_warp_to_both_formats_writes_identical_data(tmp_path: Path) -> None:
 def test_a_stage2_rotation_that_is_off_is_rescued_by_the_texture(tmp_path: Path) -> None:
     """A round footprint leaves stage 2's rotation to chance; when the patches then disagree,
     stage 3 turns pre to the rotation whose texture matches and measures again."""
-    from exo2micro.pyramid import Pyramid
+    from exo2micro.numerics.pyramid import Pyramid
+    from exo2micro.numerics.transform import TransformRecord, displacement_stats, grid_points
     from exo2micro.stages.align_interior import _turn, align_interior
     from exo2micro.synth import truth_tissue_mask_post
-    from exo2micro.transform import TransformRecord, displacement_stats, grid_points
 
     pair = make_aligned(tmp_path, to_stage=2, rotation_deg=4, scale=1.02, k=1.35,
                         width=1600, height=1300)

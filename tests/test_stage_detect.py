@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 from exo2micro import params as P
 from exo2micro.cli.detect import detect as detect_cmd
 from exo2micro.errors import EXIT_DATA, EXIT_USAGE
-from exo2micro.layout import PairLayout
+from exo2micro.io.layout import PairLayout
 from exo2micro.pipeline import run_stage
 from exo2micro.stages import detect as D
 from exo2micro.stages.subtract import run_subtract

@@ -13,10 +13,12 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro import pyramid, resources, synth, tiffio
+from exo2micro import resources, synth
 from exo2micro.errors import InsufficientMemoryError, exit_code_for
-from exo2micro.layout import PairLayout
-from exo2micro.records import stage_is_current
+from exo2micro.io import tiffio
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.records import stage_is_current
+from exo2micro.numerics import pyramid
 from exo2micro.stages.load import run_load
 from tests.helpers_io import CORRUPT_KINDS, files_under, make_corrupt, make_pair, run_bin
 

@@ -21,17 +21,18 @@ from astropy.io import fits
 from click.testing import CliRunner
 
 from exo2micro import params as P
-from exo2micro import scale, synth
+from exo2micro import synth
 from exo2micro.cli.subtract import subtract as subtract_cmd
 from exo2micro.errors import EXIT_DATA, EXIT_USAGE
-from exo2micro.fitsio import FitsImage, make_header
-from exo2micro.layout import PairLayout
-from exo2micro.pyramid import Pyramid
+from exo2micro.io.fitsio import FitsImage, make_header
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.tiffio import TiffImage, write_tiled
+from exo2micro.numerics import scale
+from exo2micro.numerics.pyramid import Pyramid
+from exo2micro.numerics.transform import TransformRecord
 from exo2micro.stages import subtract as S
 from exo2micro.stages.load import run_load
 from exo2micro.stages.warp import output_shape, warp_to_files
-from exo2micro.tiffio import TiffImage, write_tiled
-from exo2micro.transform import TransformRecord
 
 REPO = Path(__file__).resolve().parent.parent
 PLOTS = ("pre_post_heatmap", "pre_post_histograms", "difference_histogram", "ratio_histogram",

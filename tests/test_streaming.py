@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from exo2micro.streaming import FanOut, lookahead, ordered_map
+from exo2micro.stages.streaming import FanOut, lookahead, ordered_map
 
 
 def test_lookahead_keeps_order_and_bounds_the_items_in_flight() -> None:

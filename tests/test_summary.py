@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from exo2micro import params as P
-from exo2micro import summary as S
-from exo2micro.captions import caption
-from exo2micro.layout import PairLayout
+from exo2micro.io.layout import PairLayout
 from exo2micro.parallel import run_batch
+from exo2micro.report import summary as S
+from exo2micro.report.captions import caption
 from tests.runner_helpers import ROOT, child_env, make_raw
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -508,6 +508,6 @@ def test_report_fits_a_1400px_window(batch: Path, tmp_path: Path) -> None:
 
 def test_every_batch_file_is_a_reserved_sample_name() -> None:
     """A sample folder named like a batch file (counts.tsv too) would collide with it."""
-    from exo2micro.discover import RESERVED_SAMPLE_NAMES
+    from exo2micro.batch.discover import RESERVED_SAMPLE_NAMES
 
     assert set(S.FILES) <= RESERVED_SAMPLE_NAMES

@@ -14,9 +14,10 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 
-from exo2micro import synth, transform
+from exo2micro import synth
 from exo2micro.cli.synth import synth as synth_command
 from exo2micro.errors import ParameterError
+from exo2micro.numerics import transform
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests of lazy TIFF reading, channel choice and the tiled writer (exo2micro.tiffio)."""
+"""Tests of lazy TIFF reading, channel choice and the tiled writer (exo2micro.io.tiffio)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from exo2micro import synth, tiffio
+from exo2micro import synth
 from exo2micro.errors import InputDataError
-from exo2micro.tiffio import TiffImage
+from exo2micro.io import tiffio
+from exo2micro.io.tiffio import TiffImage
 from tests.helpers_io import CORRUPT_KINDS, SMALL, make_corrupt, make_pair
 
 H, W = 157, 203  # odd sizes: every strip/tile grid has partial segments

@@ -7,13 +7,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from exo2micro.stages.warp import warp_window
-from exo2micro.transform import (
+from exo2micro.numerics.transform import (
     apply,
     decompose_similarity,
     similarity_post_to_pre,
     similarity_pre_to_post,
 )
+from exo2micro.stages.warp import warp_window
 from tests.helpers_io import WholeImage
 
 

@@ -1,4 +1,6 @@
-"""The local batch runner, by concern (``exo2micro.parallel`` re-exports its public API).
+"""The batch, by concern: which pairs it holds and what they will cost (``discover.py``,
+``preflight.py``, shared with the Nextflow pipeline's ``e2m-discover``) and the local runner
+(``exo2micro.parallel`` re-exports its public API).
 
 ========================  ====================================================================
 ``plan.py``               tasks (``build_task_list``), modes, workers × threads, ``auto``,
@@ -9,5 +11,9 @@
 ``progress.py``           the runner's messages (``Reporter``), progress bars / plain lines
 ``report.py``             summary table and summary files
 ``api.py``                ``run_batch``: validate -> discover -> plan -> execute -> summarise
+``discover.py``           raw-dir diagnosis, filename classification, samplesheet I/O
+``preflight.py``          per-pair memory/time/disk estimate from TIFF headers; the batch check
+``lock.py``               the output-folder lock of a local run
+``memory.py``             ``MemoryTracker`` (``memory_debug``: RSS around each task)
 ========================  ====================================================================
 """

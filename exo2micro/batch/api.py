@@ -4,16 +4,16 @@ The steps, each a function of this module:
 
 1. :func:`validate` — argument types and ranges, the parameters, the checkpoint format and
    whether the output folder can be written (:class:`~exo2micro.errors.ParameterError` /
-   :class:`~exo2micro.oserrors.StorageError`, exit code 2), before anything is read or written;
+   :class:`~exo2micro.io.oserrors.StorageError`, exit code 2), before anything is read or written;
 2. :func:`discover_pairs` — the runnable pairs of the raw folder or samplesheet, the skipped
    ones and the TIFFs whose names do not classify (strict: one error listing all of them);
-3. under the output lock (:mod:`exo2micro.lock`): :func:`plan` — the mode (``auto`` chooses),
-   workers × threads within the CPU budget, the pre-flight check (:mod:`exo2micro.preflight`)
+3. under the output lock (:mod:`exo2micro.batch.lock`): :func:`plan` — the mode (``auto`` chooses),
+   workers × threads within the CPU budget, the pre-flight check (:mod:`exo2micro.batch.preflight`)
    and the task list;
 4. :func:`execute` — the runner of the mode (:mod:`exo2micro.batch.runners`) with progress;
 5. :func:`summarise` — ``summary.tsv``, ``summary.md``, ``manifest.json``, ``report.html``
-   (:mod:`exo2micro.summary`, skipped with a warning when the folder cannot take them) and the
-   summary table.
+   (:mod:`exo2micro.report.summary`, skipped with a warning when the folder cannot take them) and
+   the summary table.
 
 SIGTERM is handled like Ctrl-C for the whole call (:mod:`exo2micro.batch.lifecycle`), and the
 lock is released only after every worker has stopped.
@@ -29,6 +29,7 @@ from typing import Any
 
 from exo2micro import params as P
 from exo2micro.batch import lifecycle
+from exo2micro.batch.memory import MemoryTracker
 from exo2micro.batch.plan import (
     Task,
     build_task_list,
@@ -42,7 +43,6 @@ from exo2micro.batch.report import print_summary, write_batch_summary
 from exo2micro.batch.runners import run_parallel, run_serial, run_subprocess
 from exo2micro.batch.tasks import TaskFn, process_one
 from exo2micro.errors import ParameterError
-from exo2micro.memory import MemoryTracker
 
 Skipped = tuple[str, str, str]
 
@@ -73,7 +73,7 @@ def validate(*, samples: Any, dyes: Any, parallel: bool | str, n_workers: Any, c
              from_stage: Any, to_stage: Any, checkpoint_format: str,
              timeout_per_task: Any) -> str:
     """Check every argument before anything is read or written; return the mode name."""
-    from exo2micro.layout import formats
+    from exo2micro.io.layout import formats
 
     lifecycle.refuse_worker_reentry()
     mode = normalize_mode(parallel)
@@ -86,7 +86,7 @@ def validate(*, samples: Any, dyes: Any, parallel: bool | str, n_workers: Any, c
         raise ParameterError(str(exc)) from None
     P.resolve(params)
     if os.path.lexists(output_dir) and not Path(output_dir).is_dir():
-        from exo2micro.oserrors import StorageError
+        from exo2micro.io.oserrors import StorageError
 
         raise StorageError(f"cannot write {output_dir}: it is not a folder")
     return mode
@@ -98,7 +98,7 @@ def _unusable_files(raw_dir: str | os.PathLike[str], samples: Sequence[str] | No
     marker, both markers, an invalid dye), as skipped entries. A folder without any marked
     TIFF is left out (discovery already skipped it with a reason naming its files), and so is
     an ambiguous file of a pair discovery already skipped."""
-    from exo2micro.discover import scan_raw_dir
+    from exo2micro.batch.discover import scan_raw_dir
 
     requested = set(samples) if samples else None
     named = {(s.sample, s.dye) for s in found_skipped}
@@ -114,7 +114,7 @@ def _unusable_files(raw_dir: str | os.PathLike[str], samples: Sequence[str] | No
 
 
 def _strict_refusal(source: str, problems: Sequence[Skipped], epilogue: str) -> Exception:
-    from exo2micro.discover import DiscoveryError
+    from exo2micro.batch.discover import DiscoveryError
 
     n = len(problems)
     lines = [f"{source}: {n} requested pair{'s' if n > 1 else ''} or file{'s' if n > 1 else ''}"
@@ -129,9 +129,9 @@ def _strict_refusal(source: str, problems: Sequence[Skipped], epilogue: str) -> 
 def discover_pairs(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | None, *,
                    raw_dir: str | os.PathLike[str],
                    samplesheet: str | os.PathLike[str] | None, strict: bool) -> Found:
-    """Resolve the request (:mod:`exo2micro.discover`). In strict mode one
-    :class:`~exo2micro.discover.DiscoveryError` lists every problem pair and unusable file."""
-    from exo2micro.discover import discover, expected_layout, load_samplesheet
+    """Resolve the request (:mod:`exo2micro.batch.discover`). In strict mode one
+    :class:`~exo2micro.batch.discover.DiscoveryError` lists every problem pair and unusable file."""
+    from exo2micro.batch.discover import discover, expected_layout, load_samplesheet
 
     if samplesheet is not None:
         sheet = load_samplesheet(samplesheet, samples, dyes, strict=strict)
@@ -155,8 +155,8 @@ def plan(found: Found, mode: str, *, n_workers: int | None, cpus: int | None,
     """Choose the mode and workers, run the pre-flight check (raises when the batch does not
     fit, unless ``force_run``) and build the tasks. Stale temporary files of killed writers
     are removed from the pair folders first (the lock is held, so none is being written)."""
-    from exo2micro.atomic import remove_stale_temps
-    from exo2micro.preflight import check, plan_batch
+    from exo2micro.batch.preflight import check, plan_batch
+    from exo2micro.io.atomic import remove_stale_temps
 
     for pair in found.pairs:
         pair_dir = Path(output_dir) / pair.sample / pair.dye
@@ -210,7 +210,7 @@ def summarise(output_dir: str | os.PathLike[str], results: Sequence[Mapping[str,
               skipped: Sequence[Skipped], run: Plan | None, report: Reporter) -> None:
     """Write the summary files (a warning, not an error, when the folder cannot take them:
     the per-pair results are already on disk) and print the summary table."""
-    from exo2micro.oserrors import describe_os_error
+    from exo2micro.io.oserrors import describe_os_error
 
     extra = None if run is None else {"mode": run.mode, "workers": run.workers,
                                       "threads": run.threads,
@@ -247,7 +247,7 @@ def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | N
 
     ``samples``/``dyes`` ``None`` mean everything found. ``samplesheet`` (``sample,dye,pre,
     post`` CSV) replaces ``raw_dir``. ``strict_dyes=True`` raises
-    :class:`~exo2micro.discover.DiscoveryError` (a :class:`FileNotFoundError`) listing every
+    :class:`~exo2micro.batch.discover.DiscoveryError` (a :class:`FileNotFoundError`) listing every
     missing/incomplete/duplicate pair and every TIFF whose name does not classify; ``False``
     skips them and reports them in the summary. ``parallel`` picks the mode
     (:mod:`exo2micro.parallel`; ``'auto'`` chooses between the process pool and serial from
@@ -259,14 +259,14 @@ def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | N
     receives the runner's messages (default: standard output).
 
     Raises before any task: :class:`~exo2micro.errors.ParameterError` for bad arguments,
-    :class:`~exo2micro.oserrors.StorageError` for an output folder that cannot be written,
+    :class:`~exo2micro.io.oserrors.StorageError` for an output folder that cannot be written,
     :class:`~exo2micro.errors.LockError` when another run writes ``output_dir``, and
-    :class:`~exo2micro.preflight.PreflightMemoryError` (a :class:`MemoryError`) or
-    :class:`~exo2micro.preflight.PreflightDiskError` (an :class:`OSError`) when the batch does
+    :class:`~exo2micro.batch.preflight.PreflightMemoryError` (a :class:`MemoryError`) or
+    :class:`~exo2micro.batch.preflight.PreflightDiskError` (an :class:`OSError`) when the batch does
     not fit, unless ``force_run`` (recorded in every result). Returns one result per runnable
     pair, in order; failed pairs have ``status = "error: …"``.
     """
-    from exo2micro.lock import OutputLock
+    from exo2micro.batch.lock import OutputLock
 
     report = reporter or Reporter()
     mode = validate(samples=samples, dyes=dyes, parallel=parallel, n_workers=n_workers,
@@ -284,7 +284,7 @@ def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | N
         if not found.pairs:
             # the summary lists what was skipped and why; then the batch is an error
             summarise(output_dir, [], found.skipped, None, report)
-            from exo2micro.discover import nothing_to_run
+            from exo2micro.batch.discover import nothing_to_run
 
             raise nothing_to_run(found.source, found.skipped)
         run = plan(found, mode, n_workers=n_workers, cpus=cpus, params=params,

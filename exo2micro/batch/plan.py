@@ -91,7 +91,7 @@ def build_task_list(pairs: Iterable[Any], params: Mapping[str, Any] | None = Non
 
     ``pairs`` are ``(sample, dye)`` tuples — their files are found under ``raw_dir`` when the
     task runs, so a missing file becomes that task's error — or discovered
-    :class:`~exo2micro.discover.PairSpec` objects, whose file paths and extra samplesheet
+    :class:`~exo2micro.batch.discover.PairSpec` objects, whose file paths and extra samplesheet
     columns (``meta``) are carried along, and whose image facts (``PairSpec.image``: pixel
     sizes, channel, exposure times) become that task's parameter :data:`~exo2micro.params.
     PAIR_KEY` over the batch's (validated when the pair runs, so a bad value is that pair's
@@ -177,12 +177,12 @@ def choose_auto_mode(pairs: Sequence[Any], output_dir: str | os.PathLike[str],
                      ) -> tuple[str, int, str]:
     """``(mode, workers, reason)`` for ``parallel='auto'``: the process pool when at least two
     pairs can run at once — two CPUs in the budget and the pre-flight estimate of two
-    concurrent pairs within :data:`~exo2micro.preflight.WARN_FRACTION` of the available
+    concurrent pairs within :data:`~exo2micro.batch.preflight.WARN_FRACTION` of the available
     memory — with the worker count (≤ ``n_workers``, the CPU budget when it is ``None``, and
     what both allow) whose estimated batch wall time is least
-    (:func:`exo2micro.preflight.fastest_workers`: many small pairs, many single-thread workers;
-    a few large ones, fewer workers with more threads each); serial otherwise."""
-    from exo2micro import preflight
+    (:func:`exo2micro.batch.preflight.fastest_workers`: many small pairs, many single-thread
+    workers; a few large ones, fewer workers with more threads each); serial otherwise."""
+    from exo2micro.batch import preflight
     from exo2micro.resources import cpu_budget
 
     budget = cpu_budget(cpus)[0]

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from exo2micro import params as P
-from exo2micro.memory import MemoryTracker, TaskMemory
+from exo2micro.batch.memory import MemoryTracker, TaskMemory
 from exo2micro.sampledye import StageCallback
 
 

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from exo2micro.batch import lifecycle
+from exo2micro.batch.memory import MemoryTracker
 from exo2micro.batch.plan import Task, task_key, with_run_info
 from exo2micro.batch.progress import Progress, record_memory, stage_callback
 from exo2micro.batch.tasks import (
@@ -68,7 +69,6 @@ from exo2micro.batch.tasks import (
     process_one,
     stage_in_progress,
 )
-from exo2micro.memory import MemoryTracker
 from exo2micro.sampledye import StageCallback
 
 log = logging.getLogger("exo2micro")

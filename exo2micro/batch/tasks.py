@@ -18,7 +18,7 @@ from typing import Any
 from exo2micro import params as P
 from exo2micro.batch.plan import Task, sample_dye, split_options
 from exo2micro.errors import ParameterError
-from exo2micro.layout import PairLayout
+from exo2micro.io.layout import PairLayout
 from exo2micro.sampledye import StageCallback
 
 #: ``fn(task, on_stage) -> result dict``: what a runner calls for each task.
@@ -49,7 +49,7 @@ def process_one(args: Task, on_stage: StageCallback | None = None) -> dict[str, 
 def lost_result(task: Task, exc: BaseException, stage: int | None, attempts: int,
                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The error result of a task whose process died (written by the parent)."""
-    from exo2micro.result import write_result
+    from exo2micro.io.result import write_result
 
     sd = sample_dye(task)
     try:
@@ -67,7 +67,7 @@ def lost_result(task: Task, exc: BaseException, stage: int | None, attempts: int
 
 def stage_in_progress(task: Task) -> int | None:
     """The first stage of a task whose outputs are not current (where a killed run was)."""
-    from exo2micro.preflight import stages_to_run
+    from exo2micro.batch.preflight import stages_to_run
 
     sd = sample_dye(task)
     try:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from exo2micro.errors import EXIT_INTERNAL, EXIT_USAGE, exit_code_for
-from exo2micro.layout import CHECKPOINT_FORMATS, PairLayout
+from exo2micro.io.layout import CHECKPOINT_FORMATS, PairLayout
 from exo2micro.params import PAIR_KEY
 from exo2micro.pipeline import prepare, run_stage
 from exo2micro.suggest import closest
@@ -94,7 +94,7 @@ class SuggestingChoice(click.Choice):
 
 
 def checkpoint_format_option(help_text: str) -> Callable[[F], F]:
-    """The ``--checkpoint-format`` option (:data:`exo2micro.layout.CHECKPOINT_FORMATS`)."""
+    """The ``--checkpoint-format`` option (:data:`exo2micro.io.layout.CHECKPOINT_FORMATS`)."""
     return click.option("--checkpoint-format", type=SuggestingChoice(CHECKPOINT_FORMATS),
                         default="tiff", show_default=True, help=help_text)
 
@@ -125,10 +125,10 @@ IMAGE_FACT_OPTIONS: dict[str, tuple[type, str]] = {
 
 def image_fact_options(func: F) -> F:
     """The :data:`IMAGE_FACT_OPTIONS`, handed to ``func`` as one ``pair`` dict
-    (:func:`exo2micro.discover.image_facts`). Every stage tool takes them all — each stage
+    (:func:`exo2micro.batch.discover.image_facts`). Every stage tool takes them all — each stage
     uses the facts it needs — so that every stage's fingerprint is the same whichever
     orchestrator ran it."""
-    from exo2micro.discover import image_facts
+    from exo2micro.batch.discover import image_facts
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -225,7 +225,7 @@ def run_result_stage(stage: int, work: Callable[[PairLayout, int, dict[str, str]
     ``work(layout, n_threads, meta)``; when the stage is skipped as current, result.json is
     rebuilt (cheap) so that it carries this call's ``--meta``. ``pair``: as for
     :func:`run_pair_stage`. Returns the stage record and whether the stage was skipped."""
-    from exo2micro.result import build_result, write_result
+    from exo2micro.io.result import build_result, write_result
 
     meta = parse_meta(meta_values)
     layout, rec, skipped = run_pair_stage(

@@ -1,10 +1,10 @@
 """``e2m-discover`` / ``exo2micro discover``: resolve the (sample, dye) pairs to process.
 
 Reads a raw directory (``--raw-dir``) or a samplesheet (``--input``), resolves the requested
-samples × dyes (see :mod:`exo2micro.discover`), prints a short report to stderr and optionally
+samples × dyes (see :mod:`exo2micro.batch.discover`), prints a short report to stderr and optionally
 writes the runnable pairs as a samplesheet (``--out``) and the skipped ones as a TSV
 (``--skipped``). With ``--estimates`` the samplesheet also gets each pair's resource estimate
-from the TIFF headers (the pre-flight model, :mod:`exo2micro.preflight`): ``mem_bytes`` (peak
+from the TIFF headers (the pre-flight model, :mod:`exo2micro.batch.preflight`): ``mem_bytes`` (peak
 RSS of the largest stage), ``time_s`` (wall seconds of the longest stage at one thread) and
 ``disk_bytes`` (all stages); the Nextflow pipeline sizes each stage task from them.
 ``--param`` values are validated here, so a bad parameter fails the batch before any pair runs.
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import click
 
-import exo2micro.discover as disc
+import exo2micro.batch.discover as disc
 from exo2micro import params as P
+from exo2micro.batch.preflight import estimate_pair
 from exo2micro.cli.common import (
     UsageExit,
     checkpoint_format_option,
@@ -31,7 +32,6 @@ from exo2micro.cli.common import (
     threads_option,
 )
 from exo2micro.errors import InputDataError
-from exo2micro.preflight import estimate_pair
 from exo2micro.resources import configure_threads, cpu_budget
 
 

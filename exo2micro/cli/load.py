@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from exo2micro.cli.common import echo_stage_done, run_pair_stage, run_tool, stage_options
-from exo2micro.layout import tiff_compression
+from exo2micro.io.layout import tiff_compression
 from exo2micro.stages.load import run_load
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from exo2micro.contracts import format_json
-from exo2micro.result_model import json_schema
+from exo2micro.io.contracts import format_json
+from exo2micro.io.result_model import json_schema
 
 
 def schema_text() -> str:
-    """The JSON Schema of ``result.json`` (:func:`exo2micro.contracts.format_json`)."""
+    """The JSON Schema of ``result.json`` (:func:`exo2micro.io.contracts.format_json`)."""
     return format_json(json_schema())
 
 

@@ -3,8 +3,8 @@
 This is the final step of the Nextflow pipeline (and works on any finished output folder):
 it reads the per-pair results — the files given as arguments, or ``OUTDIR/*/*/result.json`` —
 and writes ``summary.tsv``, ``summary.md``, ``counts.tsv``, ``manifest.json`` and
-``report.html`` into ``--outdir`` (see :mod:`exo2micro.summary`), then prints the summary table
-with its Problems section.
+``report.html`` into ``--outdir`` (see :mod:`exo2micro.report.summary`), then prints the summary
+table with its Problems section.
 
 * ``--samplesheet``: the pairs that were meant to run; one without a result is reported as
   failed, and the sheet's extra columns appear in the tables.
@@ -50,9 +50,9 @@ def summary(outdir: Path, samplesheet: Path | None, skipped: Path | None,
             failures: Path | None, provenance: tuple[str, ...], versions_file: Path | None,
             threads: int | None, results: tuple[Path, ...]) -> None:
     """Write summary.tsv, summary.md, counts.tsv, manifest.json and report.html for a batch."""
-    from exo2micro import summary as S
-    from exo2micro.atomic import write_text_atomic
-    from exo2micro.provenance import software_versions, versions_yaml
+    from exo2micro.io.atomic import write_text_atomic
+    from exo2micro.io.provenance import software_versions, versions_yaml
+    from exo2micro.report import summary as S
     from exo2micro.resources import cpu_budget
 
     recorded: dict[str, str] = {}

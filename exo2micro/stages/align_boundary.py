@@ -22,8 +22,8 @@ The three steps are :func:`search`, :func:`refine` and :func:`gate`:
    over the post footprint, in full-resolution px) — never by a matrix's translation column,
    which grows with the distance from the origin. A rejected refinement leaves the grid result.
 
-All coordinates follow :mod:`exo2micro.transform`; level pixel ``i`` of box size ``f`` sits at
-full-resolution ``f·i + (f−1)/2``. Memory: a few images of ≤ 1 024 px side (a few MiB).
+All coordinates follow :mod:`exo2micro.numerics.transform`; level pixel ``i`` of box size ``f`` sits
+at full-resolution ``f·i + (f−1)/2``. Memory: a few images of ≤ 1 024 px side (a few MiB).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ import cv2
 import numpy as np
 
 from exo2micro.errors import InputDataError
-from exo2micro.footprint import tissue_mask
-from exo2micro.layout import PairLayout, formats, tiff_compression
-from exo2micro.pyramid import Pyramid
-from exo2micro.records import StageRun, product_ome, require_stage
-from exo2micro.transform import (
+from exo2micro.io.layout import PairLayout, formats, tiff_compression
+from exo2micro.io.records import StageRun, product_ome, require_stage
+from exo2micro.numerics.footprint import tissue_mask
+from exo2micro.numerics.pyramid import Pyramid
+from exo2micro.numerics.transform import (
     TransformRecord,
     decompose_similarity,
     grid_points,
@@ -281,7 +281,7 @@ def refine_similarity(pre_img: np.ndarray, post_img: np.ndarray, post_to_pre: np
 def level_texture(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """Log intensity of a pyramid level, high-passed (minus its blur of σ ``8·sigma``),
     smoothed by ``sigma`` px and divided by its standard deviation: the texture ``fine_ecc``
-    matches and :mod:`exo2micro.review` compares. (Stage 3's patches use
+    matches and :mod:`exo2micro.numerics.review` compares. (Stage 3's patches use
     :func:`exo2micro.stages.align_interior.patch_texture`.)"""
     logv = np.log1p(np.maximum(img, 0)).astype(np.float32)
     hp = logv - cv2.GaussianBlur(logv, (0, 0), 8 * sigma)
@@ -447,9 +447,9 @@ def run_align_boundary(layout: PairLayout, *, sample: str = "", dye: str = "", t
     tr.save(layout.boundary_transform())
     run.add_outputs([layout.boundary_transform()])
     if layout.params["save_all_intermediates"]:
-        from exo2micro.fitsio import make_header
+        from exo2micro.io.fitsio import make_header
+        from exo2micro.io.tiffio import TiffImage
         from exo2micro.stages.warp import output_shape, warp_to_files
-        from exo2micro.tiffio import TiffImage
 
         with run.timed("warp"), TiffImage(layout.signal("pre")) as pre:
             pad = int(layout.params["pad"])

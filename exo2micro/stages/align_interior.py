@@ -27,11 +27,12 @@ misalignment *locally at full resolution* and fits one transform to all measurem
    over tissue, of the fit's predicted standard error (least-squares covariance of the affine
    fit with the residual spread of the inliers).
 6. **Non-rigid residual, when the data ask.** The last round's correspondences are offered to
-   :func:`exo2micro.nonrigid.select`: when a polynomial map of higher degree explains them
+   :func:`exo2micro.numerics.nonrigid.select`: when a polynomial map of higher degree explains them
    better than the affine by the information criterion (lens distortion, swelling), the map is
-   split into the affine ``post_to_pre`` and a smooth :class:`~exo2micro.transform.ResidualField`,
-   and the patches are measured again through both until tissue moves < 0.01 px. A rigid pair
-   keeps no field, and its result is the affine fit above unchanged.
+   split into the affine ``post_to_pre`` and a smooth
+   :class:`~exo2micro.numerics.transform.ResidualField`, and the patches are measured again through
+   both until tissue moves < 0.01 px. A rigid pair keeps no field, and its result is the affine fit
+   above unchanged.
 7. **Warp.** Pre is warped into the post frame once, from the stage-1 image, in tiles
    (:mod:`exo2micro.stages.warp`, through the field when there is one), to
    ``03_interior_aligned_pre`` (float32).
@@ -50,15 +51,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from exo2micro import nonrigid
-from exo2micro.footprint import tissue_mask
-from exo2micro.layout import PairLayout, formats, tiff_compression
-from exo2micro.pyramid import Pyramid
-from exo2micro.records import StageRun, product_ome, require_stage, stage1_physical
-from exo2micro.stages.align_boundary import to_full, to_level
-from exo2micro.stages.warp import output_shape, warp_to_files, warp_window
-from exo2micro.tiffio import TiffImage
-from exo2micro.transform import (
+from exo2micro.io.layout import PairLayout, formats, tiff_compression
+from exo2micro.io.records import StageRun, product_ome, require_stage, stage1_physical
+from exo2micro.io.tiffio import TiffImage
+from exo2micro.numerics import nonrigid
+from exo2micro.numerics.footprint import tissue_mask
+from exo2micro.numerics.pyramid import Pyramid
+from exo2micro.numerics.transform import (
     ResidualField,
     TransformRecord,
     apply,
@@ -67,6 +66,8 @@ from exo2micro.transform import (
     map_points,
     max_displacement,
 )
+from exo2micro.stages.align_boundary import to_full, to_level
+from exo2micro.stages.warp import output_shape, warp_to_files, warp_window
 
 #: Side (px, full resolution) of the square patches that are matched.
 PATCH = 256
@@ -285,9 +286,9 @@ def statistical_error(fit: FitResult, xy: np.ndarray) -> float:
 def estimated_accuracy(statistical_px: float, extrapolation_px: float = 0.0) -> float:
     """``estimated_accuracy_px``, the expected mean error over the tissue: the fit's
     statistical error scaled by :data:`ACCURACY_GAIN`, a residual field's extrapolation error
-    (:func:`exo2micro.nonrigid.extrapolation_error`) and the floor :data:`ACCURACY_FLOOR_PX`,
-    in quadrature. Calibrated on the synthetic and real-texture benchmark pairs
-    (docs/benchmarks.md): within a factor of 3 of the true error, never below half of it."""
+    (:func:`exo2micro.numerics.nonrigid.extrapolation_error`) and the floor
+    :data:`ACCURACY_FLOOR_PX`, in quadrature. Calibrated on the synthetic and real-texture benchmark
+    pairs (docs/benchmarks.md): within a factor of 3 of the true error, never below half of it."""
     return float(math.hypot(ACCURACY_GAIN * statistical_px, extrapolation_px,
                             ACCURACY_FLOOR_PX))
 
@@ -441,9 +442,9 @@ def rotation_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray,
     leaves the rotation to the texture): the rotation of pre about the tissue centre within
     ±``angle_range``° whose band-passed texture correlates best with post's — 1° steps on a
     512-px level, then 0.1° steps on a 1024-px level — with its best shift. ``None`` unless it
-    matches clearly better than ``start`` (:data:`exo2micro.review.BETTER_FACTOR` and
-    :data:`exo2micro.review.MIN_CORRELATION`)."""
-    from exo2micro.review import BETTER_FACTOR, MAX_SHIFT, MIN_CORRELATION, TextureView
+    matches clearly better than ``start`` (:data:`exo2micro.numerics.review.BETTER_FACTOR` and
+    :data:`exo2micro.numerics.review.MIN_CORRELATION`)."""
+    from exo2micro.numerics.review import BETTER_FACTOR, MAX_SHIFT, MIN_CORRELATION, TextureView
 
     best_deg, before = 0.0, 0.0
     corr, shift, view = 0.0, (0, 0), None
@@ -474,7 +475,7 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
                dense: Callable[[], list[tuple[float, float]]], tissue: Callable[[], np.ndarray]
                ) -> tuple[np.ndarray, ResidualField, nonrigid.PolyMap, dict[str, Any]] | None:
     """A residual field on top of the fitted ``affine`` when the measurements ask for one
-    (:func:`exo2micro.nonrigid.select` prefers a higher polynomial degree), refined by
+    (:func:`exo2micro.numerics.nonrigid.select` prefers a higher polynomial degree), refined by
     re-measuring through it the ``dense()`` grid of :data:`FIELD_PATCH`-px patches (more
     patches, closer to the tissue edge, follow a field of higher degree; ``centres`` with
     :data:`PATCH`-px patches when the dense grid has fewer); ``None`` keeps the pair affine.
@@ -529,8 +530,8 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
 def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", threads: int = 1,
                        checkpoint_format: str = "tiff") -> dict[str, Any]:
     """Run stage 3 for one pair: refine, write the transform, warp pre, draw registration."""
-    from exo2micro.fitsio import make_header
-    from exo2micro.registration_plot import plot_registration
+    from exo2micro.io.fitsio import make_header
+    from exo2micro.report.registration_plot import plot_registration
 
     require_stage(layout, 2)
     run = StageRun(layout, 3)

@@ -1,7 +1,7 @@
 """Stage 5 — detect: the noise model of the difference image, its significance, and the
 catalogue of stained microbes (positive sources of ``post − k · aligned_pre``).
 
-Inputs (pair folder, :class:`~exo2micro.layout.PairLayout`): the stage-4 Moffat difference
+Inputs (pair folder, :class:`~exo2micro.io.layout.PairLayout`): the stage-4 Moffat difference
 image (float32, NaN = no data, output frame), the stage-3 aligned pre (same frame), the
 stage-1 post signal (native dtype, raw post frame; for saturation flags) and the stage-4
 record (k, the tissue thresholds). Coordinates follow docs/architecture.md: x = column,
@@ -68,7 +68,7 @@ noise than the optimal filter). The local background is the mean of quiet pixels
 
 Streaming, threads and memory
 -----------------------------
-Pass 1 reads evenly spaced blocks of :data:`~exo2micro.tiffio.TILE` rows, at most
+Pass 1 reads evenly spaced blocks of :data:`~exo2micro.io.tiffio.TILE` rows, at most
 :data:`SAMPLE_PIXELS` px in all, for the noise fit. Pass 2 reads every block of TILE rows with
 :data:`HALO` extra rows above and below and cuts it into chunks of :data:`CHUNK_COLS` columns
 with :data:`CHUNK_HALO` more each side, detected in parallel threads (``threads``, at most
@@ -77,7 +77,7 @@ with :data:`CHUNK_HALO` more each side, detected in parallel threads (``threads`
 that holds it whole (sources up to 2 × HALO px tall). Memory is the input readers' caches
 and the row block's few full-width arrays (≈ 1.5 GB at 30 000 px wide) plus ≈ 0.1 GB of
 chunk arrays per thread; the significance image is streamed to its writer
-(:class:`~exo2micro.streaming.FanOut`), never held.
+(:class:`~exo2micro.stages.streaming.FanOut`), never held.
 """
 
 from __future__ import annotations
@@ -94,16 +94,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from exo2micro import diagnostics
-from exo2micro.atomic import atomic_path
 from exo2micro.errors import InputDataError
-from exo2micro.fitsio import FitsImage, make_header, write_streamed
-from exo2micro.layout import PairLayout, formats, tiff_compression
-from exo2micro.records import StageRun, product_ome, require_stage, stage1_physical
-from exo2micro.result import build_result, write_result
+from exo2micro.io.atomic import atomic_path
+from exo2micro.io.fitsio import FitsImage, make_header, write_streamed
+from exo2micro.io.layout import PairLayout, formats, tiff_compression
+from exo2micro.io.records import StageRun, product_ome, require_stage, stage1_physical
+from exo2micro.io.result import build_result, write_result
+from exo2micro.io.tiffio import TILE, TiffImage, read_info, write_tiled
+from exo2micro.report import diagnostics
+from exo2micro.stages.streaming import FanOut, Writer
 from exo2micro.stages.subtract import box_mean, preview_factor
-from exo2micro.streaming import FanOut, Writer
-from exo2micro.tiffio import TILE, TiffImage, read_info, write_tiled
 
 #: Gaussian σ (px) of the matched-filter bank. A kernel of σ_k keeps 2σσ_k / (σ² + σ_k²) of the
 #: optimal SNR of a Gaussian source of σ; the better of the two keeps ≥ 94 % for σ 2–6.5 px

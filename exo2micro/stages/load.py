@@ -4,7 +4,7 @@ For each of pre and post this stage
 
 1. validates the TIFF header (corrupt, truncated, empty, absurd → :class:`InputDataError`);
 2. chooses the signal channel(s) *jointly* for the pair from evenly spaced row samples, so
-   pre and post use the same channels (:func:`exo2micro.tiffio.choose_channels`); when their
+   pre and post use the same channels (:func:`exo2micro.io.tiffio.choose_channels`); when their
    channel counts differ (a grayscale pre with an RGB post) each image gets its own choice;
 3. streams the raw image in 512-row blocks: each block is reduced to the single-channel signal
    (native dtype; summed channels are widened, never clipped), written as tiles of
@@ -16,7 +16,7 @@ The signal channel is, in this order: the pair's own ``channel`` (a samplesheet 
 ``channel`` parameter (an index, or an OME channel name), the one OME channel named after the
 dye, or the strongest channel(s). The pixel size (µm) of each image is the pair's own
 ``pre_pixel_size_um`` / ``post_pixel_size_um`` (samplesheet), else the ``pixel_size_um``
-parameter, else what the file's metadata states (:func:`exo2micro.tiffio.read_physical`); the
+parameter, else what the file's metadata states (:func:`exo2micro.io.tiffio.read_physical`); the
 signal TIFFs carry it in their OME-XML. The pair's own facts (:data:`exo2micro.params.PAIR_KEY`)
 are part of this stage's fingerprint and are listed in its record under ``pair``.
 
@@ -41,11 +41,9 @@ import numpy as np
 
 from exo2micro import params as P
 from exo2micro.errors import InputDataError
-from exo2micro.footprint import footprint_stats, tissue_mask
-from exo2micro.layout import PairLayout
-from exo2micro.pyramid import Pyramid, box_reduce, first_factor
-from exo2micro.records import StageRun, raw_identity
-from exo2micro.tiffio import (
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.records import StageRun, raw_identity
+from exo2micro.io.tiffio import (
     TILE,
     ChannelChoice,
     OmeMeta,
@@ -56,6 +54,8 @@ from exo2micro.tiffio import (
     to_signal,
     write_tiled,
 )
+from exo2micro.numerics.footprint import footprint_stats, tissue_mask
+from exo2micro.numerics.pyramid import Pyramid, box_reduce, first_factor
 
 WHICH = ("pre", "post")
 #: A footprint covering less of the frame than this is not a sample (a speck, a hot pixel);

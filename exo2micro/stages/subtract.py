@@ -1,6 +1,6 @@
 """Stage 4 — subtract: estimate k and write ``post − k · aligned_pre`` with its diagnostics.
 
-Inputs (pair folder, :class:`~exo2micro.layout.PairLayout`): the stage-1 post signal (native
+Inputs (pair folder, :class:`~exo2micro.io.layout.PairLayout`): the stage-1 post signal (native
 dtype, raw post frame) and both pyramids, the stage-3 aligned pre (float32, output frame, TIFF
 or FITS) and the final transform ``transforms/03_interior.json``.
 
@@ -36,21 +36,21 @@ warning. When both exposure times (s) are known (parameters ``pre_exposure_s`` /
 hold their ratio post/pre next to k and ``k / ratio``, the autofluorescence change net of
 exposure; ``manual_scale=exposure`` subtracts with the ratio.
 
-k is estimated (:mod:`exo2micro.scale`) by the Moffat left-wing fit to the log10(post/pre)
+k is estimated (:mod:`exo2micro.numerics.scale`) by the Moffat left-wing fit to the log10(post/pre)
 histogram of the microbe-free set (Moffat, always), by the percentile of the log10(post/pre)
 histogram of the whole estimation set (``scale_percentile``: microbes included, as a user who
 picks a percentile expects) and by ``manual_scale``. The 2-D pre/post histogram and the
 difference histograms use the signal set.
 
 A k that varies across the field (``k_model``, docs/output.md): unless ``k_model=global``, pass 1
-also fills a log-ratio histogram per tile of the microbe-free set (:mod:`exo2micro.scale`), and
-a smooth surface in log10 k is fitted to the tiles' k. ``smooth`` uses it; ``auto`` uses it when
-the tiles show k varies (BIC, and more than :data:`~exo2micro.scale.MIN_RANGE` over the tissue),
-else the result is exactly the global one. With a surface, the Moffat difference is made with
-k(x, y) evaluated per strip, ``scales.moffat`` (result.json ``scale_estimate``) is the surface's
-median over the tissue, and the map is written at 1/:data:`MAP_FACTOR` resolution (TIFF, FITS)
-with ``scale_map.png``. Because a k that exceeds k0 by :data:`EXCESS_FRACTION` would flag whole
-regions as stain, the microbe mask then follows a first surface fitted on the pyramid level
+also fills a log-ratio histogram per tile of the microbe-free set (:mod:`exo2micro.numerics.scale`),
+and a smooth surface in log10 k is fitted to the tiles' k. ``smooth`` uses it; ``auto`` uses it when
+the tiles show k varies (BIC, and more than :data:`~exo2micro.numerics.scale.MIN_RANGE` over the
+tissue), else the result is exactly the global one. With a surface, the Moffat difference is made
+with k(x, y) evaluated per strip, ``scales.moffat`` (result.json ``scale_estimate``) is the
+surface's median over the tissue, and the map is written at 1/:data:`MAP_FACTOR` resolution (TIFF,
+FITS) with ``scale_map.png``. Because a k that exceeds k0 by :data:`EXCESS_FRACTION` would flag
+whole regions as stain, the microbe mask then follows a first surface fitted on the pyramid level
 (:func:`coarse_surface`). Percentile and manual scales stay single numbers.
 
 No data
@@ -61,7 +61,7 @@ a perfect subtraction (0). Fiji/ImageJ, napari, QuPath and astropy treat NaN as 
 
 Streaming and memory
 --------------------
-Two passes over the full-resolution images, in blocks of :data:`~exo2micro.tiffio.TILE` rows:
+Two passes over the full-resolution images, in blocks of :data:`~exo2micro.io.tiffio.TILE` rows:
 
 1. histograms of log10(post/pre) (estimation and microbe-free sets), log10(post) and
    log10(pre) on fixed grids (a few MB), and box-averaged previews for the plots
@@ -70,11 +70,11 @@ Two passes over the full-resolution images, in blocks of :data:`~exo2micro.tiffi
    most 24 × 24 tiles of 6 000 bins, ≤ 14 MB) and the tissue count per :data:`MAP_FACTOR`
    cell (12 MB at 30 000 × 25 000 px);
 2. the difference image of every active scale, streamed to every requested format at once
-   (one writer thread per file, :class:`~exo2micro.streaming.FanOut`), plus the 2-D and
+   (one writer thread per file, :class:`~exo2micro.stages.streaming.FanOut`), plus the 2-D and
    difference histograms.
 
 With ``threads ≥ 2`` blocks are processed by a thread pool (reads are serialised, numpy and
-OpenCV release the GIL) with bounded look-ahead (:func:`~exo2micro.streaming.ordered_map`,
+OpenCV release the GIL) with bounded look-ahead (:func:`~exo2micro.stages.streaming.ordered_map`,
 at most ``threads + 1`` blocks in flight). Memory is a few blocks of ``512 × width``
 float32 per thread and per writer, plus the readers' tile caches; never a full-resolution copy.
 """
@@ -93,19 +93,20 @@ from typing import Any
 import cv2
 import numpy as np
 
-from exo2micro import diagnostics, scale
 from exo2micro.errors import InputDataError
-from exo2micro.fitsio import FitsImage, make_header, write_streamed
-from exo2micro.footprint import footprint_stats, tissue_mask
-from exo2micro.layout import PairLayout, formats, tiff_compression
+from exo2micro.io.fitsio import FitsImage, make_header, write_streamed
+from exo2micro.io.layout import PairLayout, formats, tiff_compression
+from exo2micro.io.records import StageRun, stage1_physical
+from exo2micro.io.result import build_result, write_result
+from exo2micro.io.tiffio import TILE, OmeMeta, TiffImage, read_info, write_tiled
+from exo2micro.numerics import scale
+from exo2micro.numerics.footprint import footprint_stats, tissue_mask
+from exo2micro.numerics.pyramid import Pyramid
+from exo2micro.numerics.review import Review, review_alignment
+from exo2micro.numerics.transform import TransformRecord
 from exo2micro.params import effective
-from exo2micro.pyramid import Pyramid
-from exo2micro.records import StageRun, stage1_physical
-from exo2micro.result import build_result, write_result
-from exo2micro.review import Review, review_alignment
-from exo2micro.streaming import FanOut, Writer, ordered_map
-from exo2micro.tiffio import TILE, OmeMeta, TiffImage, read_info, write_tiled
-from exo2micro.transform import TransformRecord
+from exo2micro.report import diagnostics
+from exo2micro.stages.streaming import FanOut, Writer, ordered_map
 
 #: Signal threshold of each image: this fraction of the way from its background level to its
 #: tissue median.
@@ -371,7 +372,7 @@ def coarse_scale(level: CoarseLevel, thr: Thresholds) -> float:
 def coarse_surface(level: CoarseLevel, thr: Thresholds, k0: float, shape: tuple[int, int],
                    pad: int, mode: str) -> scale.SurfaceChoice:
     """A first k map for the microbe mask (``mode`` 'auto' or 'smooth', see
-    :func:`exo2micro.scale.choose_surface`): per-tile estimates over the coarse level's
+    :func:`exo2micro.numerics.scale.choose_surface`): per-tile estimates over the coarse level's
     microbe-free set, placed in the output frame (``shape``, ``pad``), and a surface fitted to
     them; when one is chosen the masks are remade with it and the fit repeated once.
 
@@ -722,9 +723,10 @@ def _second_pass(src: Sources, thr: Thresholds, scales: Mapping[str, float],
 
 @dataclass
 class KMap:
-    """The spatially varying k of a pair: the decision (:class:`exo2micro.scale.SurfaceChoice`;
-    its ``surface`` is ``None`` for one global k), the tile estimates it rests on, the tissue
-    counts per :data:`MAP_FACTOR` cell, and the map's median, min and max over the tissue."""
+    """The spatially varying k of a pair: the decision
+    (:class:`exo2micro.numerics.scale.SurfaceChoice`; its ``surface`` is ``None`` for one global
+    k), the tile estimates it rests on, the tissue counts per :data:`MAP_FACTOR` cell, and the
+    map's median, min and max over the tissue."""
 
     choice: scale.SurfaceChoice
     table: scale.TileTable
@@ -912,7 +914,7 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
 
 def _review(layout: PairLayout, pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre: np.ndarray
             ) -> Review:
-    """The consistency check of the final alignment (:mod:`exo2micro.review`)."""
+    """The consistency check of the final alignment (:mod:`exo2micro.numerics.review`)."""
     stage2 = layout.boundary_transform()
     tr2 = TransformRecord.load(stage2) if stage2.is_file() else None
     return review_alignment(pre_pyr, post_pyr, post_to_pre,
@@ -921,7 +923,7 @@ def _review(layout: PairLayout, pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre
 
 def _fit_histogram(p1: Pass1, run: StageRun) -> scale.Histogram:
     """The microbe-free (dequantised) log-ratio histogram; the whole estimation set's (exact
-    ratios) only when fewer than :data:`~exo2micro.scale.MIN_FIT_PIXELS` are microbe-free.
+    ratios) only when fewer than :data:`~exo2micro.numerics.scale.MIN_FIT_PIXELS` are microbe-free.
     Either case of little microbe-free tissue is reported as a warning."""
     kept, total = p1.clean.total, p1.ratio.total
     if kept >= scale.MIN_FIT_PIXELS:

@@ -7,7 +7,7 @@ that map outside the pre frame are 0 (no data). With a residual field (stage 3 o
 pair) the source is ``post_to_pre(x) + field(x)``, evaluated per chunk and sampled with
 ``cv2.remap`` instead of ``cv2.warpAffine``.
 
-The output is produced in blocks of :data:`~exo2micro.tiffio.TILE` rows, each block in column
+The output is produced in blocks of :data:`~exo2micro.io.tiffio.TILE` rows, each block in column
 chunks of :data:`CHUNK` px. For each chunk only the pre window that the chunk maps into (plus a
 margin for the interpolation kernel) is read from the tiled stage-1 image and warped with
 OpenCV, whose warp functions refuse images wider than 32 767 px — chunking is needed anyway.
@@ -25,9 +25,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from exo2micro.streaming import lookahead
-from exo2micro.tiffio import TILE, OmeMeta
-from exo2micro.transform import ResidualField, affine_for_window, apply
+from exo2micro.io.tiffio import TILE, OmeMeta
+from exo2micro.numerics.transform import ResidualField, affine_for_window, apply
+from exo2micro.stages.streaming import lookahead
 
 #: Column chunk width (px) of the streamed warp.
 CHUNK = 2048
@@ -110,7 +110,7 @@ def iter_warped_blocks(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tu
 
     The chunks of the *next* block are computed by a pool of ``threads`` workers while the
     caller consumes the current one (encodes and writes it), so warping overlaps I/O
-    (:func:`exo2micro.streaming.lookahead` with two blocks ahead); at most two blocks
+    (:func:`exo2micro.stages.streaming.lookahead` with two blocks ahead); at most two blocks
     (2 × 512 rows × width × 4 bytes) are in memory.
     """
     h, w = out_shape
@@ -145,14 +145,14 @@ def warp_to_files(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tuple[i
     """Warp once and write the aligned pre (float32) in every requested format.
 
     The TIFF is a pyramidal OME-TIFF (``ome``: its OME-XML facts; see
-    :func:`exo2micro.tiffio.write_tiled`).
+    :func:`exo2micro.io.tiffio.write_tiled`).
 
     ``outputs`` maps ``'tiff'`` and/or ``'fits'`` to paths; ``fits_header`` builds the FITS
     header. With both formats the TIFF is written first and the FITS is streamed from it, so
     the warp runs once and no full-size copy is ever held.
     """
-    from exo2micro.fitsio import write_streamed
-    from exo2micro.tiffio import TiffImage, write_tiled
+    from exo2micro.io.fitsio import write_streamed
+    from exo2micro.io.tiffio import TiffImage, write_tiled
 
     blocks = iter_warped_blocks(pre, post_to_pre, out_shape, pad, threads=threads, field=field)
     if "tiff" in outputs:

@@ -11,12 +11,12 @@ def stageNames() {
     return ['load', 'align_boundary', 'align_interior', 'subtract', 'detect']
 }
 
-// exo2micro.discover.RESERVED_COLUMNS: resolved samplesheet columns that are not extra metadata.
+// exo2micro.batch.discover.RESERVED_COLUMNS: resolved samplesheet columns that are not extra metadata.
 def reservedColumns() {
     return ['sample', 'dye', 'pre', 'post', 'mem_bytes', 'time_s', 'disk_bytes']
 }
 
-// exo2micro.discover.IMAGE_COLUMNS: samplesheet columns with a pair's own image facts.
+// exo2micro.batch.discover.IMAGE_COLUMNS: samplesheet columns with a pair's own image facts.
 def imageColumns() {
     return ['pixel_size_um', 'pre_pixel_size_um', 'post_pixel_size_um', 'channel', 'pre_exposure_s', 'post_exposure_s']
 }

@@ -347,7 +347,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
         shutil.copyfile(image, target)
     runs["replaced"] = run("replaced", "-resume", "--scale_percentile", "99")
     # a `git pull` that changes the library: the same bin/ wrappers and container name
-    with (project / "exo2micro" / "scale.py").open("a") as fh:
+    with (project / "exo2micro" / "numerics" / "scale.py").open("a") as fh:
         fh.write("\n# a change of the code\n")
     runs["code"] = run("code", "-resume", "--scale_percentile", "99")
     for name, run in runs.items():

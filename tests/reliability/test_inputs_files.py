@@ -12,11 +12,11 @@ import pytest
 import tifffile
 
 from exo2micro import params as P
-from exo2micro.discover import discover
+from exo2micro.batch.discover import discover
 from exo2micro.errors import EXIT_DATA, InputDataError, exit_code_for
-from exo2micro.layout import PairLayout
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.tiffio import TiffImage
 from exo2micro.stages.load import run_load
-from exo2micro.tiffio import TiffImage
 from tests.reliability.helpers import gray, pair, public_checkout, public_dir, set_tag
 from tests.runner_helpers import ROOT
 
@@ -69,7 +69,7 @@ def test_pyramid_pages_are_not_a_stack(tmp_path: Path) -> None:
 def test_unreadable_file_as_a_normal_user(tmp_path: Path) -> None:
     path = gray(public_dir(tmp_path) / "a.tif")
     path.chmod(0o000)
-    code = ("import sys\nfrom exo2micro.tiffio import TiffImage\nfrom exo2micro.errors import "
+    code = ("import sys\nfrom exo2micro.io.tiffio import TiffImage\nfrom exo2micro.errors import "
             "InputDataError\ntry:\n    TiffImage(sys.argv[1])\nexcept InputDataError as e:\n"
             "    print(e)\n    sys.exit(65)\n")
     env = {**os.environ, "PYTHONPATH": str(public_checkout(ROOT))}
@@ -117,8 +117,8 @@ def test_symlink_loop_and_unlistable_sample_are_that_samples_problem(tmp_path: P
     (locked / "x_pre_SybrGld.tif").write_bytes(b"")
     locked.chmod(0o000)
     try:
-        code = ("import sys\nfrom exo2micro.discover import discover\nd = discover(sys.argv[1],"
-                " strict=False)\nprint([p.sample for p in d.pairs])\n"
+        code = ("import sys\nfrom exo2micro.batch.discover import discover\n"
+                "d = discover(sys.argv[1], strict=False)\nprint([p.sample for p in d.pairs])\n"
                 "print([str(s) for s in d.skipped])\n")
         raw.chmod(0o755)
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from exo2micro import params as P
-from exo2micro import summary as S
-from exo2micro.discover import discover
+from exo2micro.batch.discover import discover
 from exo2micro.errors import ParameterError
+from exo2micro.report import summary as S
 from tests.reliability.helpers import pair
 
 

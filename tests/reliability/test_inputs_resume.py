@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 from exo2micro import params as P
-from exo2micro.layout import PairLayout
-from exo2micro.records import stage_is_current
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.records import stage_is_current
 from exo2micro.stages.load import run_load
 from tests.reliability.helpers import pair
 
@@ -65,7 +65,7 @@ def test_corrupt_compressed_checkpoint_is_redone(tmp_path: Path) -> None:
 
 
 def test_truncated_png_is_not_current(tmp_path: Path) -> None:
-    from exo2micro.records import StageRun
+    from exo2micro.io.records import StageRun
 
     layout = PairLayout(tmp_path, P.resolve())
     png = tmp_path / "pipeline_output" / "plot.png"

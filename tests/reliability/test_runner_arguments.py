@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from exo2micro import params as P
+from exo2micro.batch.preflight import estimate_pair
 from exo2micro.errors import ParameterError
 from exo2micro.parallel import run_batch
-from exo2micro.preflight import estimate_pair
 from tests.reliability.runner_cases import first_line
 from tests.runner_helpers import ROOT, exo2micro_cmd, make_raw, run_exo2micro
 

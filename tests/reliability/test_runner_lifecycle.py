@@ -62,7 +62,7 @@ def test_sigkilled_runner_leaves_no_worker_writing(mode: str, n_children: int, r
         time.sleep(0.5)
         assert _alive_counts(out) == before  # nothing writes into the folder any more
         # The lock died with the runner: a second run on the folder is not refused.
-        from exo2micro.lock import OutputLock
+        from exo2micro.batch.lock import OutputLock
 
         with OutputLock(out):
             pass

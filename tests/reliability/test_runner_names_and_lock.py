@@ -120,7 +120,7 @@ def test_no_lock_file_left_after_a_refused_run(raw1: Path, tmp_path: Path,
     assert done.returncode == 65
     assert not (out / ".exo2micro.lock").exists()
     # refused by the pre-flight check, inside the lock
-    monkeypatch.setattr("exo2micro.preflight.available_memory", lambda: (1 << 20, "tiny"))
+    monkeypatch.setattr("exo2micro.batch.preflight.available_memory", lambda: (1 << 20, "tiny"))
     with pytest.raises(MemoryError):
         run_batch(None, None, raw_dir=raw1, output_dir=out, show_progress=False)
     assert out.is_dir() and not (out / ".exo2micro.lock").exists()

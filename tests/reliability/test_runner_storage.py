@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from exo2micro.oserrors import StorageError
+from exo2micro.io.oserrors import StorageError
 from exo2micro.parallel import run_batch
 from tests.faults import raise_in_stage
 from tests.reliability.runner_cases import first_line

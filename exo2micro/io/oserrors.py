@@ -18,8 +18,8 @@ import re
 import shutil
 from pathlib import Path
 
-from exo2micro.atomic import TMP_MARK
 from exo2micro.errors import ResourceError
+from exo2micro.io.atomic import TMP_MARK
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _READ_ONLY = {errno.EROFS}
@@ -101,7 +101,7 @@ def is_storage_error(exc: BaseException) -> bool:
 def check_output_dir(output_dir: str | os.PathLike[str]) -> Path:
     """Create ``output_dir`` (and parents) and return it; raise :class:`StorageError` when it is
     not a folder or cannot be created (a read-only, immutable or full filesystem is reported
-    when the lock file is written, :mod:`exo2micro.lock`)."""
+    when the lock file is written, :mod:`exo2micro.batch.lock`)."""
     out = Path(output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

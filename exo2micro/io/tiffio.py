@@ -44,8 +44,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import tifffile
 
-from exo2micro.atomic import atomic_path
 from exo2micro.errors import InputDataError, InsufficientMemoryError
+from exo2micro.io.atomic import atomic_path
 from exo2micro.resources import native_threads
 
 #: Largest accepted image side (px); larger headers are treated as corrupt.

@@ -3,7 +3,7 @@ looks like.
 
 The same sentence is drawn under the plot in its PNG and printed under its thumbnail in
 report.html, so a reader meets one explanation wherever the plot appears. Keys are the plot
-names of :meth:`exo2micro.layout.PairLayout.plot` (without the parameter suffix).
+names of :meth:`exo2micro.io.layout.PairLayout.plot` (without the parameter suffix).
 """
 
 from __future__ import annotations

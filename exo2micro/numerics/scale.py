@@ -198,7 +198,7 @@ class Histogram2D:
 
     ``counts[iy, ix]`` counts pairs whose x falls in bin ``ix`` and y in bin ``iy``; pairs outside
     the grid on either axis are counted in ``outside``. Equal axes make ``counts − counts.T``
-    meaningful (the excess of y over x, :func:`exo2micro.diagnostics.plot_excess_heatmap`).
+    meaningful (the excess of y over x, :func:`exo2micro.report.diagnostics.plot_excess_heatmap`).
     """
 
     lo: float

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from exo2micro.atomic import write_json_atomic
 from exo2micro.errors import InputDataError
+from exo2micro.io.atomic import write_json_atomic
 
 
 def similarity_pre_to_post(rotation_deg: float, scale: float, centre_pre: tuple[float, float],

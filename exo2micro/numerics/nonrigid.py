@@ -8,7 +8,7 @@ after staining, leaves a smooth pattern in the residuals. This module fits polyn
 the Bayesian information criterion, so a rigid pair stays rigid: a higher degree must lower
 the residuals by more than its extra parameters explain. The chosen map is then split into
 the best affine approximation over the measured points (``post_to_pre``, the global part that
-every reader understands) and a :class:`~exo2micro.transform.ResidualField` sampled on a
+every reader understands) and a :class:`~exo2micro.numerics.transform.ResidualField` sampled on a
 coarse grid of the post frame, held constant outside the measured area so that it never
 extrapolates a polynomial into the corners.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exo2micro.transform import ResidualField
+from exo2micro.numerics.transform import ResidualField
 
 #: Degrees tried; 1 is the affine model. A degree needs twice as many measured patches as it
 #: has terms (degree 5: 42 patches), so small tissue areas try fewer.

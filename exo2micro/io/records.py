@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from exo2micro import params as P
-from exo2micro.atomic import write_json_atomic
-from exo2micro.layout import PairLayout, formats
+from exo2micro.io.atomic import write_json_atomic
+from exo2micro.io.layout import PairLayout, formats
+from exo2micro.io.tiffio import OmeMeta
 from exo2micro.resources import peak_rss_bytes
-from exo2micro.tiffio import OmeMeta
 
 #: Files up to this size (bytes) are hashed whole.
 FULL_HASH_BYTES = 64 << 20
@@ -97,11 +97,11 @@ def output_ok(path: Path) -> bool:
         return False
     suffix = path.suffix.lower()
     if suffix in {".tif", ".tiff"}:
-        from exo2micro.tiffio import check_readable
+        from exo2micro.io.tiffio import check_readable
 
         return check_readable(path)
     if suffix == ".fits":
-        from exo2micro.fitsio import check_readable as fits_ok
+        from exo2micro.io.fitsio import check_readable as fits_ok
 
         return fits_ok(path)
     if suffix == ".json":

@@ -25,7 +25,7 @@ stage 2's measured scale (stage 4, :func:`exo2micro.stages.subtract.pixel_scale_
 pixel size makes every µm and per-mm² value of the pair wrong).
 
 Texture is the band-passed log intensity of :func:`exo2micro.stages.align_boundary.level_texture`.
-Coordinates follow :mod:`exo2micro.transform` (``post_to_pre``, x = column, y = row).
+Coordinates follow :mod:`exo2micro.numerics.transform` (``post_to_pre``, x = column, y = row).
 Memory: a few images of ≤ 512 px side.
 """
 
@@ -39,8 +39,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from exo2micro.footprint import tissue_mask
-from exo2micro.pyramid import Pyramid
+from exo2micro.numerics.footprint import tissue_mask
+from exo2micro.numerics.pyramid import Pyramid
 
 #: Longer side (px) of the pyramid level the check works on.
 CHECK_SIDE = 512

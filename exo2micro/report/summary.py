@@ -12,16 +12,16 @@ exposure times are known), the post image's physical pixel size (µm, when known
 microbe count (sources with SNR ≥ 5, per mm² of tissue when the pixel size is known); the
 counts also form a sample × dye table (``summary.md``, ``report.html``, ``counts.tsv``). A
 finished pair needs review when stage 4's consistency check failed or when its warnings hold
-another failed check (:func:`exo2micro.review.problems_in_warnings`: pixel sizes that disagree
-with the measured scale); it is listed first under Problems.
+another failed check (:func:`exo2micro.numerics.review.problems_in_warnings`: pixel sizes that
+disagree with the measured scale); it is listed first under Problems.
 
 Every path written is relative to the output folder. ``report.html`` is one self-contained
 page: inline CSS and vanilla JavaScript (sort by any column, filter by text), and per pair
 small thumbnails of the difference image, the detections and key diagnostics, embedded as
 base64 PNGs made by box-averaging the full PNGs (matplotlib's PNG reader/writer, no other
 imaging dependency), each linking to the full-size file; under the column headers, each plot's
-one-line caption (:func:`exo2micro.captions.caption`). The embedded thumbnails share a byte budget
-(:data:`EMBED_BUDGET_BYTES`), filled column by column (every pair's difference image first):
+one-line caption (:func:`exo2micro.report.captions.caption`). The embedded thumbnails share a byte
+budget (:data:`EMBED_BUDGET_BYTES`), filled column by column (every pair's difference image first):
 past it a cell links to the full PNG without a thumbnail, so the page of a batch of thousands of
 pairs stays under Seqera Platform's 10 MB preview limit and opens quickly.
 """
@@ -42,14 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exo2micro.atomic import write_json_atomic, write_text_atomic
-from exo2micro.captions import caption
-from exo2micro.contracts import ContractError
+from exo2micro.io.atomic import write_json_atomic, write_text_atomic
+from exo2micro.io.contracts import ContractError
+from exo2micro.io.result_model import PairResult
 from exo2micro.params import STAGE_NAMES
-from exo2micro.result_model import PairResult
+from exo2micro.report.captions import caption
 
 #: Diagnostics shown as thumbnails in the HTML report, in column order (plot names of
-#: :meth:`exo2micro.layout.PairLayout.plot`, without the parameter suffix).
+#: :meth:`exo2micro.io.layout.PairLayout.plot`, without the parameter suffix).
 THUMBNAILS: tuple[tuple[str, str], ...] = (
     ("difference_image", "Difference"),
     ("detections", "Detections"),
@@ -66,7 +66,8 @@ FILES = ("summary.tsv", "summary.md", "counts.tsv", "manifest.json", "report.htm
 NO_RESULT = "no result: the pair did not finish (no result.json was written)"
 #: Stage names in stage order (``result.json`` ``stages`` keys).
 STAGE_KEYS = tuple(STAGE_NAMES[s] for s in sorted(STAGE_NAMES))
-#: Row states; ``needs-review``: finished, but a consistency check failed (exo2micro.review).
+#: Row states; ``needs-review``: finished, but a consistency check failed
+#: (exo2micro.numerics.review).
 STATES = ("complete", "needs-review", "error", "skipped")
 
 
@@ -173,9 +174,9 @@ def row_from_result(result: PairResult, pair_dir: Path | None = None) -> PairRow
     """A summary row from a checked ``result.json`` (complete, needs-review or error).
 
     A complete pair whose warnings hold a failed consistency check
-    (:func:`exo2micro.review.problems_in_warnings`) needs review, with that warning as (part of)
-    its reason."""
-    from exo2micro.review import problems_in_warnings
+    (:func:`exo2micro.numerics.review.problems_in_warnings`) needs review, with that warning as
+    (part of) its reason."""
+    from exo2micro.numerics.review import problems_in_warnings
 
     sample, dye, status = result.sample, result.dye, result.status
     state = status if status in ("complete", "needs-review") else "error"
@@ -912,7 +913,7 @@ def read_expected(samplesheet: str | os.PathLike[str]
                   ) -> list[tuple[str, str, dict[str, str]]]:
     """``(sample, dye, extra columns)`` of every row of a samplesheet (already validated by
     discovery; file paths are not checked here, the summary may run elsewhere)."""
-    from exo2micro.discover import ESTIMATE_COLUMNS, SAMPLESHEET_COLUMNS
+    from exo2micro.batch.discover import ESTIMATE_COLUMNS, SAMPLESHEET_COLUMNS
 
     delimiter = "\t" if Path(samplesheet).suffix.lower() in (".tsv", ".txt") else ","
     with open(samplesheet, newline="", encoding="utf-8-sig") as fh:

@@ -1,8 +1,8 @@
-"""The typed form of ``result.json`` (:mod:`exo2micro.result` builds it from the stage records).
+"""The typed form of ``result.json`` (:mod:`exo2micro.io.result` builds it from the stage records).
 
 :class:`PairResult` is the JSON object of one pair: :meth:`PairResult.to_json` is what is
 written, :meth:`PairResult.from_json` checks a file read back (the batch summary, resume) and
-raises :class:`exo2micro.contracts.ContractError` naming the first key of the wrong type.
+raises :class:`exo2micro.io.contracts.ContractError` naming the first key of the wrong type.
 :func:`json_schema` is its JSON Schema, in docs/output.md (``exo2micro schema --markdown``).
 Light to import (no numpy): the batch summary reads results through it.
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, TypedDict
 
-from exo2micro.contracts import ContractError, load_fields
-from exo2micro.contracts import json_schema as contract_schema
+from exo2micro.io.contracts import ContractError, load_fields
+from exo2micro.io.contracts import json_schema as contract_schema
 
 #: The ``result.json`` schema version this package writes and reads (see the module docstring).
 SCHEMA_VERSION = 1
@@ -27,7 +27,7 @@ Matrix = Annotated[list[list[float]], "3x3 post_to_pre matrix, raw pixel coordin
 
 
 class Review(TypedDict, total=False):
-    """Stage 4's consistency check (exo2micro.review)."""
+    """Stage 4's consistency check (exo2micro.numerics.review)."""
 
     passed: bool
     problems: Annotated[list[str], "why the pair needs review, in plain words"]
@@ -185,4 +185,4 @@ class PairResult:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of ``result.json`` (docs/output.md)."""
     return contract_schema(PairResult, "result.json",
-                           "What happened to one pair (exo2micro.result.PairResult).")
+                           "What happened to one pair (exo2micro.io.result.PairResult).")

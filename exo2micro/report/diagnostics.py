@@ -1,9 +1,9 @@
 """Stage-4 diagnostic plots (PNG), drawn from streamed histograms and small previews only.
 
 Every plot is made from data of bounded size — fixed-grid histograms
-(:class:`exo2micro.scale.Histogram`, :class:`~exo2micro.scale.Histogram2D`) and box-averaged
-previews of at most ~2000 px — never from a full-resolution array. Figures are built with
-:class:`matplotlib.figure.Figure` directly (Agg canvas, no pyplot): nothing is registered in
+(:class:`exo2micro.numerics.scale.Histogram`, :class:`~exo2micro.numerics.scale.Histogram2D`) and
+box-averaged previews of at most ~2000 px — never from a full-resolution array. Figures are built
+with :class:`matplotlib.figure.Figure` directly (Agg canvas, no pyplot): nothing is registered in
 pyplot's global figure list, so batch runs that make hundreds of plots keep no figures alive,
 and no display is ever needed.
 
@@ -37,10 +37,10 @@ from matplotlib.ticker import (
 )
 from matplotlib.transforms import blended_transform_factory, offset_copy
 
-from exo2micro.atomic import atomic_path
-from exo2micro.captions import caption
-from exo2micro.layout import PairLayout
-from exo2micro.scale import Histogram, Histogram2D, ScaleFit
+from exo2micro.io.atomic import atomic_path
+from exo2micro.io.layout import PairLayout
+from exo2micro.numerics.scale import Histogram, Histogram2D, ScaleFit
+from exo2micro.report.captions import caption
 
 KIND_COLOURS = {"moffat": "#00cc88", "percentile": "#ff9933", "manual": "#ff3366"}
 #: Line styles, so scales that nearly coincide stay distinguishable.
@@ -607,7 +607,7 @@ def scale_map_figure(ctx: PlotContext, kmap: np.ndarray, factor: int, tissue: np
                      table: Any, weights: np.ndarray | None) -> Figure:
     """The k map of a spatially varying k (``kmap``: k at the centre of every ``factor`` ×
     ``factor`` cell of the output frame; axes in output px) with the tissue outline, and the
-    per-tile estimates it was fitted to (``table``: :class:`exo2micro.scale.TileTable`) as
+    per-tile estimates it was fitted to (``table``: :class:`exo2micro.numerics.scale.TileTable`) as
     dots in the same colours; tiles the robust fit down-weighted to under half their weight
     (``weights``, per tile, relative to the pixel counts) are crossed out."""
     h, w = kmap.shape

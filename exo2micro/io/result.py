@@ -1,13 +1,13 @@
 """``result.json``: the one-file answer for a pair (docs/output.md), assembled from stage records.
 
 A pair that ran to the end is ``complete``, or ``needs-review`` when the consistency check of
-stage 4 (:mod:`exo2micro.review`) failed: finished, but its alignment (and so k) is doubtful;
-``review.problems`` says why in plain words.
+stage 4 (:mod:`exo2micro.numerics.review`) failed: finished, but its alignment (and so k) is
+doubtful; ``review.problems`` says why in plain words.
 
 Written by stage 4 on success and by the orchestrators when a pair fails, so every pair that
 was attempted has one. Paths inside are relative to the pair folder.
 
-Its typed form and JSON Schema are in :mod:`exo2micro.result_model`.
+Its typed form and JSON Schema are in :mod:`exo2micro.io.result_model`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from exo2micro import params as P
-from exo2micro.atomic import write_json_atomic
 from exo2micro.errors import exit_code_for
-from exo2micro.layout import PairLayout
-from exo2micro.records import read_record, stage1_physical
-from exo2micro.result_model import ErrorInfo, PairResult
-from exo2micro.review import problems_in_warnings
-from exo2micro.transform import TransformRecord
+from exo2micro.io.atomic import write_json_atomic
+from exo2micro.io.layout import PairLayout
+from exo2micro.io.records import read_record, stage1_physical
+from exo2micro.io.result_model import ErrorInfo, PairResult
+from exo2micro.numerics.review import problems_in_warnings
+from exo2micro.numerics.transform import TransformRecord
 
 #: Status of a finished pair whose consistency check failed.
 NEEDS_REVIEW = "needs-review"

@@ -12,8 +12,8 @@ its memory the same way:
   consumed, whatever the image size. NumPy, OpenCV and the codecs release the GIL, so threads
   give real parallelism; the readers serialise their own file access.
 * **Fan-out** (:class:`FanOut`): one producer hands each block to several pull-style writers
-  (``writer(blocks)``: :func:`exo2micro.tiffio.write_tiled`,
-  :func:`exo2micro.fitsio.write_streamed`), each running in its own thread on a bounded queue,
+  (``writer(blocks)``: :func:`exo2micro.io.tiffio.write_tiled`,
+  :func:`exo2micro.io.fitsio.write_streamed`), each running in its own thread on a bounded queue,
   so encoding several files overlaps and a slow writer holds back the producer instead of
   letting blocks pile up in memory.
 """
@@ -88,7 +88,7 @@ class FanOut:
     is encoding, and ``put`` blocks while a writer's queue is full (``depth = 1``, what the
     stages use, keeps one block queued per writer). On leaving the ``with`` block normally
     every writer finishes its file; on an exception every writer is aborted (its temporary
-    file removed by :func:`exo2micro.atomic.atomic_path`). A writer's own error is re-raised in
+    file removed by :func:`exo2micro.io.atomic.atomic_path`). A writer's own error is re-raised in
     the producer, at its next ``put`` or on leaving the ``with`` block.
     """
 

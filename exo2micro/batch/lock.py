@@ -100,7 +100,7 @@ class OutputLock:
         self._key = ""
 
     def acquire(self) -> OutputLock:
-        from exo2micro.oserrors import check_output_dir
+        from exo2micro.io.oserrors import check_output_dir
 
         check_output_dir(self.output_dir)
         self._key = os.path.realpath(self.path)
@@ -116,7 +116,7 @@ class OutputLock:
     def _open(self) -> int | None:
         """Open the lock file without ever following a link: create it exclusively, or open
         the regular file a finished (or killed) run left; None when it vanished meanwhile."""
-        from exo2micro.oserrors import storage_error
+        from exo2micro.io.oserrors import storage_error
 
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -174,7 +174,7 @@ class OutputLock:
             try:
                 self._write_holder(fd)
             except OSError as exc:
-                from exo2micro.oserrors import storage_error
+                from exo2micro.io.oserrors import storage_error
 
                 self._discard(fd)  # never leave an empty lock file behind
                 raise storage_error(exc, self.output_dir) from None

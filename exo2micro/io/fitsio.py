@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from exo2micro.atomic import atomic_path
 from exo2micro.errors import InputDataError
+from exo2micro.io.atomic import atomic_path
 from exo2micro.params import BY_NAME, non_default
 
 if TYPE_CHECKING:  # astropy is imported where FITS is read or written: TIFF-only runs skip it
@@ -70,7 +70,7 @@ def write_streamed(path: str | os.PathLike[str], shape: tuple[int, int], header:
 
 
 class FitsImage:
-    """Window reads of a 2-D FITS primary image (mirrors :class:`~exo2micro.tiffio.TiffImage`).
+    """Window reads of a 2-D FITS primary image (mirrors :class:`~exo2micro.io.tiffio.TiffImage`).
 
     Only the header is parsed by astropy; pixels are read with ``os.pread`` of just the rows a
     window covers, never through a memory map: mapped file pages count in the process's

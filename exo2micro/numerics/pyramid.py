@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exo2micro.tiffio import read_pages, write_pages
+from exo2micro.io.tiffio import read_pages, write_pages
 
 FIRST_LEVEL_MAX_SIDE = 4096
 LAST_LEVEL_MIN_SIDE = 64

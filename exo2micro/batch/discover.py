@@ -56,8 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from exo2micro.atomic import write_text_atomic
 from exo2micro.errors import LayoutError
+from exo2micro.io.atomic import write_text_atomic
 from exo2micro.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "assets" / "schema_input.json"
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "assets" / "schema_input.json"
 SAMPLESHEET_COLUMNS: tuple[str, ...] = ("sample", "dye", "pre", "post")
 #: Resource-estimate columns written by ``e2m-discover --estimates`` (read by the Nextflow
 #: pipeline's resource directives). They are not pair metadata: reading a sheet drops them.

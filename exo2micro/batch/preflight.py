@@ -2,7 +2,7 @@
 
 Estimating a pair
 -----------------
-:func:`estimate_pair` reads only the two raw TIFF headers (:func:`exo2micro.tiffio.read_info`)
+:func:`estimate_pair` reads only the two raw TIFF headers (:func:`exo2micro.io.tiffio.read_info`)
 and returns, per stage and in total, the peak resident memory of a fresh process running the
 stage (``mem_bytes``), the bytes the stage writes (``disk_bytes``) and its wall time at one
 thread (``time_s``, an upper bound).
@@ -51,13 +51,13 @@ import numpy as np
 
 from exo2micro import params as P
 from exo2micro.errors import InputDataError, ResourceError
-from exo2micro.layout import PairLayout, formats
-from exo2micro.pyramid import first_factor
-from exo2micro.records import stage_is_current
+from exo2micro.io.layout import PairLayout, formats
+from exo2micro.io.records import stage_is_current
+from exo2micro.io.tiffio import READER_CACHE_BYTES, TILE, ImageInfo, read_info
+from exo2micro.numerics.pyramid import first_factor
 from exo2micro.resources import available_memory, current_rss_bytes
-from exo2micro.tiffio import READER_CACHE_BYTES, TILE, ImageInfo, read_info
 
-MODEL_PATH = Path(__file__).resolve().parent / "assets" / "memory_model.json"
+MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "memory_model.json"
 
 #: Longest side of stage 4's plot previews (:data:`exo2micro.stages.subtract.PREVIEW_MAX_SIDE`).
 PREVIEW_SIDE = 2048
@@ -146,7 +146,7 @@ def _raw_cache(info: ImageInfo) -> int:
 
 
 def _decodes_whole(info: ImageInfo) -> bool:
-    """Mirrors :attr:`exo2micro.tiffio.TiffImage.decodes_whole` from the header."""
+    """Mirrors :attr:`exo2micro.io.tiffio.TiffImage.decodes_whole` from the header."""
     return not info.memmappable and info.largest_segment_bytes > READER_CACHE_BYTES
 
 
@@ -258,7 +258,7 @@ def estimate_pair(pre: str | os.PathLike[str] | ImageInfo, post: str | os.PathLi
                   model: MemoryModel | None = None) -> Estimate:
     """Estimate peak RSS, disk and time of running ``stages`` of one pair, from headers only.
 
-    ``pre``/``post`` are raw TIFF paths or their :class:`~exo2micro.tiffio.ImageInfo`;
+    ``pre``/``post`` are raw TIFF paths or their :class:`~exo2micro.io.tiffio.ImageInfo`;
     ``params`` are parameter overrides (validated). Raises
     :class:`~exo2micro.errors.InputDataError` for an unreadable header.
     """

@@ -1,0 +1,2 @@
+"""The image science the stages share: the transform convention, non-rigid maps, the alignment
+pyramid, the tissue footprint, the scale k and its smooth map, the alignment review."""
