@@ -143,8 +143,8 @@ def measure(workdir: Path, size: tuple[int, int], layout: str, threads: int,
         for stage in P.STAGE_NAMES:
             rec = read_record(layout_.record(stage))
             if rec:
-                stage_peak[stage] = int(rec["peak_rss_bytes"])
-                stage_time[stage] = float(rec["timings_s"]["total"])
+                stage_peak[stage] = int(rec.peak_rss_bytes or 0)
+                stage_time[stage] = float(rec.timings_s["total"])
         files = [p for p in out.rglob("*") if p.is_file()]
         disk = sum(p.stat().st_size for p in files)
         pngs = sum(p.stat().st_size for p in files if p.suffix == ".png")

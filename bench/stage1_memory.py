@@ -91,16 +91,18 @@ def main() -> int:
         cmd += ["--threads", str(args.threads)]
     wall, max_rss = time_v(cmd)
 
-    record = read_record(pair_dir / "stages" / "01_load.json") or {}
+    record = read_record(pair_dir / "stages" / "01_load.json")
+    total_s = record.timings_s.get("total", float("nan")) if record else float("nan")
+    peak = (record.peak_rss_bytes or 0) if record else 0
     raw_bytes = max(read_info(pre).decoded_bytes, read_info(post).decoded_bytes)
     target = TARGET_FACTOR * raw_bytes + TARGET_EXTRA
     ok = max_rss <= target
     print(f"stage 1 (e2m-load) on {args.width}×{args.height} RGB 8-bit, "
           f"threads {args.threads or 'default'}")
     print(f"  wall time                  {wall:8.1f} s"
-          f"   (stage record: {record.get('timings_s', {}).get('total', float('nan')):.1f} s)")
+          f"   (stage record: {total_s:.1f} s)")
     print(f"  maximum resident set size  {max_rss / MiB:8.0f} MiB"
-          f"   (stage record peak: {record.get('peak_rss_bytes', 0) / MiB:.0f} MiB)")
+          f"   (stage record peak: {peak / MiB:.0f} MiB)")
     print(f"  one raw image              {raw_bytes / MiB:8.0f} MiB")
     print(f"  target 1.5 × raw + 300 MiB {target / MiB:8.0f} MiB   "
           f"{'OK' if ok else 'EXCEEDED'} ({max_rss / target:.0%} of target)")

@@ -45,7 +45,8 @@ def run_stage(stage: int, layout: PairLayout, func: Callable[[], dict[str, Any]]
         current, why = stage_is_current(layout, stage, checkpoint_format, inputs)
         if current:
             log.info("stage %d (%s) is current: %s", stage, P.STAGE_NAMES[stage], why)
-            return read_record(layout.record(stage)) or {}, True
+            rec = read_record(layout.record(stage))
+            return (rec.to_json() if rec else {}), True
         log.info("stage %d (%s) runs: %s", stage, P.STAGE_NAMES[stage], why)
     reset_peak_rss()
     return func(), False

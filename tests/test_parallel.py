@@ -320,7 +320,7 @@ def test_killed_batch_resumes_to_the_same_outputs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     # The finished pair was not re-run; the interrupted one was completed.
     after = read_record(PairLayout(first_dir, P.resolve({})).record(last))
-    assert after is not None and after["run_id"] == before["run_id"]
+    assert after is not None and after.run_id == before.run_id
     for sample, dye in pairs:
         a, b = clean / sample / dye, resumed / sample / dye
         images_a, images_b = _images(a), _images(b)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from exo2micro import params as P
+from exo2micro.cli.schema import schema
 from exo2micro.errors import InputDataError
 from exo2micro.io import records, tiffio
 from exo2micro.io.atomic import write_json_atomic
 from exo2micro.io.layout import PairLayout
+from exo2micro.io.record_model import StageRecord
 from exo2micro.pipeline import run_stage
 
 
@@ -69,7 +74,9 @@ def test_complete_stage_is_current(tmp_path: Path) -> None:
     ("empty-json", "output transforms/01_t.json missing or unreadable"),
     ("bad-json", "output transforms/01_t.json missing or unreadable"),
     ("no-record", "no record"),
-    ("garbled-record", "no record"),
+    ("garbled-record", "record unreadable: 01_load.json is not a JSON object (a list)"),
+    ("unparseable-record", "record unreadable: 01_load.json is not JSON (Expecting ':' "
+                           "delimiter: line 1 column 10 (char 9))"),
     ("failed-status", "previous run ended with status 'error: boom'"),
     ("fingerprint", "parameters or algorithm changed"),
 ])
@@ -89,6 +96,8 @@ def test_damaged_stage_is_not_current(tmp_path: Path, damage: str, reason: str) 
         layout.record(1).unlink()
     elif damage == "garbled-record":
         layout.record(1).write_text("[1, 2]")
+    elif damage == "unparseable-record":
+        layout.record(1).write_text('{"stage" 1')
     else:
         key, value = {"failed-status": ("status", "error: boom"),
                       "fingerprint": ("fingerprint", "0" * 16)}[damage]
@@ -171,7 +180,7 @@ def test_require_stage(tmp_path: Path) -> None:
                                              r"\(no stages/01_load.json\); run it first"):
         records.require_stage(layout, 1)
     rec = _complete(layout, 1)
-    assert records.require_stage(layout, 1) == rec
+    assert records.require_stage(layout, 1).to_json() == rec
 
 
 def test_output_ok_by_type(tmp_path: Path) -> None:
@@ -200,3 +209,70 @@ def test_a_pixel_size_disagreement_makes_result_json_need_review(tmp_path: Path)
     assert result.status == "needs-review" and result.review is not None
     assert result.review["problems"] == [check] and result.review["passed"] is False
     assert row_from_result(result).reason == check  # named once, not twice
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_record_round_trips_byte_identical(tmp_path: Path, stage: int) -> None:
+    layout = _layout(tmp_path, boundary_width=20)
+    _complete(layout, stage, extra_fact={"nested": [1, 2.5, None]})
+    path = layout.record(stage)
+    rec = records.load_record(path)
+    assert rec.info == {"extra_fact": {"nested": [1, 2.5, None]}} and rec.is_complete
+    assert json.dumps(rec.to_json(), indent=2) + "\n" == path.read_text()
+    assert ("upstream_run_id" in rec.to_json()) == (stage > 1)
+    assert list(rec.to_json())[-1] == ("upstream_run_id" if stage > 1 else "extra_fact")
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("timings_s", [1.5], "timings_s: expected an object, found an array ([1.5])"),
+    ("outputs", "tiff/01_image.tif", "outputs: expected an array, found a string"),
+    ("checksums", {"tiff/01_image.tif": 7}, "checksums.tiff/01_image.tif: expected a string"),
+    ("stage", "1", "stage: expected an integer or null, found a string ('1')"),
+    ("schema_version", 2, "schema version 2, written by a newer exo2micro; this one reads up "
+                          "to 1"),
+])
+def test_record_with_a_wrong_envelope_is_not_current(tmp_path: Path, key: str, value: Any,
+                                                     reason: str) -> None:
+    layout = _layout(tmp_path)
+    rec = _complete(layout, 1)
+    write_json_atomic(layout.record(1), {**rec, key: value})
+    current, why = records.stage_is_current(layout, 1)
+    assert not current and why.startswith("record unreadable: 01_load.json") and reason in why
+    assert records.read_record(layout.record(1)) is None
+    with pytest.raises(InputDataError, match="has not completed here"):
+        records.require_stage(layout, 1)
+
+
+def test_record_without_a_status_is_not_current(tmp_path: Path) -> None:
+    layout = _layout(tmp_path)
+    rec = _complete(layout, 1)
+    write_json_atomic(layout.record(1), {k: v for k, v in rec.items() if k != "status"})
+    assert records.stage_is_current(layout, 1) == (
+        False, "previous run ended with status None")
+
+
+def test_record_of_an_older_exo2micro_without_checksums_is_not_current(tmp_path: Path) -> None:
+    layout = _layout(tmp_path)
+    rec = _complete(layout, 1)
+    write_json_atomic(layout.record(1), {k: v for k, v in rec.items() if k != "checksums"})
+    assert records.load_record(layout.record(1)).checksums is None
+    assert records.stage_is_current(layout, 1) == (
+        False, "no output checksums recorded (older exo2micro)")
+
+
+def test_stage_keys_may_not_shadow_the_envelope(tmp_path: Path) -> None:
+    run = records.StageRun(_layout(tmp_path), 1)
+    run.info["warnings"] = "none"
+    with pytest.raises(ValueError, match="the stage's own key 'warnings' is an envelope key"):
+        run.record()
+
+
+def test_the_record_schema_in_docs_output_md_is_generated_from_the_model() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "output.md").read_text()
+    block = re.search(r"<!-- record-schema:start.*?-->\n(.*?)\n<!-- record-schema:end -->",
+                      doc, re.S)
+    assert block is not None
+    generated = CliRunner().invoke(schema, ["--record", "--markdown"]).output.strip()
+    assert block.group(1).strip() == generated, "run: exo2micro schema --record --markdown"
+    assert set(json.loads(generated.removeprefix("```json").removesuffix("```"))["properties"]) \
+        == {f.name for f in dataclasses.fields(StageRecord)} - {"info"}

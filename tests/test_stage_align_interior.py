@@ -46,7 +46,7 @@ def test_final_alignment_is_subpixel(tmp_path: Path, case: dict) -> None:
     # the estimate is honest: within a factor of 3 of the measured error, never below half
     assert err["mean"] / 2 <= tr.metrics["estimated_accuracy_px"] <= 3 * err["mean"], err
     rec = read_record(pair.layout.record(3))
-    assert rec is not None and rec["status"] == "complete"
+    assert rec is not None and rec.is_complete
     assert (pair.layout.root / "pipeline_output" / "registration.png").stat().st_size > 10_000
 
 
@@ -74,7 +74,7 @@ def test_featureless_interior_falls_back_to_stage2_with_reason(tmp_path: Path) -
     assert s3.status == "fallback"
     assert "patches" in s3.reason and "stage 2" in s3.reason
     np.testing.assert_array_equal(s3.post_to_pre, s2.post_to_pre)
-    result_warnings = read_record(pair.layout.record(3))["warnings"]
+    result_warnings = read_record(pair.layout.record(3)).warnings
     assert any("fallback" in w for w in result_warnings)
 
 
@@ -95,17 +95,17 @@ def test_max_correction_gate_rejects_with_reason(tmp_path: Path) -> None:
 def test_resume_reads_transforms_from_disk_and_reruns_only_what_is_missing(tmp_path: Path) -> None:
     pair = make_aligned(tmp_path, rotation_deg=2)
     lay = pair.layout
-    before = {s: read_record(lay.record(s))["run_id"] for s in (1, 2, 3)}
+    before = {s: read_record(lay.record(s)).run_id for s in (1, 2, 3)}
     lay.aligned_pre("tiff").unlink()
     assert stage_is_current(lay, 2)[0] and not stage_is_current(lay, 3)[0]
     run_pair(pair.spec.sample, pair.spec.dye, pair.pre, pair.post, lay.root, to_stage=3)
-    after = {s: read_record(lay.record(s))["run_id"] for s in (1, 2, 3)}
+    after = {s: read_record(lay.record(s)).run_id for s in (1, 2, 3)}
     assert after[1] == before[1] and after[2] == before[2] and after[3] != before[3]
     assert lay.aligned_pre("tiff").is_file()
     # from_stage forces a re-run from that stage on
     run_pair(pair.spec.sample, pair.spec.dye, pair.pre, pair.post, lay.root, to_stage=3,
              from_stage=2)
-    again = {s: read_record(lay.record(s))["run_id"] for s in (1, 2, 3)}
+    again = {s: read_record(lay.record(s)).run_id for s in (1, 2, 3)}
     assert again[1] == after[1] and again[2] != after[2] and again[3] != after[3]
 
 

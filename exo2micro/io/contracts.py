@@ -10,8 +10,8 @@ an older reader. ``Annotated[T, "text"]`` documents a key: the text becomes its 
 ``description``.
 
 The top level of a file is a dataclass (see :func:`load_fields`): fields without a default are
-required keys; ``extra`` (a ``dict``), when the class has it, keeps the keys the class does not
-declare, in their order.
+required keys; ``extra`` (a ``dict``; another name with ``rest=``), when the class has it, keeps
+the keys the class does not declare, in their order.
 """
 
 from __future__ import annotations
@@ -135,14 +135,14 @@ def check(value: Any, tp: Any, where: str) -> None:
     raise TypeError(f"no JSON contract for {tp!r}")
 
 
-def load_fields(cls: Any, data: Any, what: str) -> dict[str, Any]:
+def load_fields(cls: Any, data: Any, what: str, rest: str = EXTRA) -> dict[str, Any]:
     """The keyword arguments of dataclass ``cls`` from the JSON object ``data``, checked
     against the field types; ``what`` names the file in messages (``result.json``). Keys the
-    class does not declare go to its ``extra`` field (else they are dropped)."""
+    class does not declare go to its field named ``rest`` (else they are dropped)."""
     if not isinstance(data, dict):
         raise ContractError(f"{what} is not a JSON object (a {type(data).__name__})")
     hints = _hints(cls)
-    declared = [f for f in dataclasses.fields(cls) if f.name != EXTRA]
+    declared = [f for f in dataclasses.fields(cls) if f.name != rest]
     out: dict[str, Any] = {}
     for f in declared:
         if f.name not in data:
@@ -151,10 +151,20 @@ def load_fields(cls: Any, data: Any, what: str) -> dict[str, Any]:
             continue
         check(data[f.name], hints[f.name], f"{what}: {f.name}")
         out[f.name] = data[f.name]
-    if any(f.name == EXTRA for f in dataclasses.fields(cls)):
+    if any(f.name == rest for f in dataclasses.fields(cls)):
         names = {f.name for f in declared}
-        out[EXTRA] = {k: v for k, v in data.items() if k not in names}
+        out[rest] = {k: v for k, v in data.items() if k not in names}
     return out
+
+
+def check_version(version: int, newest: int, what: str) -> None:
+    """Raise :class:`ContractError` unless ``version`` (a file's ``schema_version``) is one
+    this reader knows: 1 … ``newest``; ``what`` names the file in the message."""
+    if version > newest:
+        raise ContractError(f"{what} has schema version {version}, written by a newer "
+                            f"exo2micro; this one reads up to {newest}")
+    if version < 1:
+        raise ContractError(f"{what} has schema version {version}; versions start at 1")
 
 
 def _schema(tp: Any) -> dict[str, Any]:
@@ -186,11 +196,12 @@ def _schema(tp: Any) -> dict[str, Any]:
     raise TypeError(f"no JSON contract for {tp!r}")
 
 
-def json_schema(cls: Any, title: str, description: str) -> dict[str, Any]:
-    """The JSON Schema (:data:`DIALECT`) of the files of dataclass ``cls``: its fields, in
-    order, as properties; fields without a default are required."""
+def json_schema(cls: Any, title: str, description: str, rest: str = EXTRA) -> dict[str, Any]:
+    """The JSON Schema (:data:`DIALECT`) of the files of dataclass ``cls``: its fields but
+    ``rest`` (the undeclared keys, see :func:`load_fields`), in order, as properties; fields
+    without a default are required."""
     hints = _hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.name != EXTRA]
+    fields = [f for f in dataclasses.fields(cls) if f.name != rest]
     return {
         "$schema": DIALECT, "title": title, "description": description, "type": "object",
         "properties": {f.name: _schema(hints[f.name]) for f in fields},

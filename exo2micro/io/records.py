@@ -7,6 +7,8 @@ outputs were complete when it was written. :func:`stage_is_current` re-checks th
 fingerprint matches the current parameters, that stage 1's raw inputs are still the same files
 (size and content hash), that the upstream stage was not re-run since, and that every output
 still has the size and checksum recorded — the resume rule of docs/contracts.md ("Resume").
+A record is read back through its typed form (:class:`exo2micro.io.record_model.StageRecord`):
+one that cannot be read or does not match it makes the stage not current.
 
 Checksums (:func:`file_checksum`) are BLAKE2b over the whole file up to
 :data:`FULL_HASH_BYTES`; beyond that over :data:`SAMPLED_BLOCKS` blocks of
@@ -31,6 +33,7 @@ from typing import Any
 from exo2micro import params as P
 from exo2micro.io.atomic import write_json_atomic
 from exo2micro.io.layout import PairLayout, formats
+from exo2micro.io.record_model import StageRecord
 from exo2micro.io.tiffio import OmeMeta
 from exo2micro.resources import peak_rss_bytes
 
@@ -113,13 +116,30 @@ def output_ok(path: Path) -> bool:
     return True
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
-    """The record at ``path``, or ``None`` when absent or unreadable."""
+def load_record(path: Path) -> StageRecord:
+    """The record at ``path``, checked (:meth:`StageRecord.from_json`, messages naming the
+    file). Raises :class:`OSError` (:class:`FileNotFoundError` when absent) when it cannot be
+    read and :class:`ValueError` when it is not JSON or not a stage record."""
+    text = path.read_text()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{path.name} is not JSON ({exc})") from None
+    return StageRecord.from_json(data, path.name)
+
+
+def read_record(path: Path) -> StageRecord | None:
+    """The record at ``path``, or ``None`` when absent, unreadable or not a stage record."""
+    try:
+        return load_record(path)
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+
+
+def _run_id(path: Path) -> str | None:
+    """The ``run_id`` of the record at ``path`` (``None`` when it has none or no record)."""
+    rec = read_record(path)
+    return rec.run_id if rec else None
 
 
 def stage_is_current(layout: PairLayout, stage: int, checkpoint_format: str | None = None,
@@ -135,28 +155,28 @@ def stage_is_current(layout: PairLayout, stage: int, checkpoint_format: str | No
     that asks for FITS after a TIFF-only run writes the FITS files. (TIFF compression is not
     checked: compressed and plain TIFFs hold the same pixels.)
     """
-    path = layout.record(stage)
-    rec = read_record(path)
-    if rec is None:
+    try:
+        rec = load_record(layout.record(stage))
+    except FileNotFoundError:
         return False, "no record"
-    if rec.get("status") != "complete":
-        return False, f"previous run ended with status {rec.get('status')!r}"
-    if rec.get("fingerprint") != P.fingerprint(layout.params, stage):
+    except (OSError, ValueError) as exc:
+        return False, f"record unreadable: {exc}"
+    if not rec.is_complete:
+        return False, f"previous run ended with status {rec.status!r}"
+    if rec.fingerprint != P.fingerprint(layout.params, stage):
         return False, "parameters or algorithm changed"
-    if stage == 1 and "inputs" in rec:
-        if not isinstance(rec.get("input_identity"), dict):
+    if stage == 1 and "inputs" in rec.info:
+        identity = rec.info.get("input_identity")
+        if not isinstance(identity, dict):
             return False, "no identity of the raw images recorded (older exo2micro)"
-        raws = inputs or {w: Path(v) for w, v in (rec.get("inputs") or {}).items()}
-        changed = inputs_changed(rec["input_identity"], raws)
+        raws = inputs or {w: Path(v) for w, v in rec.section("inputs").items()}
+        changed = inputs_changed(identity, raws)
         if changed:
             return False, changed
-    if stage > 1:
-        upstream = read_record(layout.record(stage - 1)) or {}
-        if rec.get("upstream_run_id") != upstream.get("run_id"):
-            return False, f"stage {stage - 1} was re-run since"
-    outputs = rec.get("outputs", [])
-    checksums = rec.get("checksums")
-    if not isinstance(checksums, dict):
+    if stage > 1 and rec.upstream_run_id != _run_id(layout.record(stage - 1)):
+        return False, f"stage {stage - 1} was re-run since"
+    outputs, checksums = rec.outputs, rec.checksums
+    if checksums is None:
         return False, "no output checksums recorded (older exo2micro)"
     imaged = stage >= 3 or (stage == 2 and layout.params.get("save_all_intermediates"))
     if checkpoint_format is not None and imaged:
@@ -205,34 +225,33 @@ class StageRun:
 
     def record(self, status: str = "complete", extra: Mapping[str, Any] | None = None
                ) -> dict[str, Any]:
-        """Write the stage record (last, atomically) and return it."""
+        """Write the stage record (last, atomically) and return it as written
+        (:meth:`StageRecord.to_json`); ``extra`` adds to :attr:`info`."""
         self.timings_s["total"] = round(time.perf_counter() - self._t0, 3)
-        rec: dict[str, Any] = {
-            "stage": self.stage,
-            "name": P.STAGE_NAMES[self.stage],
-            "status": status,
-            "fingerprint": P.fingerprint(self.layout.params, self.stage),
-            "params": P.stage_params(self.layout.params, self.stage),
-            "suffix": self.layout.sfx(self.stage),
-            "outputs": [self.layout.relative(p) for p in self.outputs],
-            "checksums": {self.layout.relative(p): file_checksum(p) for p in self.outputs
-                          if p.is_file()},
-            "timings_s": self.timings_s,
-            "peak_rss_bytes": peak_rss_bytes(),
-            "warnings": self.warnings,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "run_id": uuid.uuid4().hex,
-            **self.info,
-            **(extra or {}),
-        }
-        if self.stage > 1:
-            upstream = read_record(self.layout.record(self.stage - 1)) or {}
-            rec["upstream_run_id"] = upstream.get("run_id")
+        rec = StageRecord(
+            stage=self.stage,
+            name=P.STAGE_NAMES[self.stage],
+            status=status,
+            fingerprint=P.fingerprint(self.layout.params, self.stage),
+            params=P.stage_params(self.layout.params, self.stage),
+            suffix=self.layout.sfx(self.stage),
+            outputs=[self.layout.relative(p) for p in self.outputs],
+            checksums={self.layout.relative(p): file_checksum(p) for p in self.outputs
+                       if p.is_file()},
+            timings_s=self.timings_s,
+            peak_rss_bytes=peak_rss_bytes(),
+            warnings=self.warnings,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            run_id=uuid.uuid4().hex,
+            upstream_run_id=_run_id(self.layout.record(self.stage - 1)) if self.stage > 1
+            else None,
+            info={**self.info, **(extra or {})},
+        ).to_json()
         write_json_atomic(self.layout.record(self.stage), rec)
         return rec
 
 
-def require_stage(layout: PairLayout, stage: int) -> dict[str, Any]:
+def require_stage(layout: PairLayout, stage: int) -> StageRecord:
     """The complete record of stage ``stage``, or :class:`InputDataError` saying to run it.
 
     Stages call this for their upstream stage so a missing input is reported as
@@ -241,7 +260,7 @@ def require_stage(layout: PairLayout, stage: int) -> dict[str, Any]:
     from exo2micro.errors import InputDataError
 
     rec = read_record(layout.record(stage))
-    if rec is None or rec.get("status") != "complete":
+    if rec is None or not rec.is_complete:
         raise InputDataError(
             f"{layout.root}: stage {stage} ({P.STAGE_NAMES[stage]}) has not completed here "
             f"(no {layout.relative(layout.record(stage))}); run it first")
@@ -251,7 +270,10 @@ def require_stage(layout: PairLayout, stage: int) -> dict[str, Any]:
 def stage1_physical(layout: PairLayout, which: str) -> dict[str, Any]:
     """Stage 1's physical facts of ``which`` ('pre' or 'post'): ``pixel_size_um`` (µm) and
     ``exposure_s`` (s), ``None`` when unknown or stage 1 has no record."""
-    image = ((read_record(layout.record(1)) or {}).get("images") or {}).get(which) or {}
+    rec = read_record(layout.record(1))
+    image = rec.section("images").get(which) if rec else None
+    if not isinstance(image, dict):
+        image = {}
     return {"pixel_size_um": image.get("pixel_size_um"), "exposure_s": image.get("exposure_s")}
 
 

@@ -61,12 +61,12 @@ def _detections(layout: PairLayout) -> dict[str, Any] | None:
     """Stage 5's summary (``n``, ``n_snr5``, ``threshold_sigma``, ``completeness_estimate``,
     ``catalog``, ``per_mm2``) when its record is complete and belongs to the current stage 4
     and parameters, else ``None``."""
-    rec = read_record(layout.record(5)) or {}
-    upstream = read_record(layout.record(4)) or {}
-    if (rec.get("status") != "complete" or rec.get("fingerprint") != P.fingerprint(layout.params, 5)
-            or rec.get("upstream_run_id") != upstream.get("run_id")):
+    rec = read_record(layout.record(5))
+    upstream = read_record(layout.record(4))
+    if (rec is None or not rec.is_complete or rec.fingerprint != P.fingerprint(layout.params, 5)
+            or rec.upstream_run_id != (upstream.run_id if upstream else None)):
         return None
-    found = rec.get("detections")
+    found = rec.info.get("detections")
     return found if isinstance(found, dict) else None
 
 
@@ -82,12 +82,13 @@ def build_result(layout: PairLayout, sample: str, dye: str, status: str,
         rec = read_record(layout.record(stage))
         if rec is None:
             continue
-        stages[name] = {"status": rec.get("status"), "timings_s": rec.get("timings_s", {}),
-                        "peak_rss_bytes": rec.get("peak_rss_bytes")}
-        outputs.extend(rec.get("outputs", []))
-        warnings.extend(f"stage {stage}: {w}" for w in rec.get("warnings", []))
-    sub = read_record(layout.record(4)) or {}
-    scales = sub.get("scales", {})
+        stages[name] = {"status": rec.status, "timings_s": rec.timings_s,
+                        "peak_rss_bytes": rec.peak_rss_bytes}
+        outputs.extend(rec.outputs)
+        warnings.extend(f"stage {stage}: {w}" for w in rec.warnings)
+    found = read_record(layout.record(4))
+    sub = found.info if found else {}
+    scales = found.section("scales") if found else {}
     review = sub.get("review") if isinstance(sub.get("review"), dict) else None
     flagged = problems_in_warnings(warnings)  # failed checks reported as warnings
     if flagged:

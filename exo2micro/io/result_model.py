@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, TypedDict
 
-from exo2micro.io.contracts import ContractError, load_fields
+from exo2micro.io.contracts import check_version, load_fields
 from exo2micro.io.contracts import json_schema as contract_schema
 
 #: The ``result.json`` schema version this package writes and reads (see the module docstring).
@@ -167,12 +167,7 @@ class PairResult:
         messages. Raises :class:`ContractError` (a ``ValueError``) for a value of the wrong
         type, a missing ``status`` or a schema version newer than :data:`SCHEMA_VERSION`."""
         found = load_fields(cls, data, what)
-        version = found.get("schema_version", 1)
-        if version > SCHEMA_VERSION:
-            raise ContractError(f"{what} has schema version {version}, written by a newer "
-                                f"exo2micro; this one reads up to {SCHEMA_VERSION}")
-        if version < 1:
-            raise ContractError(f"{what} has schema version {version}; versions start at 1")
+        check_version(found.get("schema_version", 1), SCHEMA_VERSION, what)
         return cls(**found)
 
     @property

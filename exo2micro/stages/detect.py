@@ -914,8 +914,8 @@ class _Inputs:
     def find(cls, layout: PairLayout, checkpoint_format: str) -> _Inputs:
         rec = require_stage(layout, 4)
         try:
-            k = float(rec["scales"]["moffat"])
-            pre_threshold = float(rec["thresholds"]["pre"])
+            k = float(rec.info["scales"]["moffat"])
+            pre_threshold = float(rec.info["thresholds"]["pre"])
         except (KeyError, TypeError, ValueError):
             raise InputDataError(f"{layout.record(4)}: no Moffat scale or thresholds; re-run "
                                  f"stage 4") from None
