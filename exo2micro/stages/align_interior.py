@@ -4,8 +4,11 @@ Stage 2 overlays the footprints to about a pyramid pixel. This stage measures th
 misalignment *locally at full resolution* and fits one transform to all measurements:
 
 1. **Patches.** Up to :data:`MAX_PATCHES` square patches of :data:`PATCH` px are placed on a
-   grid over the post tissue, away from its edge and inside the pre frame. Only these windows
-   are ever read (decoding just the tiles they touch), so memory does not grow with the image.
+   grid over the post tissue, away from its edge and inside the pre frame; where fewer than
+   :data:`MIN_INLIERS` fit (little tissue, a small image), half-size patches
+   (:data:`FIELD_PATCH`), which reach closer to the edge, are used instead (``patch_px`` in the
+   metrics). Only these windows are ever read (decoding just the tiles they touch), so memory
+   does not grow with the image.
 2. **Matching.** Each post patch and the pre image warped onto it by the current transform are
    band-passed (log intensity, Gaussian σ 1 px minus σ ``interior_blur_base`` px) — which
    removes the post/pre brightness ratio k (an offset in log space) and the slow illumination —
@@ -310,19 +313,26 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
             "accuracy_source": "stage 2 pyramid resolution (no interior fit)"}
     if not params["interior_ecc"]:
         return TransformRecord(start, "skipped", 3, base, "interior_ecc is False")
-    centres = plan_patches(post_pyr, pre_pyr, start, post.shape, pre.shape)
+    centres, patch = plan_patches(post_pyr, pre_pyr, start, post.shape, pre.shape), PATCH
+    small: dict[str, Any] = {}
+    if len(centres) < MIN_INLIERS:  # little tissue: half-size patches fit closer to its edge
+        centres, patch = plan_patches(post_pyr, pre_pyr, start, post.shape, pre.shape,
+                                      MAX_PATCHES, FIELD_MIN_SPACING, FIELD_PATCH,
+                                      FIELD_EDGE_MARGIN), FIELD_PATCH
+        small = {"patch_px": patch}
     if len(centres) < MIN_INLIERS:
-        return TransformRecord(start, "fallback", 3, {**base, "n_patches": len(centres)},
+        return TransformRecord(start, "fallback", 3,
+                               {**base, "n_patches": len(centres), **small},
                                f"only {len(centres)} patch positions inside the shared tissue "
                                f"(need {MIN_INLIERS})")
     tissue_xy = np.array(centres)
     n = len(centres)
-    runs = _rounds(post, pre, start, centres, params, threads)
+    runs = _rounds(post, pre, start, centres, params, threads, patch)
     rescue: dict[str, Any] = {}
     if runs.weak(n, params["interior_min_inlier_ratio"]):
         turned = rotation_rescue(pre_pyr, post_pyr, start, params["angle_range"])
         if turned is not None:
-            retry = _rounds(post, pre, turned[0], centres, params, threads)
+            retry = _rounds(post, pre, turned[0], centres, params, threads, patch)
             rescue = {**turned[1], "accepted": retry.inliers > runs.inliers}
             if rescue["accepted"]:
                 runs = retry
@@ -330,7 +340,8 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                                                  runs.measured_under, runs.history)
     if fit is None:
         textured = sum(m.quality >= MIN_PATCH_CORRELATION for m in ms)
-        return TransformRecord(start, "fallback", 3, {**base, "n_patches": n, "rounds": history,
+        return TransformRecord(start, "fallback", 3, {**base, "n_patches": n, **small,
+                                                      "rounds": history,
                                                       "n_textured": textured,
                                                       **_rescued(rescue)},
                                f"interior texture too weak or inconsistent: {textured} of {n} "
@@ -338,7 +349,7 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                                f"{MIN_PATCH_CORRELATION}); kept stage 2")
     n_inliers, rms = int(fit.inliers.sum()), fit.residual_rms_px
     stat, extrapolation = statistical_error(fit, tissue_xy), 0.0
-    refined = _fit_field(post, pre, measured_under, centres, ms,
+    refined = _fit_field(post, pre, measured_under, centres, patch, ms,
                          params["interior_blur_base"], threads,
                          lambda: plan_patches(post_pyr, pre_pyr, current, post.shape, pre.shape,
                                               FIELD_MAX_PATCHES, FIELD_MIN_SPACING,
@@ -356,7 +367,7 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
     ratio = float(n_inliers / n_measured)  # over all patches: untextured ones count against
     correction = max_displacement(current, start, tissue_xy)
     dec = decompose_similarity(current)
-    metrics = {"n_patches": n, "n_inliers": n_inliers, "inlier_ratio": ratio,
+    metrics = {"n_patches": n, **small, "n_inliers": n_inliers, "inlier_ratio": ratio,
                "residual_rms_px": rms, "rounds": history,
                "correction_vs_stage2_px": correction, "rotation_deg": dec["rotation_deg"],
                "scale": dec["scale"], "anisotropy": dec["anisotropy"],
@@ -399,10 +410,11 @@ class _Rounds:
 
 
 def _rounds(post: TiffImage, pre: TiffImage, start: np.ndarray,
-            centres: Sequence[tuple[float, float]], params: dict[str, Any], threads: int
-            ) -> _Rounds:
-    """Up to :data:`ROUNDS` rounds of patch measurement and robust affine fit from ``start``
-    (phase correlation first, Lucas–Kanade after), until tissue moves < 0.01 px."""
+            centres: Sequence[tuple[float, float]], params: dict[str, Any], threads: int,
+            patch: int = PATCH) -> _Rounds:
+    """Up to :data:`ROUNDS` rounds of measuring the ``patch``-px patches at ``centres`` and a
+    robust affine fit from ``start`` (phase correlation first, Lucas–Kanade after), until
+    tissue moves < 0.01 px."""
     tissue_xy = np.array(centres)
     current, fit = start, None
     history: list[dict[str, Any]] = []
@@ -410,7 +422,7 @@ def _rounds(post: TiffImage, pre: TiffImage, start: np.ndarray,
     for rnd in range(ROUNDS):
         measured_under = current
         ms = measure(post, pre, current, centres, params["interior_blur_base"], rnd == 0,
-                     threads)
+                     threads, patch=patch)
         new = fit_affine(current, ms)
         if new is None:
             fit = None
@@ -470,15 +482,17 @@ def rotation_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray,
 
 
 def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
-               centres: Sequence[tuple[float, float]], ms: Sequence[Measurement],
+               centres: Sequence[tuple[float, float]], centres_patch: int,
+               ms: Sequence[Measurement],
                sigma_hi: float, threads: int,
                dense: Callable[[], list[tuple[float, float]]], tissue: Callable[[], np.ndarray]
                ) -> tuple[np.ndarray, ResidualField, nonrigid.PolyMap, dict[str, Any]] | None:
     """A residual field on top of the fitted ``affine`` when the measurements ask for one
     (:func:`exo2micro.numerics.nonrigid.select` prefers a higher polynomial degree), refined by
     re-measuring through it the ``dense()`` grid of :data:`FIELD_PATCH`-px patches (more
-    patches, closer to the tissue edge, follow a field of higher degree; ``centres`` with
-    :data:`PATCH`-px patches when the dense grid has fewer); ``None`` keeps the pair affine.
+    patches, closer to the tissue edge, follow a field of higher degree; ``centres``, with
+    their ``centres_patch``-px patches, when the dense grid has fewer); ``None`` keeps the pair
+    affine.
     ``tissue()`` gives the post tissue points over which the field's extrapolation error is
     judged."""
     frame = post.shape
@@ -497,7 +511,7 @@ def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
     patch = FIELD_PATCH
     centres_dense = dense()
     if len(centres_dense) < len(centres):
-        centres_dense, patch = list(centres), PATCH
+        centres_dense, patch = list(centres), centres_patch
     centres = centres_dense
     xy = np.array(centres)
     field: ResidualField | None = None
