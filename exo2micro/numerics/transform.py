@@ -25,11 +25,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, get_type_hints
 
 import numpy as np
 
 from exo2micro.errors import InputDataError
+from exo2micro.io import contracts
 from exo2micro.io.atomic import write_json_atomic
 
 
@@ -204,6 +205,18 @@ def map_points(post_to_pre: np.ndarray, field: ResidualField | None, xy: np.ndar
     return out
 
 
+class TransformJSON(TypedDict, total=False):
+    """The keys of a transform JSON (:meth:`TransformRecord.to_json`) and their JSON types;
+    ``post_to_pre`` is required, the others default to empty."""
+
+    stage: int
+    status: str
+    reason: str
+    post_to_pre: list[list[float]]
+    metrics: dict[str, Any]
+    residual_field: dict[str, Any] | None
+
+
 @dataclass
 class TransformRecord:
     """A transform on disk: ``post_to_pre`` plus what produced it and how good it is, and the
@@ -241,11 +254,16 @@ class TransformRecord:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "transform") -> TransformRecord:
         """The record of :meth:`to_json`'s ``data``; :class:`InputDataError` naming ``source``
-        when it is not one."""
+        and the key when it is not one (types of :class:`TransformJSON`)."""
+        if not isinstance(data, dict) or "post_to_pre" not in data:
+            raise InputDataError(f"{source}: not a readable transform JSON (no post_to_pre)")
         try:
-            matrix = np.array(data["post_to_pre"], dtype=np.float64)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputDataError(f"{source}: not a readable transform JSON ({exc})") from None
+            for key, hint in get_type_hints(TransformJSON).items():
+                if key in data:
+                    contracts.check(data[key], hint, f"{source}: {key}")
+        except contracts.ContractError as exc:
+            raise InputDataError(str(exc)) from None
+        matrix = np.array(data["post_to_pre"], dtype=np.float64)
         if matrix.shape != (3, 3) or not np.all(np.isfinite(matrix)):
             raise InputDataError(f"{source}: post_to_pre must be a finite 3×3 matrix")
         try:
