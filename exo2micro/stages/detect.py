@@ -424,10 +424,12 @@ def search_map(block: Block, model: NoiseModel, sigma: np.ndarray) -> SearchMap:
     weight on usable data and lie within :data:`TISSUE_MARGIN` px of tissue."""
     valid = usable(block.diff)
     diff = np.where(valid, block.diff, np.nan).astype(np.float32)
-    last = len(KERNEL_SIGMAS) - 1
-    raw, _ = matched_filter(diff, KERNEL_SIGMAS[last])
+    sigma_f = [model.sigma_filtered(filter_level(block.level, j), j)
+               for j in range(len(KERNEL_SIGMAS))]
+    # the wings need only the largest kernel's filtered difference, not its noise weight
+    raw = _blur(np.where(valid, diff, 0).astype(np.float32), KERNEL_SIGMAS[-1])
     with np.errstate(invalid="ignore"):
-        wings = raw > 2 * model.sigma_filtered(filter_level(block.level, last), last)
+        wings = raw > 2 * sigma_f[-1]
     subtracted = np.where(valid, diff - local_background(np.where(wings, np.nan, diff), sigma),
                           0).astype(np.float32)
     masked = np.where(valid, subtracted, np.nan)
@@ -441,10 +443,9 @@ def search_map(block: Block, model: NoiseModel, sigma: np.ndarray) -> SearchMap:
         weights.append(wt)
         searchable &= wt >= MIN_WEIGHT
     per_kernel = []
-    for j, (f, wt) in enumerate(zip(filtered, weights)):
-        sigma_f = model.sigma_filtered(filter_level(block.level, j), j)
+    for f, wt, sf in zip(filtered, weights, sigma_f):
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_kernel.append(np.where(searchable, f / (sigma_f * np.sqrt(wt)), 0
+            per_kernel.append(np.where(searchable, f / (sf * np.sqrt(wt)), 0
                                        ).astype(np.float32))
     snr = np.maximum.reduce(per_kernel) if len(per_kernel) > 1 else per_kernel[0]
     return SearchMap(per_kernel, filtered, snr, searchable, subtracted, valid)
