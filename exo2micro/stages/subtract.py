@@ -653,10 +653,13 @@ def _writers(layout: PairLayout, kinds: Sequence[str], fmts: Sequence[str],
         for fmt in fmts:
             path = layout.difference(fmt, kind)
             if fmt == "tiff":
+                # the accuracy to 4 digits, as meaningful: its last bits can differ between the
+                # orchestrators (the BLAS summation order in stages 2-3), the pixels do not
                 facts = {"exo2micro": "difference post - k * aligned_pre",
                          "sample": sample, "dye": dye, "scale": scales[kind],
                          "scale_kind": kind, "no_data": "NaN",
-                         "estimated_accuracy_px": accuracy}
+                         "estimated_accuracy_px": None if accuracy is None
+                         else float(f"{accuracy:.4g}")}
                 if kind == "moffat" and scale_map:
                     facts |= {"k_model": "smooth", "scale_map": scale_map}
                 desc = json.dumps(facts)
