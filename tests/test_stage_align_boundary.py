@@ -11,8 +11,9 @@ import pytest
 from alignment_helpers import make_aligned
 
 import exo2micro.stages.align_boundary as ab
+from exo2micro.numerics.pyramid import to_full, to_level
 from exo2micro.numerics.transform import decompose_similarity, similarity_post_to_pre
-from exo2micro.stages.align_boundary import _grid, boundary_band, to_full, to_level
+from exo2micro.stages.align_boundary import _grid, boundary_band
 
 
 @pytest.mark.parametrize(("rotation", "scale"), [(3.4, 1.03), (-17.6, 0.88), (19.5, 1.13)])

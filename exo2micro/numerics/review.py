@@ -24,7 +24,7 @@ batch summary: the pre→post scale implied by the two physical pixel sizes disa
 stage 2's measured scale (stage 4, :func:`exo2micro.stages.subtract.pixel_scale_check`; a wrong
 pixel size makes every µm and per-mm² value of the pair wrong).
 
-Texture is the band-passed log intensity of :func:`exo2micro.stages.align_boundary.level_texture`.
+Texture is the band-passed log intensity of :func:`exo2micro.numerics.pyramid.level_texture`.
 Coordinates follow :mod:`exo2micro.numerics.transform` (``post_to_pre``, x = column, y = row).
 Memory: a few images of ≤ 512 px side.
 """
@@ -133,7 +133,7 @@ class TextureView:
            edge_px: int = 2) -> TextureView:
         """The view on the level of longer side ≤ ``side``; the mask leaves out ``edge_px``
         level px inside the tissue edge (where the high pass rings)."""
-        from exo2micro.stages.align_boundary import common_level, level_texture
+        from exo2micro.numerics.pyramid import common_level, level_texture
 
         pre_l, post_l, f = common_level(pre_pyr, post_pyr, side)
         mask = tissue_mask(post_l)
@@ -166,7 +166,7 @@ def texture_correlations(pre_pyr: Pyramid, post_pyr: Pyramid, post_to_pre: np.nd
                          ) -> list[tuple[str, float]]:
     """(orientation, texture correlation) for the final transform first, then the seven
     other orientations (see the module docstring)."""
-    from exo2micro.stages.align_boundary import to_level
+    from exo2micro.numerics.pyramid import to_level
 
     view = TextureView.of(pre_pyr, post_pyr)
     a_level = to_level(post_to_pre, view.factor, view.factor)

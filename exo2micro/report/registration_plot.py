@@ -21,9 +21,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from exo2micro.numerics.footprint import tissue_mask
-from exo2micro.numerics.pyramid import Pyramid
+from exo2micro.numerics.pyramid import Pyramid, common_level, to_level
 from exo2micro.report.diagnostics import new_figure, save_figure, scale_bar
-from exo2micro.stages.align_boundary import common_level, to_level
 
 OVERVIEW_SIDE = 900
 ZOOM_PX = 160

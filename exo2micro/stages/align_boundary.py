@@ -40,7 +40,13 @@ from exo2micro.errors import InputDataError
 from exo2micro.io.layout import PairLayout, formats, tiff_compression
 from exo2micro.io.records import StageRun, product_ome, require_stage
 from exo2micro.numerics.footprint import tissue_mask
-from exo2micro.numerics.pyramid import Pyramid
+from exo2micro.numerics.pyramid import (
+    Pyramid,
+    common_level,
+    level_texture,
+    to_full,
+    to_level,
+)
 from exo2micro.numerics.transform import (
     TransformRecord,
     decompose_similarity,
@@ -58,37 +64,6 @@ RANK_MARGIN = 0.05
 RANK_KEEP = 8
 #: Smallest intersection-over-union of the footprints for an "ok" result.
 MIN_IOU = 0.6
-
-
-def level_to_full(factor: int) -> np.ndarray:
-    """3×3 map from level pixel coordinates (box size ``factor``) to full-resolution ones."""
-    off = (factor - 1) / 2.0
-    return np.array([[factor, 0, off], [0, factor, off], [0, 0, 1]], float)
-
-
-def to_full(a_level: np.ndarray, f_pre: int, f_post: int) -> np.ndarray:
-    """``post_to_pre`` between levels → between full-resolution frames."""
-    return level_to_full(f_pre) @ a_level @ np.linalg.inv(level_to_full(f_post))
-
-
-def to_level(a_full: np.ndarray, f_pre: int, f_post: int) -> np.ndarray:
-    """``post_to_pre`` between full-resolution frames → between levels."""
-    return np.linalg.inv(level_to_full(f_pre)) @ a_full @ level_to_full(f_post)
-
-
-def common_level(pre: Pyramid, post: Pyramid, max_side: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The finest level with the same box size in both pyramids whose longer side (of the
-    larger image) is ≤ ``max_side``; falls back to the coarsest common level."""
-    shared = [f for f in post.factors if f in pre.factors]
-    if not shared:
-        raise InputDataError("pre and post pyramids share no level; re-run stage 1")
-    pick = shared[-1]
-    for f in shared:
-        i, j = pre.factors.index(f), post.factors.index(f)
-        if max(*pre.levels[i].shape, *post.levels[j].shape) <= max_side:
-            pick = f
-            break
-    return pre.levels[pre.factors.index(pick)], post.levels[post.factors.index(pick)], pick
 
 
 def soft_footprint(mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -276,18 +251,6 @@ def refine_similarity(pre_img: np.ndarray, post_img: np.ndarray, post_to_pre: np
             break
     result = np.array([[a, -b, tx], [b, a, ty], [0, 0, 1]], float) @ np.linalg.inv(c)
     return result, {"iterations": it, "last_step_px": step}
-
-
-def level_texture(img: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    """Log intensity of a pyramid level, high-passed (minus its blur of σ ``8·sigma``),
-    smoothed by ``sigma`` px and divided by its standard deviation: the texture ``fine_ecc``
-    matches and :mod:`exo2micro.numerics.review` compares. (Stage 3's patches use
-    :func:`exo2micro.stages.align_interior.patch_texture`.)"""
-    logv = np.log1p(np.maximum(img, 0)).astype(np.float32)
-    hp = logv - cv2.GaussianBlur(logv, (0, 0), 8 * sigma)
-    hp = cv2.GaussianBlur(hp, (0, 0), sigma)
-    sd = float(hp.std()) or 1.0
-    return hp / sd
 
 
 def iou(pre_mask: np.ndarray, post_mask: np.ndarray, post_to_pre_level: np.ndarray) -> float:

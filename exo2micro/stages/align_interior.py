@@ -59,7 +59,7 @@ from exo2micro.io.records import StageRun, product_ome, require_stage, stage1_ph
 from exo2micro.io.tiffio import TiffImage
 from exo2micro.numerics import nonrigid
 from exo2micro.numerics.footprint import tissue_mask
-from exo2micro.numerics.pyramid import Pyramid
+from exo2micro.numerics.pyramid import Pyramid, to_full, to_level
 from exo2micro.numerics.transform import (
     ResidualField,
     TransformRecord,
@@ -69,7 +69,6 @@ from exo2micro.numerics.transform import (
     map_points,
     max_displacement,
 )
-from exo2micro.stages.align_boundary import to_full, to_level
 from exo2micro.stages.warp import output_shape, warp_to_files, warp_window
 
 #: Side (px, full resolution) of the square patches that are matched.
@@ -116,7 +115,7 @@ ACCURACY_GAIN = 1.5
 def patch_texture(patch: np.ndarray, sigma_hi: float) -> np.ndarray:
     """Log intensity of a patch, band-passed (σ 1 px minus σ ``sigma_hi`` px), divided by its
     robust spread (1.4826 · MAD). Multiplicative brightness changes become offsets and
-    vanish. (Whole levels use :func:`exo2micro.stages.align_boundary.level_texture`.)"""
+    vanish. (Whole levels use :func:`exo2micro.numerics.pyramid.level_texture`.)"""
     logv = np.log1p(np.maximum(patch, 0.0)).astype(np.float32)
     hp = cv2.GaussianBlur(logv, (0, 0), 1.0) - cv2.GaussianBlur(logv, (0, 0), sigma_hi)
     spread = 1.4826 * float(np.median(np.abs(hp - np.median(hp))))
