@@ -217,6 +217,10 @@ class TransformJSON(TypedDict, total=False):
     residual_field: dict[str, Any] | None
 
 
+#: :class:`TransformJSON`'s key types, resolved once (its annotations are strings).
+_TRANSFORM_KEYS: dict[str, Any] = get_type_hints(TransformJSON)
+
+
 @dataclass
 class TransformRecord:
     """A transform on disk: ``post_to_pre`` plus what produced it and how good it is, and the
@@ -258,7 +262,7 @@ class TransformRecord:
         if not isinstance(data, dict) or "post_to_pre" not in data:
             raise InputDataError(f"{source}: not a readable transform JSON (no post_to_pre)")
         try:
-            for key, hint in get_type_hints(TransformJSON).items():
+            for key, hint in _TRANSFORM_KEYS.items():
                 if key in data:
                     contracts.check(data[key], hint, f"{source}: {key}")
         except contracts.ContractError as exc:
