@@ -309,3 +309,13 @@ def test_no_scale_bar_without_a_pixel_size(pyramids: tuple[Pyramid, Pyramid]) ->
 def test_nice_length_is_the_nearest_1_2_5_step() -> None:
     assert [d.nice_length(t) for t in (0.013, 1.4, 1.5, 3.3, 6.5, 7.2, 156, 4000)] == \
         [0.01, 1, 2, 5, 5, 10, 200, 5000]
+
+
+@pytest.mark.parametrize(("accuracy", "shown"), [(0.0035, "0.0035 px"), (0.013, "0.013 px"),
+                                                 (0.5, "0.5 px")])
+def test_registration_title_shows_the_accuracy_to_two_digits(
+        pyramids: tuple[Pyramid, Pyramid], accuracy: float, shown: str) -> None:
+    """A sub-pixel accuracy of a few thousandths must not read as "0.00 px"."""
+    fig = registration_figure(*pyramids, np.eye(3), np.eye(3), title="S / D", status="ok",
+                              accuracy_px=accuracy)
+    assert fig.get_suptitle().endswith(f"estimated accuracy {shown})")

@@ -122,7 +122,7 @@ def registration_figure(pre_pyr: Pyramid, post_pyr: Pyramid, stage2: np.ndarray,
         a.title.set_fontsize(10)
         scale_bar(a, None if um is None else um * level)
     fig.suptitle(f"{title} — registration ({status}; estimated accuracy "
-                 f"{accuracy_px:.2f} px)")
+                 f"{accuracy_px:.2g} px)")
     return fig
 
 
