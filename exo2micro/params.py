@@ -21,9 +21,16 @@ Per-pair image facts
 A parameter dict may hold, under :data:`PAIR_KEY`, one pair's own image facts (samplesheet
 columns, docs/usage.md): the pixel size of its pre and of its post image, its channel and its
 exposure times (:data:`PAIR_FACTS`). Each overrides, for that pair only, the registry parameter
-it is named after (:func:`effective`). They are facts about the pair's images, not settings, so
-they enter the fingerprint of the stage that reads them and of every later stage, never a file
-suffix: a corrected pixel size re-runs the pair from stage 1 under the same file names.
+it is named after (:func:`exo2micro.stage_params.effective`). They are facts about the pair's
+images, not settings, so they enter the fingerprint of the stage that reads them and of every
+later stage, never a file suffix: a corrected pixel size re-runs the pair from stage 1 under
+the same file names.
+
+Typed parameters
+----------------
+:func:`resolve` returns :class:`~exo2micro.stage_params.PairParams`: the values as a read-only
+mapping (what fingerprints and suffixes hash) with one frozen dataclass per stage, which is
+what the stages read.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exo2micro.errors import ParameterError
+from exo2micro.stage_params import PAIR_FACTS, PAIR_KEY, PairParams
 
 #: Bumped when a stage's algorithm changes its output for the same parameters, so that resumed
 #: runs recompute it.
@@ -176,15 +184,6 @@ BY_NAME: dict[str, Param] = {p.name: p for p in REGISTRY}
 BY_ABBR: dict[str, Param] = {p.abbr: p for p in REGISTRY}
 DEFAULTS: dict[str, Any] = {p.name: p.default for p in REGISTRY}
 
-#: Key of a parameter dict under which one pair's image facts are (module docstring).
-PAIR_KEY = "pair"
-#: Per-pair image facts → the registry parameter each overrides for its pair (and shares type,
-#: range and stage with): pixel sizes (µm) of pre and post, channel, exposure times (s).
-PAIR_FACTS: dict[str, str] = {"pre_pixel_size_um": "pixel_size_um",
-                              "post_pixel_size_um": "pixel_size_um", "channel": "channel",
-                              "pre_exposure_s": "pre_exposure_s",
-                              "post_exposure_s": "post_exposure_s"}
-
 _TRUE = {"true", "t", "yes", "y", "1", "on"}
 _FALSE = {"false", "f", "no", "n", "0", "off"}
 
@@ -263,19 +262,16 @@ def resolve_pair(facts: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def effective(values: Mapping[str, Any], fact: str) -> Any:
-    """The value of image fact ``fact`` (:data:`PAIR_FACTS`) for this pair: its own value
-    when the pair has one, else the batch-wide parameter's (``None``: read from the files)."""
-    pair = values.get(PAIR_KEY) or {}
-    return pair[fact] if fact in pair else values.get(PAIR_FACTS[fact])
-
-
-def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Return the full parameter dict: defaults updated with validated ``overrides``.
+def resolve(overrides: Mapping[str, Any] | None = None) -> PairParams:
+    """Return the full, validated parameters: defaults updated with ``overrides``, with the
+    typed view of each stage (:class:`~exo2micro.stage_params.PairParams`). Resolved
+    parameters are returned unchanged, so a function may accept either.
 
     Raises :class:`ParameterError` naming the offending parameter; an unknown name lists every
     valid one. Cross-parameter rules (``scale_min <= scale_max``) are checked too.
     """
+    if isinstance(overrides, PairParams):
+        return overrides
     values = dict(DEFAULTS)
     unknown = sorted(set(overrides or {}) - set(BY_NAME) - {PAIR_KEY})
     if unknown:
@@ -297,7 +293,7 @@ def resolve(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
             f"scale_min ({values['scale_min']:g}) must not exceed scale_max "
             f"({values['scale_max']:g})")
     check_grid(values)
-    return values
+    return PairParams(values)
 
 
 #: Most rotation × scale cells stage 2's grid search may try. The defaults need 41 × 7 = 287;

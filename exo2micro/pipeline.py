@@ -20,6 +20,9 @@ from exo2micro.resources import configure_threads, cpu_budget, reset_peak_rss
 
 log = logging.getLogger("exo2micro")
 
+#: ``on_stage(stage, event)``: told ``"start"``, ``"done"`` or ``"skipped"`` for each stage.
+StageCallback = Callable[[int, str], None]
+
 
 def prepare(pair_dir: str | Path, overrides: Mapping[str, Any] | None,
             threads: int | None = None) -> tuple[PairLayout, int]:
@@ -90,13 +93,13 @@ def run_pair(sample: str, dye: str, pre_raw: str | Path, post_raw: str | Path,
              from_stage: int | None = None, to_stage: int | None = None, force: bool = False,
              threads: int | None = None, checkpoint_format: str = "tiff",
              meta: Mapping[str, str] | None = None,
-             on_stage: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+             on_stage: StageCallback | None = None) -> dict[str, Any]:
     """Run stages ``from_stage … to_stage`` (default 1 … 5) of one pair, resume-aware.
 
     A stage re-runs when it is not current, when ``force`` is set, when it is ≥ ``from_stage``
     (``from_stage`` forces a re-run from that stage on), or when an earlier stage re-ran in this
     call. Exceptions propagate (the caller decides how to report them); see
-    :func:`exo2micro.io.result.error_result` for the failed-pair ``result.json``.
+    :func:`exo2micro.report.result.error_result` for the failed-pair ``result.json``.
     ``on_stage(stage, event)`` is called with ``"start"``/``"done"``/``"skipped"`` for progress.
     Returns the last stage's record.
     """

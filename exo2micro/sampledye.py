@@ -16,7 +16,7 @@ pre-flight check for this pair and then :meth:`SampleDye.execute`. Batch runners
 
 :meth:`execute` never raises for a failed pair (only for ``KeyboardInterrupt``): the exception
 becomes ``status = "error: <reason>"`` in the returned dict and in ``result.json``
-(:func:`exo2micro.io.result.error_result`), so a batch always goes on. Whatever happens, the
+(:func:`exo2micro.report.result.error_result`), so a batch always goes on. Whatever happens, the
 result records how it ran (``result["runner"]``: mode, threads, wall time, attempt, process,
 pre-flight outcome, memory if requested).
 """
@@ -28,19 +28,18 @@ import gc
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exo2micro import params as P
 from exo2micro.io.layout import PairLayout, formats
+from exo2micro.pipeline import StageCallback
 from exo2micro.resources import current_rss_bytes, peak_rss_bytes
 
 if TYPE_CHECKING:
     from exo2micro.io.result_model import PairResult
-
-StageCallback = Callable[[int, str], None]
-
+    from exo2micro.stage_params import PairParams
 
 class SampleDye:
     """One pair: where its raw files are, its parameters, and how to run its stages.
@@ -68,6 +67,7 @@ class SampleDye:
         self.meta = dict(meta or {})
         self.threads = threads
         self._overrides: dict[str, Any] = dict(params or {})
+        self._values: PairParams | None = None
         self.result: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
@@ -80,7 +80,7 @@ class SampleDye:
         Returns ``self`` so calls chain. Later calls add to and override earlier ones.
         """
         merged = {**self._overrides, **params}
-        P.resolve(merged)
+        self._values = P.resolve(merged)
         self._overrides = merged
         return self
 
@@ -95,7 +95,9 @@ class SampleDye:
 
     @property
     def layout(self) -> PairLayout:
-        return PairLayout(self.pair_dir, P.resolve(self._overrides))
+        if self._values is None:  # resolved once, when first needed
+            self._values = P.resolve(self._overrides)
+        return PairLayout(self.pair_dir, self._values)
 
     @property
     def scale_estimate(self) -> float | None:
@@ -130,13 +132,14 @@ class SampleDye:
         from exo2micro.resources import cpu_budget
 
         threads = cpu_budget(self.threads)[0]
+        values = self.layout.params
         with OutputLock(self.output_dir):
             pre, post = self.inputs()
             plans = plan_batch([PairSpec(self.sample, self.dye, pre, post)], self.output_dir,
-                               self._overrides, self.checkpoint_format, from_stage=from_stage,
+                               values, self.checkpoint_format, from_stage=from_stage,
                                to_stage=to_stage, force=force, threads=threads)
             report = check(plans, output_dir=self.output_dir, mode="serial", workers=1,
-                           params=self._overrides, checkpoint_format=self.checkpoint_format,
+                           params=values, checkpoint_format=self.checkpoint_format,
                            force_run=force_run)
             print(report.report, flush=True)
             return self.execute(from_stage, to_stage, force, threads=threads,
@@ -157,8 +160,8 @@ class SampleDye:
         ``memory_debug`` adds RSS before/after (with a ``gc.collect()`` pass) and the task's
         peak under ``result["runner"]["memory"]``.
         """
-        from exo2micro.io.result import write_result
         from exo2micro.pipeline import run_pair
+        from exo2micro.report.result import write_result
 
         t0 = time.perf_counter()
         threads = threads if threads is not None else self.threads
@@ -178,7 +181,7 @@ class SampleDye:
         try:
             layout = self.layout
             pre, post = self.inputs()
-            run_pair(self.sample, self.dye, pre, post, self.pair_dir, params=self._overrides,
+            run_pair(self.sample, self.dye, pre, post, self.pair_dir, params=layout.params,
                      from_stage=from_stage, to_stage=to_stage, force=force, threads=threads,
                      checkpoint_format=self.checkpoint_format, meta=self.meta, on_stage=hook)
             result = self._complete_result(layout, last)
@@ -204,8 +207,8 @@ class SampleDye:
         """The error result of a failed run (``status = "error: <reason>"``), written to
         ``result.json`` when ``layout`` is known and writable."""
         from exo2micro.io.oserrors import is_storage_error, storage_error
-        from exo2micro.io.result import error_info, error_result, error_status
         from exo2micro.io.result_model import PairResult
+        from exo2micro.report.result import error_info, error_result, error_status
 
         if is_storage_error(exc):  # disk full, read-only...: say so, not "[Errno 28] …/tmp-x"
             exc = storage_error(  # type: ignore[arg-type]
@@ -223,7 +226,7 @@ class SampleDye:
         """The result of a successful run: stage 4's ``result.json`` when it belongs to these
         parameters, else one assembled from the stage records (runs that stop early, and a
         ``result.json`` that is unreadable or not a valid result)."""
-        from exo2micro.io.result import build_result, read_result
+        from exo2micro.report.result import build_result, read_result
 
         if last >= max(P.STAGE_NAMES):
             try:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from exo2micro import params as P
 from exo2micro.io.layout import PairLayout, formats
-from exo2micro.params import DEFAULTS
 
 
 def _layout() -> PairLayout:
-    return PairLayout(Path("/r/S/D"), dict(DEFAULTS))
+    return PairLayout(Path("/r/S/D"), P.resolve())
 
 
 def _all_products(layout: PairLayout) -> list[Path]:

@@ -197,7 +197,7 @@ def test_output_ok_by_type(tmp_path: Path) -> None:
 
 def test_a_pixel_size_disagreement_makes_result_json_need_review(tmp_path: Path) -> None:
     """result.json and the summary agree: the failed pixel-size check is a review problem."""
-    from exo2micro.io.result import build_result
+    from exo2micro.report.result import build_result
     from exo2micro.report.summary import row_from_result
 
     check = ("the pixel sizes (pre 0.65 µm, post 0.65 µm) imply a pre→post scale of 1.0000, "

@@ -14,9 +14,9 @@ from exo2micro import params as P
 from exo2micro.cli.schema import schema
 from exo2micro.io.contracts import ContractError
 from exo2micro.io.layout import PairLayout
-from exo2micro.io.result import build_result, read_result, write_result
 from exo2micro.io.result_model import SCHEMA_VERSION, PairResult, json_schema
 from exo2micro.report import summary as S
+from exo2micro.report.result import build_result, read_result, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = [[1.05, 0.1, -36.9], [-0.1, 1.05, -5.9], [0.0, 0.0, 1.0]]

@@ -31,6 +31,7 @@ from exo2micro.batch.discover import SkippedPair as Skipped
 from exo2micro.batch.plan import build_task_list, split_options
 from exo2micro.errors import EXIT_DATA, ParameterError, exit_code_for
 from exo2micro.io.layout import PairLayout
+from exo2micro.stage_params import effective
 from exo2micro.synth import SynthSpec, batch_specs, make_batch
 from tests.runner_helpers import SIZE
 
@@ -324,9 +325,9 @@ def test_pair_facts_enter_the_fingerprint_not_the_file_names(images: Path) -> No
     assert own[P.PAIR_KEY] == {"pre_pixel_size_um": 0.5, "post_pixel_size_um": 0.5,
                                "post_exposure_s": 0.3}
     assert P.PAIR_KEY not in batch
-    assert P.effective(own, "pre_pixel_size_um") == 0.5
-    assert P.effective(batch, "pre_pixel_size_um") == 0.9
-    assert P.effective(own, "pre_exposure_s") is None
+    assert effective(own, "pre_pixel_size_um") == 0.5
+    assert effective(batch, "pre_pixel_size_um") == 0.9
+    assert effective(own, "pre_exposure_s") is None
     assert all(P.suffix(own, s) == P.suffix(batch, s) == "_px0.9" for s in P.STAGE_NAMES)
     assert all(P.fingerprint(own, s) != P.fingerprint(batch, s) for s in P.STAGE_NAMES)
     exposure_only = P.resolve({P.PAIR_KEY: {"post_exposure_s": 0.3}})

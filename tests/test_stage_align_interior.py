@@ -182,7 +182,7 @@ def test_a_stage2_rotation_that_is_off_is_rescued_by_the_texture(tmp_path: Path)
     lay = pair.layout
     pre_pyr, post_pyr = (Pyramid.load(lay.pyramid(w)) for w in ("pre", "post"))
     with TiffImage(lay.signal("pre")) as pre, TiffImage(lay.signal("post")) as post:
-        tr = align_interior(post, pre, post_pyr, pre_pyr, off, dict(lay.params), 2)
+        tr = align_interior(post, pre, post_pyr, pre_pyr, off, lay.params.interior, 2)
     assert tr.status == "ok", tr.reason
     rescue = tr.metrics["rotation_rescue"]
     assert rescue["accepted"] and abs(rescue["rotation_deg"] + 8.0) <= 0.15, rescue

@@ -43,6 +43,7 @@ from exo2micro.batch.report import print_summary, write_batch_summary
 from exo2micro.batch.runners import run_parallel, run_serial, run_subprocess
 from exo2micro.batch.tasks import TaskFn, process_one
 from exo2micro.errors import ParameterError
+from exo2micro.stage_params import PairParams
 
 Skipped = tuple[str, str, str]
 
@@ -71,8 +72,9 @@ class Plan:
 def validate(*, samples: Any, dyes: Any, parallel: bool | str, n_workers: Any, cpus: Any,
              params: Mapping[str, Any] | None, output_dir: str | os.PathLike[str],
              from_stage: Any, to_stage: Any, checkpoint_format: str,
-             timeout_per_task: Any) -> str:
-    """Check every argument before anything is read or written; return the mode name."""
+             timeout_per_task: Any) -> tuple[str, PairParams]:
+    """Check every argument before anything is read or written; return the mode name and the
+    resolved parameters (the one place a batch resolves them)."""
     from exo2micro.io.layout import formats
 
     lifecycle.refuse_worker_reentry()
@@ -84,12 +86,12 @@ def validate(*, samples: Any, dyes: Any, parallel: bool | str, n_workers: Any, c
         formats(checkpoint_format)
     except ValueError as exc:
         raise ParameterError(str(exc)) from None
-    P.resolve(params)
+    values = P.resolve(params)
     if os.path.lexists(output_dir) and not Path(output_dir).is_dir():
         from exo2micro.io.oserrors import StorageError
 
         raise StorageError(f"cannot write {output_dir}: it is not a folder")
-    return mode
+    return mode, values
 
 
 def _unusable_files(raw_dir: str | os.PathLike[str], samples: Sequence[str] | None,
@@ -148,12 +150,15 @@ def discover_pairs(samples: str | Sequence[str] | None, dyes: str | Sequence[str
 
 
 def plan(found: Found, mode: str, *, n_workers: int | None, cpus: int | None,
-         params: Mapping[str, Any] | None, output_dir: str | os.PathLike[str],
+         params: Mapping[str, Any] | None, values: PairParams,
+         output_dir: str | os.PathLike[str],
          raw_dir: str | os.PathLike[str], from_stage: int | None, to_stage: int | None,
          force: bool, checkpoint_format: str, memory_debug: bool, force_run: bool,
          report: Reporter) -> Plan:
     """Choose the mode and workers, run the pre-flight check (raises when the batch does not
-    fit, unless ``force_run``) and build the tasks. Stale temporary files of killed writers
+    fit, unless ``force_run``) and build the tasks. ``values`` are the resolved ``params``
+    (planning reads them); each task carries the overrides ``params`` with its pair's own image
+    facts, resolved in the worker that runs it. Stale temporary files of killed writers
     are removed from the pair folders first (the lock is held, so none is being written)."""
     from exo2micro.batch.preflight import check, plan_batch
     from exo2micro.io.atomic import remove_stale_temps
@@ -164,13 +169,13 @@ def plan(found: Found, mode: str, *, n_workers: int | None, cpus: int | None,
             remove_stale_temps(pair_dir)
     stages = {"from_stage": from_stage, "to_stage": to_stage, "force": force}
     if mode == "auto":
-        mode, n_workers, why = choose_auto_mode(found.pairs, output_dir, params,
+        mode, n_workers, why = choose_auto_mode(found.pairs, output_dir, values,
                                                 checkpoint_format, n_workers, cpus, **stages)
         report.info(f"parallel='auto' chose {mode}: {why}")
     workers, threads, note = plan_workers(mode, n_workers, len(found.pairs), cpus)
-    plans = plan_batch(found.pairs, output_dir, params, checkpoint_format, threads=threads,
+    plans = plan_batch(found.pairs, output_dir, values, checkpoint_format, threads=threads,
                        **stages)
-    preflight = check(plans, output_dir=output_dir, mode=mode, workers=workers, params=params,
+    preflight = check(plans, output_dir=output_dir, mode=mode, workers=workers, params=values,
                       checkpoint_format=checkpoint_format, force_run=force_run)
     report.info(preflight.report)
     for warning in preflight.warnings:
@@ -269,7 +274,7 @@ def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | N
     from exo2micro.batch.lock import OutputLock
 
     report = reporter or Reporter()
-    mode = validate(samples=samples, dyes=dyes, parallel=parallel, n_workers=n_workers,
+    mode, values = validate(samples=samples, dyes=dyes, parallel=parallel, n_workers=n_workers,
                     cpus=cpus, params=params, output_dir=output_dir, from_stage=from_stage,
                     to_stage=to_stage, checkpoint_format=checkpoint_format,
                     timeout_per_task=timeout_per_task)
@@ -287,7 +292,7 @@ def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | N
             from exo2micro.batch.discover import nothing_to_run
 
             raise nothing_to_run(found.source, found.skipped)
-        run = plan(found, mode, n_workers=n_workers, cpus=cpus, params=params,
+        run = plan(found, mode, n_workers=n_workers, cpus=cpus, params=params, values=values,
                    output_dir=output_dir, raw_dir=raw_dir, from_stage=from_stage,
                    to_stage=to_stage, force=force, checkpoint_format=checkpoint_format,
                    memory_debug=memory_debug, force_run=force_run, report=report)

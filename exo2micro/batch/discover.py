@@ -726,6 +726,19 @@ def read_samplesheet(path: str | os.PathLike[str]) -> list[PairSpec]:
     return load_samplesheet(path).pairs
 
 
+def read_expected(samplesheet: str | os.PathLike[str]
+                  ) -> list[tuple[str, str, dict[str, str]]]:
+    """``(sample, dye, extra columns)`` of every row of a samplesheet (already validated by
+    discovery; file paths are not checked here, the summary may run elsewhere)."""
+    delimiter = "\t" if Path(samplesheet).suffix.lower() in (".tsv", ".txt") else ","
+    with open(samplesheet, newline="", encoding="utf-8-sig") as fh:
+        return [(row["sample"].strip(), row["dye"].strip(),
+                 {k: (v or "").strip() for k, v in row.items()
+                  if k and k not in SAMPLESHEET_COLUMNS and k not in ESTIMATE_COLUMNS})
+                for row in csv.DictReader(fh, delimiter=delimiter)
+                if (row.get("sample") or "").strip()]
+
+
 def write_samplesheet(
     pairs: Iterable[PairSpec],
     path: str | os.PathLike[str],

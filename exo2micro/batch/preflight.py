@@ -56,6 +56,7 @@ from exo2micro.io.records import stage_is_current
 from exo2micro.io.tiffio import READER_CACHE_BYTES, TILE, ImageInfo, read_info
 from exo2micro.numerics.pyramid import first_factor
 from exo2micro.resources import available_memory, current_rss_bytes
+from exo2micro.stage_params import PairParams
 
 MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "memory_model.json"
 
@@ -150,7 +151,7 @@ def _decodes_whole(info: ImageInfo) -> bool:
     return not info.memmappable and info.largest_segment_bytes > READER_CACHE_BYTES
 
 
-def features(pre: ImageInfo, post: ImageInfo, values: Mapping[str, Any],
+def features(pre: ImageInfo, post: ImageInfo, values: PairParams,
              threads: int | None) -> dict[str, float]:
     """The memory components of a pair (see :data:`FEATURES`) for ``threads`` threads."""
     # stage 1 reads pre and post one at a time when either must be decoded whole
@@ -161,7 +162,7 @@ def features(pre: ImageInfo, post: ImageInfo, values: Mapping[str, Any],
     def conc(a: float, b: float) -> float:
         return a + b if concurrent else max(a, b)
 
-    pad = int(values["pad"])
+    pad = values.load.pad
     out_h, out_w = post.height + 2 * pad, post.width + 2 * pad
     itemsize = {w: np.dtype(i.dtype).itemsize for w, i in (("pre", pre), ("post", post))}
     signal = {w: i.height * i.width * itemsize[w] for w, i in (("pre", pre), ("post", post))}
@@ -194,14 +195,14 @@ def _image_bytes(h: int, w: int, itemsize: int, fmt: str) -> int:
     return -(-(h * w * itemsize) // 2880) * 2880 + 2880 * 2
 
 
-def stage_disk_bytes(stage: int, pre: ImageInfo, post: ImageInfo, values: Mapping[str, Any],
+def stage_disk_bytes(stage: int, pre: ImageInfo, post: ImageInfo, values: PairParams,
                      checkpoint_format: str, model: MemoryModel) -> int:
     """Bytes stage ``stage`` writes for a pair (exact for images; records are a few kB).
 
     Stage 1 assumes one signal channel (native dtype); a dye summed over several channels
     writes the widened dtype (twice the bytes for 8-bit RGB).
     """
-    pad = int(values["pad"])
+    pad = values.load.pad
     out_h, out_w = post.height + 2 * pad, post.width + 2 * pad
     fmts = formats(checkpoint_format)
     small = 64 << 10  # stage record, transforms, result.json
@@ -210,10 +211,11 @@ def stage_disk_bytes(stage: int, pre: ImageInfo, post: ImageInfo, values: Mappin
             _tiled_bytes(i.height, i.width, np.dtype(i.dtype).itemsize)
             + _level_px(i) * 4 * 4 // 3 for i in (pre, post))
     if stage == 4:  # one difference image per active scale
-        images = 1 + sum(values[n] is not None for n in ("scale_percentile", "manual_scale"))
+        extra = (values.subtract.scale_percentile, values.subtract.manual_scale)
+        images = 1 + sum(v is not None for v in extra)
     else:  # stage 3's aligned pre, stage 5's significance; stage 2's only with
         # save_all_intermediates
-        images = int(stage in (3, 5) or (stage == 2 and bool(values["save_all_intermediates"])))
+        images = int(stage in (3, 5) or (stage == 2 and values.boundary.save_all_intermediates))
     written = sum(_image_bytes(out_h, out_w, 4, f) for f in fmts) * images
     pngs = model.png_bytes if stage in (4, 5) else 0
     return int(small + written + pngs)
@@ -266,7 +268,7 @@ def estimate_pair(pre: str | os.PathLike[str] | ImageInfo, post: str | os.PathLi
     values = P.resolve(params)
     pre_i, post_i = _info(pre), _info(post)
     feats = features(pre_i, post_i, values, threads)
-    pad = int(values["pad"])
+    pad = values.load.pad
     raw_px = pre_i.height * pre_i.width * pre_i.samples + post_i.height * post_i.width * (
         post_i.samples)
     out_px = (post_i.height + 2 * pad) * (post_i.width + 2 * pad)
@@ -297,7 +299,7 @@ class PairLike(Protocol):
     post: Path
 
 
-def stages_to_run(pair_dir: str | os.PathLike[str], values: Mapping[str, Any],
+def stages_to_run(pair_dir: str | os.PathLike[str], values: PairParams,
                   from_stage: int | None = None, to_stage: int | None = None,
                   force: bool = False, checkpoint_format: str | None = None) -> list[int]:
     """The stages a resume-aware run of a pair will execute: from the first stage that is not
@@ -467,7 +469,7 @@ def fastest_workers(times_s: Sequence[float], budget: int, limit: int) -> int:
 
 
 def _memory_remedies(plans: Sequence[PairPlan], mems: Sequence[int], available: int,
-                     mode: str, workers: int, values: Mapping[str, Any]) -> list[str]:
+                     mode: str, workers: int, values: PairParams) -> list[str]:
     out = []
     if mode in ("process", "thread") and workers > 1:
         fit = max_workers_fitting(mems, available, workers - 1)
@@ -476,9 +478,9 @@ def _memory_remedies(plans: Sequence[PairPlan], mems: Sequence[int], available: 
                        f"{fmt_bytes(max(mems))} fits in {WARN_PERCENT} of {fmt_bytes(available)}")
         out.append(f"use serial mode (parallel=False, --parallel serial): one task at a time "
                    f"needs up to {fmt_bytes(max(mems))}")
-    if int(values["pad"]) > 0:
-        out.append(f"reduce pad from {values['pad']} to 0 (the padded output frame is held in "
-                   f"blocks by stages 3-4)")
+    if values.load.pad > 0:
+        out.append(f"reduce pad from {values.load.pad} to 0 (the padded output frame is held "
+                   f"in blocks by stages 3-4)")
     sized = sorted(((p.estimate.mem_bytes, f"{p.sample}/{p.dye}") for p in plans
                     if p.estimate is not None), reverse=True)
     if len(sized) > 1:
@@ -492,17 +494,17 @@ def _memory_remedies(plans: Sequence[PairPlan], mems: Sequence[int], available: 
 
 
 def _disk_remedies(needed: int, free: int, output_dir: str | os.PathLike[str],
-                   checkpoint_format: str, values: Mapping[str, Any]) -> list[str]:
+                   checkpoint_format: str, values: PairParams) -> list[str]:
     out = [f"free at least {fmt_bytes(needed - free)} at {output_dir}, or choose an output "
            f"folder on a larger disk (--outdir)"]
     if len(formats(checkpoint_format)) == 2:
         out.append("write one image format only: checkpoint_format='tiff' or 'fits' "
                    f"(currently '{checkpoint_format}'; halves the image bytes)")
-    if values["save_all_intermediates"]:
+    if values.boundary.save_all_intermediates:
         out.append("set save_all_intermediates=False (currently True; skips the stage-2 "
                    "aligned image)")
-    if int(values["pad"]) > 0:
-        out.append(f"reduce pad from {values['pad']} to 0 (smaller output images)")
+    if values.load.pad > 0:
+        out.append(f"reduce pad from {values.load.pad} to 0 (smaller output images)")
     out.append("run fewer pairs at a time (--samples/--dyes)")
     out.append("force_run=True (--force-run) to run anyway: not recommended")
     return out

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from exo2micro import params as P
 from exo2micro.batch.memory import MemoryTracker, TaskMemory
-from exo2micro.sampledye import StageCallback
+from exo2micro.pipeline import StageCallback
 
 
 class Reporter:

@@ -69,7 +69,7 @@ from exo2micro.batch.tasks import (
     process_one,
     stage_in_progress,
 )
-from exo2micro.sampledye import StageCallback
+from exo2micro.pipeline import StageCallback
 
 log = logging.getLogger("exo2micro")
 

@@ -19,7 +19,7 @@ from exo2micro import params as P
 from exo2micro.batch.plan import Task, sample_dye, split_options
 from exo2micro.errors import ParameterError
 from exo2micro.io.layout import PairLayout
-from exo2micro.sampledye import StageCallback
+from exo2micro.pipeline import StageCallback
 
 #: ``fn(task, on_stage) -> result dict``: what a runner calls for each task.
 TaskFn = Callable[[Task, StageCallback | None], dict[str, Any]]
@@ -49,7 +49,7 @@ def process_one(args: Task, on_stage: StageCallback | None = None) -> dict[str, 
 def lost_result(task: Task, exc: BaseException, stage: int | None, attempts: int,
                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The error result of a task whose process died (written by the parent)."""
-    from exo2micro.io.result import write_result
+    from exo2micro.report.result import write_result
 
     sd = sample_dye(task)
     try:

@@ -225,7 +225,7 @@ def run_result_stage(stage: int, work: Callable[[PairLayout, int, dict[str, str]
     ``work(layout, n_threads, meta)``; when the stage is skipped as current, result.json is
     rebuilt (cheap) so that it carries this call's ``--meta``. ``pair``: as for
     :func:`run_pair_stage`. Returns the stage record and whether the stage was skipped."""
-    from exo2micro.io.result import build_result, write_result
+    from exo2micro.report.result import build_result, write_result
 
     meta = parse_meta(meta_values)
     layout, rec, skipped = run_pair_stage(

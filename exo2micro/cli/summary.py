@@ -50,6 +50,7 @@ def summary(outdir: Path, samplesheet: Path | None, skipped: Path | None,
             failures: Path | None, provenance: tuple[str, ...], versions_file: Path | None,
             threads: int | None, results: tuple[Path, ...]) -> None:
     """Write summary.tsv, summary.md, counts.tsv, manifest.json and report.html for a batch."""
+    from exo2micro.batch.discover import read_expected
     from exo2micro.io.atomic import write_text_atomic
     from exo2micro.io.provenance import software_versions, versions_yaml
     from exo2micro.report import summary as S
@@ -68,7 +69,7 @@ def summary(outdir: Path, samplesheet: Path | None, skipped: Path | None,
     paths = list(results) or sorted(outdir.glob("*/*/result.json"))
     rows = S.collect_rows(S.read_result_files(paths),
                           S.read_skipped(skipped) if skipped else (),
-                          S.read_expected(samplesheet) if samplesheet else (),
+                          read_expected(samplesheet) if samplesheet else (),
                           S.read_failures(failures) if failures else ())
     extra = {"provenance": {**recorded, "software": versions}} if provenance else None
     written = S.write_summary(outdir, rows, extra, threads=cpu_budget(threads)[0])

@@ -10,12 +10,11 @@ only where a product has variants (``04_difference…_percentile``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from exo2micro.params import STAGE_NAMES, suffix
+from exo2micro.stage_params import PairParams
 from exo2micro.suggest import did_you_mean
 
 #: Image formats of checkpoints and difference images: TIFF, FITS or both. The name's codec
@@ -32,10 +31,10 @@ SCALE_KINDS = ("moffat", "percentile", "manual")
 
 @dataclass(frozen=True)
 class PairLayout:
-    """Paths of one pair folder ``root`` for the parameter values ``params``."""
+    """Paths of one pair folder ``root`` for the resolved parameters ``params``."""
 
     root: Path
-    params: Mapping[str, Any]
+    params: PairParams
 
     def sfx(self, stage: int) -> str:
         return suffix(self.params, stage)

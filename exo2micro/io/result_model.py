@@ -1,4 +1,5 @@
-"""The typed form of ``result.json`` (:mod:`exo2micro.io.result` builds it from the stage records).
+"""The typed form of ``result.json`` (built from the stage records by
+:mod:`exo2micro.report.result`).
 
 :class:`PairResult` is the JSON object of one pair: :meth:`PairResult.to_json` is what is
 written, :meth:`PairResult.from_json` checks a file read back (the batch summary, resume) and
@@ -180,4 +181,4 @@ class PairResult:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of ``result.json`` (docs/output.md)."""
     return contract_schema(PairResult, "result.json",
-                           "What happened to one pair (exo2micro.io.result.PairResult).")
+                           "What happened to one pair (exo2micro.io.result_model.PairResult).")

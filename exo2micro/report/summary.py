@@ -907,18 +907,3 @@ def read_failures(path: str | os.PathLike[str]) -> list[Failure]:
                     _int(r.get("exit_code")), _int(r.get("attempts")), r.get("reason", ""))
             for r in _read_tsv(path, ("sample", "dye", "stage", "exit_code", "attempts",
                                       "reason"))]
-
-
-def read_expected(samplesheet: str | os.PathLike[str]
-                  ) -> list[tuple[str, str, dict[str, str]]]:
-    """``(sample, dye, extra columns)`` of every row of a samplesheet (already validated by
-    discovery; file paths are not checked here, the summary may run elsewhere)."""
-    from exo2micro.batch.discover import ESTIMATE_COLUMNS, SAMPLESHEET_COLUMNS
-
-    delimiter = "\t" if Path(samplesheet).suffix.lower() in (".tsv", ".txt") else ","
-    with open(samplesheet, newline="", encoding="utf-8-sig") as fh:
-        return [(row["sample"].strip(), row["dye"].strip(),
-                 {k: (v or "").strip() for k, v in row.items()
-                  if k and k not in SAMPLESHEET_COLUMNS and k not in ESTIMATE_COLUMNS})
-                for row in csv.DictReader(fh, delimiter=delimiter)
-                if (row.get("sample") or "").strip()]

@@ -29,7 +29,6 @@ at full-resolution ``f·i + (f−1)/2``. Memory: a few images of ≤ 1 024 px si
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +52,7 @@ from exo2micro.numerics.transform import (
     grid_points,
     max_displacement,
 )
+from exo2micro.stage_params import BoundaryParams
 
 #: Longer side (px) of the pyramid level used by the grid search.
 SEARCH_SIDE = 384
@@ -292,45 +292,43 @@ class Search:
                          "score": g.score, "second_score": g.second_score}}
 
 
-def search(pre_pyr: Pyramid, post_pyr: Pyramid, params: Mapping[str, Any]) -> Search:
+def search(pre_pyr: Pyramid, post_pyr: Pyramid, p: BoundaryParams) -> Search:
     """Step 1: the grid search over rotation × scale on the search level (module docstring)."""
-    p = params
     pre_l, post_l, f = common_level(pre_pyr, post_pyr, SEARCH_SIDE)
     pre_mask, post_mask = tissue_mask(pre_l), tissue_mask(post_l)
     for name, m in (("pre", pre_mask), ("post", post_mask)):
         if not m.any():
             raise InputDataError(f"no tissue found in the {name} image at the search level")
-    angles = (_grid(-p["angle_range"], p["angle_range"], p["angle_step"])
-              if p["rotation_search"] else np.array([0.0]))
-    scales = (_grid(p["scale_min"], p["scale_max"], p["scale_step"])
-              if p["scale_search"] else np.array([1.0]))
-    if p["use_edges"]:
-        feats = [boundary_band(m, p["boundary_width"], p["boundary_smooth"] / 4)
+    angles = (_grid(-p.angle_range, p.angle_range, p.angle_step)
+              if p.rotation_search else np.array([0.0]))
+    scales = (_grid(p.scale_min, p.scale_max, p.scale_step)
+              if p.scale_search else np.array([1.0]))
+    if p.use_edges:
+        feats = [boundary_band(m, p.boundary_width, p.boundary_smooth / 4)
                  for m in (pre_mask, post_mask)]
     else:
-        feats = [soft_footprint(m, max(1.0, p["boundary_smooth"] / 4))
+        feats = [soft_footprint(m, max(1.0, p.boundary_smooth / 4))
                  for m in (pre_mask, post_mask)]
     grid = grid_search(feats[0], feats[1], angles, scales)
     return Search(grid, f, pre_mask, post_mask, float(min(scales)))
 
 
-def refine(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray, params: Mapping[str, Any]
+def refine(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray, p: BoundaryParams
            ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Step 2: refine the full-resolution ``start`` beyond the grid, on smoothed footprints
     coarse to fine (``multiscale``), then on textures (``fine_ecc``); returns the refined
     ``post_to_pre`` and one convergence record per pass."""
-    p = params
     current = start
     passes: list[dict[str, Any]] = []
-    options = {"max_iter": min(p["stopit"], 200), "min_step": max(p["stopdelta"], 1e-3)}
-    sides = REFINE_SIDES if p["multiscale"] else REFINE_SIDES[-1:]
+    options = {"max_iter": min(p.stopit, 200), "min_step": max(p.stopdelta, 1e-3)}
+    sides = REFINE_SIDES if p.multiscale else REFINE_SIDES[-1:]
     for side in sides:
         pre_r, post_r, fr = common_level(pre_pyr, post_pyr, side)
         soft = [soft_footprint(tissue_mask(im), 2.0) for im in (pre_r, post_r)]
         a_level, info = refine_similarity(soft[0], soft[1], to_level(current, fr, fr), **options)
         current = to_full(a_level, fr, fr)
         passes.append({"factor": fr, "kind": "footprint", **info})
-    if p["fine_ecc"]:
+    if p.fine_ecc:
         pre_r, post_r, fr = common_level(pre_pyr, post_pyr, REFINE_SIDES[-1])
         a_level, info = refine_similarity(level_texture(pre_r), level_texture(post_r),
                                           to_level(current, fr, fr), **options)
@@ -339,12 +337,11 @@ def refine(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray, params: Mappi
     return current, passes
 
 
-def gate(found: Search, refined: np.ndarray, params: Mapping[str, Any],
+def gate(found: Search, refined: np.ndarray, p: BoundaryParams,
          metrics: dict[str, Any]) -> TransformRecord:
     """Step 3: keep the refinement only if it moves tissue pixels, rotates and rescales within
     the limits (else ``grid_only``: the grid result), then mark a scale far from 1 or a poor
     footprint overlap ``suspect``. Adds the gates' facts to ``metrics``."""
-    p = params
     f = found.factor
     grid_full = found.post_to_pre
     # Tissue pixels of the post footprint (full-res coordinates) for displacement gates.
@@ -354,8 +351,8 @@ def gate(found: Search, refined: np.ndarray, params: Mapping[str, Any],
     # The grid itself is only accurate to half a step of each axis at the search level: a
     # refinement must be allowed to move tissue that far *plus* max_translation.
     radius = float(np.max(np.linalg.norm(tissue_xy - tissue_xy.mean(axis=0), axis=1)))
-    grid_px = (f + radius * math.radians(p["angle_step"] / 2)
-               + radius * p["scale_step"] / 2 / found.min_scale)
+    grid_px = (f + radius * math.radians(p.angle_step / 2)
+               + radius * p.scale_step / 2 / found.min_scale)
     metrics["grid_resolution_px"] = grid_px
     d_grid, d_ref = decompose_similarity(grid_full), decompose_similarity(refined)
     d_rot = abs((d_ref["rotation_deg"] - d_grid["rotation_deg"] + 180) % 360 - 180)
@@ -363,31 +360,31 @@ def gate(found: Search, refined: np.ndarray, params: Mapping[str, Any],
     metrics["refinement_moved_tissue_px"] = moved
     if not np.all(np.isfinite(refined)):
         status, reason = "grid_only", "refinement diverged"
-    elif moved > p["max_translation"] + grid_px:
+    elif moved > p.max_translation + grid_px:
         status, reason = "grid_only", (f"refinement would move tissue pixels by up to "
-                                       f"{moved:.1f} px > max_translation {p['max_translation']}"
+                                       f"{moved:.1f} px > max_translation {p.max_translation}"
                                        f" + grid resolution {grid_px:.1f} px")
-    elif d_rot > p["max_rotation"]:
+    elif d_rot > p.max_rotation:
         status, reason = "grid_only", (f"refinement would rotate by {d_rot:.2f}° > "
-                                       f"max_rotation {p['max_rotation']}")
-    elif d_scale > p["max_scale_delta"]:
+                                       f"max_rotation {p.max_rotation}")
+    elif d_scale > p.max_scale_delta:
         status, reason = "grid_only", (f"refinement would change scale by {d_scale:.3f} > "
-                                       f"max_scale_delta {p['max_scale_delta']}")
+                                       f"max_scale_delta {p.max_scale_delta}")
     final = grid_full if status == "grid_only" else refined
     dec = decompose_similarity(final)
     overlap = iou(found.pre_mask, found.post_mask, to_level(final, f, f))
     metrics.update({"rotation_deg": dec["rotation_deg"], "scale": dec["scale"],
                     "overlap_iou": overlap})
-    if status == "ok" and abs(dec["scale"] - 1) > p["max_scale_diff"]:
+    if status == "ok" and abs(dec["scale"] - 1) > p.max_scale_diff:
         status, reason = "suspect", (f"scale {dec['scale']:.3f} differs from 1 by more than "
-                                     f"max_scale_diff {p['max_scale_diff']}")
+                                     f"max_scale_diff {p.max_scale_diff}")
     if status == "ok" and overlap < MIN_IOU:
         status, reason = "suspect", (f"footprints overlap poorly after alignment "
                                      f"(IoU {overlap:.2f} < {MIN_IOU})")
     return TransformRecord(final, status, 2, metrics, reason)
 
 
-def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: Mapping[str, Any]
+def align_boundary(pre_pyr: Pyramid, post_pyr: Pyramid, params: BoundaryParams
                    ) -> TransformRecord:
     """Compute the stage-2 transform (full-resolution ``post_to_pre``) from two pyramids:
     :func:`search`, :func:`refine`, :func:`gate`."""
@@ -403,19 +400,20 @@ def run_align_boundary(layout: PairLayout, *, sample: str = "", dye: str = "", t
     run = StageRun(layout, 2)
     with run.timed("read"):
         pre_pyr, post_pyr = (Pyramid.load(layout.pyramid(w)) for w in ("pre", "post"))
+    p = layout.params.boundary
     with run.timed("align"):
-        tr = align_boundary(pre_pyr, post_pyr, dict(layout.params))
+        tr = align_boundary(pre_pyr, post_pyr, p)
     if tr.reason:
         run.warn(f"stage 2 {tr.status}: {tr.reason}")
     tr.save(layout.boundary_transform())
     run.add_outputs([layout.boundary_transform()])
-    if layout.params["save_all_intermediates"]:
+    if p.save_all_intermediates:
         from exo2micro.io.fitsio import make_header
         from exo2micro.io.tiffio import TiffImage
         from exo2micro.stages.warp import output_shape, warp_to_files
 
         with run.timed("warp"), TiffImage(layout.signal("pre")) as pre:
-            pad = int(layout.params["pad"])
+            pad = p.pad
             outs = {fmt: layout.icp_aligned_pre(fmt) for fmt in formats(checkpoint_format)}
             post_shape = tuple(post_pyr.full_shape)
             warp_to_files(pre, tr.post_to_pre, output_shape(post_shape, pad), pad, outs,

@@ -69,6 +69,7 @@ from exo2micro.numerics.transform import (
     map_points,
     max_displacement,
 )
+from exo2micro.stage_params import InteriorParams
 from exo2micro.stages.warp import output_shape, warp_to_files, warp_window
 
 #: Side (px, full resolution) of the square patches that are matched.
@@ -302,7 +303,7 @@ def _tissue_points(post_pyr: Pyramid) -> np.ndarray:
 
 
 def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: Pyramid,
-                   stage2: TransformRecord, params: dict[str, Any], threads: int = 1
+                   stage2: TransformRecord, params: InteriorParams, threads: int = 1
                    ) -> TransformRecord:
     """Refine stage 2's ``post_to_pre`` from interior texture; fall back to it with a reason."""
     start = stage2.post_to_pre
@@ -310,7 +311,7 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
         "factor", stage2.metrics.get("search_factor", 1)))
     base = {"stage2_status": stage2.status, "estimated_accuracy_px": fallback_acc,
             "accuracy_source": "stage 2 pyramid resolution (no interior fit)"}
-    if not params["interior_ecc"]:
+    if not params.interior_ecc:
         return TransformRecord(start, "skipped", 3, base, "interior_ecc is False")
     centres, patch = plan_patches(post_pyr, pre_pyr, start, post.shape, pre.shape), PATCH
     small: dict[str, Any] = {}
@@ -328,8 +329,8 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
     n = len(centres)
     runs = _rounds(post, pre, start, centres, params, threads, patch)
     rescue: dict[str, Any] = {}
-    if runs.weak(n, params["interior_min_inlier_ratio"]):
-        turned = rotation_rescue(pre_pyr, post_pyr, start, params["angle_range"])
+    if runs.weak(n, params.interior_min_inlier_ratio):
+        turned = rotation_rescue(pre_pyr, post_pyr, start, params.angle_range)
         if turned is not None:
             retry = _rounds(post, pre, turned[0], centres, params, threads, patch)
             rescue = {**turned[1], "accepted": retry.inliers > runs.inliers}
@@ -349,7 +350,7 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
     n_inliers, rms = int(fit.inliers.sum()), fit.residual_rms_px
     stat, extrapolation = statistical_error(fit, tissue_xy), 0.0
     refined = _fit_field(post, pre, measured_under, centres, patch, ms,
-                         params["interior_blur_base"], threads,
+                         params.interior_blur_base, threads,
                          lambda: plan_patches(post_pyr, pre_pyr, current, post.shape, pre.shape,
                                               FIELD_MAX_PATCHES, FIELD_MIN_SPACING,
                                               FIELD_PATCH, FIELD_EDGE_MARGIN),
@@ -375,15 +376,15 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                "estimated_accuracy_px": estimated_accuracy(stat, extrapolation),
                "accuracy_source": "predicted standard error of the interior fit",
                **field_metrics, **_rescued(rescue)}
-    if ratio < params["interior_min_inlier_ratio"]:
+    if ratio < params.interior_min_inlier_ratio:
         return TransformRecord(start, "fallback", 3, {**metrics, **base},
                                f"only {fit.inliers.sum()} of {n} patches agree (inlier ratio "
                                f"{ratio:.2f} < interior_min_inlier_ratio "
-                               f"{params['interior_min_inlier_ratio']}); kept stage 2")
-    if correction > params["interior_max_correction"]:
+                               f"{params.interior_min_inlier_ratio}); kept stage 2")
+    if correction > params.interior_max_correction:
         return TransformRecord(start, "fallback", 3, {**metrics, **base},
                                f"refinement would move tissue by {correction:.1f} px > "
-                               f"interior_max_correction {params['interior_max_correction']}; "
+                               f"interior_max_correction {params.interior_max_correction}; "
                                f"kept stage 2")
     return TransformRecord(current, "ok", 3, metrics, residual_field=field)
 
@@ -409,7 +410,7 @@ class _Rounds:
 
 
 def _rounds(post: TiffImage, pre: TiffImage, start: np.ndarray,
-            centres: Sequence[tuple[float, float]], params: dict[str, Any], threads: int,
+            centres: Sequence[tuple[float, float]], params: InteriorParams, threads: int,
             patch: int = PATCH) -> _Rounds:
     """Up to :data:`ROUNDS` rounds of measuring the ``patch``-px patches at ``centres`` and a
     robust affine fit from ``start`` (phase correlation first, Lucas–Kanade after), until
@@ -420,7 +421,7 @@ def _rounds(post: TiffImage, pre: TiffImage, start: np.ndarray,
     measured_under, ms = current, []
     for rnd in range(ROUNDS):
         measured_under = current
-        ms = measure(post, pre, current, centres, params["interior_blur_base"], rnd == 0,
+        ms = measure(post, pre, current, centres, params.interior_blur_base, rnd == 0,
                      threads, patch=patch)
         new = fit_affine(current, ms)
         if new is None:
@@ -548,7 +549,7 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
 
     require_stage(layout, 2)
     run = StageRun(layout, 3)
-    params = dict(layout.params)
+    params = layout.params.interior
     stage2 = TransformRecord.load(layout.boundary_transform())
     pre_pyr, post_pyr = (Pyramid.load(layout.pyramid(w)) for w in ("pre", "post"))
     with TiffImage(layout.signal("pre")) as pre, TiffImage(layout.signal("post")) as post:
@@ -557,7 +558,7 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
         if tr.reason:
             run.warn(f"stage 3 {tr.status}: {tr.reason}")
         tr.save(layout.interior_transform())
-        pad = int(params["pad"])
+        pad = params.pad
         outs = {fmt: layout.aligned_pre(fmt) for fmt in formats(checkpoint_format)}
         acc = tr.metrics["estimated_accuracy_px"]
         if acc > REVIEW_ACCURACY_PX:
@@ -569,7 +570,7 @@ def run_align_interior(layout: PairLayout, *, sample: str = "", dye: str = "", t
                           field=tr.residual_field,
                           compression=tiff_compression(checkpoint_format),
                           fits_header=lambda: make_header(sample=sample, dye=dye, stage=3,
-                                                          params=params, accuracy_px=acc),
+                                                          params=layout.params, accuracy_px=acc),
                           threads=threads, ome=product_ome(layout, "aligned pre (stage 3)", dye))
     with run.timed("plot"):
         png = layout.stage_plot("registration", 3)

@@ -99,9 +99,9 @@ from exo2micro.io.atomic import atomic_path
 from exo2micro.io.fitsio import FitsImage, make_header, write_streamed
 from exo2micro.io.layout import PairLayout, formats, tiff_compression
 from exo2micro.io.records import StageRun, product_ome, require_stage, stage1_physical
-from exo2micro.io.result import build_result, write_result
 from exo2micro.io.tiffio import TILE, TiffImage, read_info, write_tiled
 from exo2micro.report import diagnostics
+from exo2micro.report.result import build_result, write_result
 from exo2micro.stages.streaming import FanOut, Writer
 from exo2micro.stages.subtract import box_mean, preview_factor
 
@@ -994,13 +994,10 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     significance image is written in every format of ``checkpoint_format``. Returns the stage
     record (also ``layout.record(5)``). Raises :class:`InputDataError` (exit 65) naming the
     file when an input is missing or unusable."""
-    values = layout.params
-    threshold = float(values["detect_threshold"])
-    min_area = int(values["detect_min_area"])
-    deblend = bool(values["detect_deblend"])
+    p = layout.params.detect
+    threshold, min_area, deblend, pad = p.threshold, p.min_area, p.deblend, p.pad
     run = StageRun(layout, 5)
     inputs = _Inputs.find(layout, checkpoint_format)
-    pad = int(values.get("pad", 0))
     with _open(inputs.diff) as diff_img, _open(inputs.aligned) as pre_img, \
             _open(inputs.post) as post_img, \
             ThreadPoolExecutor(max(1, min(threads, MAX_THREADS))) as pool:
@@ -1053,8 +1050,8 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                   "flux_units": f"post counts ({dtype_name}), background-subtracted",
                   "flags": {"edge": FLAG_EDGE, "saturated": FLAG_SATURATED,
                             "deblended": FLAG_DEBLENDED},
-                  "params": {p: values[p] for p in ("detect_threshold", "detect_min_area",
-                                                    "detect_deblend")},
+                  "params": {"detect_threshold": threshold, "detect_min_area": min_area,
+                             "detect_deblend": deblend},
                   "scale_k": inputs.k, "noise_model": model.to_json(),
                   "tissue_px": tissue_px}
     run.add_outputs(write_catalogue(layout, columns, table_meta))

@@ -32,14 +32,12 @@ decoding pre twice: once for the channel choice, once for streaming).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from exo2micro import params as P
 from exo2micro.errors import InputDataError
 from exo2micro.io.layout import PairLayout
 from exo2micro.io.records import StageRun, raw_identity
@@ -104,20 +102,11 @@ def _named_choice(img: TiffImage, channel: str | None, dye: str | None
     return None
 
 
-def _given_size(values: Mapping[str, Any], which: str) -> tuple[float | None, str | None]:
-    """The pixel size (µm) given for ``which`` ('pre' or 'post') and where it was given:
-    ``'samplesheet'`` (the pair's own), ``'parameter'`` (batch-wide), or ``(None, None)``."""
-    fact = f"{which}_pixel_size_um"
-    size = P.effective(values, fact)
-    if size is None:
-        return None, None
-    return size, "samplesheet" if fact in (values.get(P.PAIR_KEY) or {}) else "parameter"
-
-
 def _physical(img: TiffImage, choice: ChannelChoice, given: tuple[float | None, str | None]
               ) -> dict[str, Any]:
-    """Pixel size (µm; ``given`` by :func:`_given_size` over the metadata) and the exposure
-    time (s) of the chosen channel(s) (``None`` unless all of them state the same one)."""
+    """Pixel size (µm; ``given`` — :attr:`~exo2micro.stage_params.LoadParams.pixel_size_um` —
+    over the metadata) and the exposure time (s) of the chosen channel(s) (``None`` unless all
+    of them state the same one)."""
     phys = img.physical
     pixel_size_um, source = given
     times = {phys.exposure_s[c] if c < len(phys.exposure_s) else None for c in choice.channels}
@@ -187,7 +176,8 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
     raws = {"pre": Path(pre_raw), "post": Path(post_raw)}
     outputs = [layout.signal(w) for w in WHICH] + [layout.pyramid(w) for w in WHICH]
     images: dict[str, TiffImage] = {}
-    channel = P.effective(layout.params, "channel")
+    p = layout.params.load
+    channel = p.channel
     try:
         for which in WHICH:
             images[which] = TiffImage(raws[which], pages_as_channels=channel is not None)
@@ -216,7 +206,7 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
                      f"using channel(s) {list(choices['pre'].channels)} of pre and "
                      f"{list(choices['post'].channels)} of post")
 
-        physical = {w: _physical(images[w], choices[w], _given_size(layout.params, w))
+        physical = {w: _physical(images[w], choices[w], p.pixel_size_um[w])
                     for w in WHICH}
 
         def one(which: str) -> dict[str, Any]:
@@ -248,5 +238,5 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
     run.info.update({"inputs": {w: str(raws[w]) for w in WHICH}, "input_identity": identity,
                      "channels": choices["post"].to_json(),
                      "channels_per_image": {w: choices[w].to_json() for w in WHICH},
-                     "images": meta, "pair": dict(layout.params.get(P.PAIR_KEY) or {})})
+                     "images": meta, "pair": dict(p.pair_facts)})
     return run.record()

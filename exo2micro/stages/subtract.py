@@ -97,15 +97,15 @@ from exo2micro.errors import InputDataError
 from exo2micro.io.fitsio import FitsImage, make_header, write_streamed
 from exo2micro.io.layout import PairLayout, formats, tiff_compression
 from exo2micro.io.records import StageRun, stage1_physical
-from exo2micro.io.result import build_result, write_result
 from exo2micro.io.tiffio import TILE, OmeMeta, TiffImage, read_info, write_tiled
 from exo2micro.numerics import scale
 from exo2micro.numerics.footprint import footprint_stats, tissue_mask
 from exo2micro.numerics.pyramid import Pyramid
 from exo2micro.numerics.review import Review, review_alignment
 from exo2micro.numerics.transform import TransformRecord
-from exo2micro.params import effective
 from exo2micro.report import diagnostics
+from exo2micro.report.result import build_result, write_result
+from exo2micro.stage_params import SubtractParams
 from exo2micro.stages.streaming import FanOut, Writer, ordered_map
 
 #: Signal threshold of each image: this fraction of the way from its background level to its
@@ -589,16 +589,16 @@ def _pass2_block(src: Sources, thr: Thresholds, scales: Mapping[str, float],
 
 
 # ------------------------------------------------------------------------------ the stage
-def active_scales(fit: scale.ScaleFit, ratio: scale.Histogram, values: Mapping[str, Any],
+def active_scales(fit: scale.ScaleFit, ratio: scale.Histogram, p: SubtractParams,
                   exposure_ratio: float | None = None) -> dict[str, float]:
     """``{kind: k}`` of every active scale, Moffat first (``manual_scale='exposure'``: the
     post/pre ``exposure_ratio``, checked to be known by :func:`exposure_facts`)."""
     scales = {"moffat": fit.scale}
-    if values.get("scale_percentile") is not None:
-        scales["percentile"] = scale.percentile_scale(ratio, float(values["scale_percentile"]))
-    manual = values.get("manual_scale")
-    if manual is not None:
-        scales["manual"] = float(exposure_ratio if manual == "exposure" else manual)
+    if p.scale_percentile is not None:
+        scales["percentile"] = scale.percentile_scale(ratio, float(p.scale_percentile))
+    if p.manual_scale is not None:
+        scales["manual"] = float(exposure_ratio if p.manual_scale == "exposure"
+                                 else p.manual_scale)
     return scales
 
 
@@ -606,10 +606,11 @@ def exposure_facts(layout: PairLayout) -> dict[str, float | None]:
     """Exposure times (s) of pre and post (the pair's own, else the parameters, over stage 1's
     OME metadata) and their ratio post/pre. Raises :class:`InputDataError` when
     ``manual_scale=exposure`` lacks one."""
-    times = {w: effective(layout.params, f"{w}_exposure_s")
-             or stage1_physical(layout, w)["exposure_s"] for w in ("pre", "post")}
+    p = layout.params.subtract
+    given = {"pre": p.pre_exposure_s, "post": p.post_exposure_s}
+    times = {w: given[w] or stage1_physical(layout, w)["exposure_s"] for w in ("pre", "post")}
     ratio = times["post"] / times["pre"] if times["pre"] and times["post"] else None
-    if layout.params.get("manual_scale") == "exposure" and ratio is None:
+    if p.manual_scale == "exposure" and ratio is None:
         missing = " and ".join(w for w, t in times.items() if not t)
         raise InputDataError(f"manual_scale=exposure needs both exposure times, but the {missing} "
                              f"exposure is unknown: set pre_exposure_s and post_exposure_s "
@@ -810,8 +811,8 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     if mismatch:
         run.warn(mismatch)
     post_to_pre = inputs.transform.post_to_pre
-    mode = str(layout.params.get("k_model", "auto"))
-    pad = int(layout.params.get("pad", 0))
+    p = layout.params.subtract
+    mode, pad = p.k_model, p.pad
     with run.timed("levels"):
         post_pyr, pre_pyr = Pyramid.load(inputs.post_pyramid), Pyramid.load(inputs.pre_pyramid)
         thr = tissue_thresholds(post_pyr, pre_pyr)
@@ -842,7 +843,7 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                 fit = scale.fit_left_wing(_fit_histogram(p1, run))
                 if fit.message:
                     run.warn(fit.message)
-                scales = active_scales(fit, p1.ratio, layout.params, exposure["ratio"])
+                scales = active_scales(fit, p1.ratio, p, exposure["ratio"])
                 kmap = None if plan is None else KMap.estimate(p1, src.shape, mode)
                 surface = None if kmap is None else kmap.surface
                 k_range = [scales["moffat"]] * 2
@@ -872,7 +873,7 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
     run.add_outputs(paths)
     with run.timed("plots"):
         ctx = diagnostics.PlotContext(sample=sample, dye=dye, units=units, scales=scales,
-                                      percentile=layout.params.get("scale_percentile"),
+                                      percentile=p.scale_percentile,
                                       thresholds=(thr.post, thr.pre),
                                       pixel_size_um=pixel_scale["pixel_size_um"]["post"])
         run.add_outputs(diagnostics.write_all(
@@ -894,7 +895,7 @@ def run_subtract(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
         "pixel_scale": pixel_scale,
         "exposure": exposure | {"k_net_of_exposure": None if exposure["ratio"] is None
                                 else scales["moffat"] / exposure["ratio"]},
-        "scale_percentile": layout.params.get("scale_percentile"),
+        "scale_percentile": p.scale_percentile,
         "thresholds": thr.to_json(),
         "pixels": {"data": p1.n_data, "signal": p1.n_signal, "estimation": p1.ratio.total,
                    "microbe_free": p1.clean.total, "post_equals_pre": p1.n_equal},

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from exo2micro.io.result import NEEDS_REVIEW
 from exo2micro.pipeline import run_pair
 from exo2micro.report import summary as S
+from exo2micro.report.result import NEEDS_REVIEW
 from exo2micro.synth import spoil_pre
 from tests.reliability.helpers import pair
 
