@@ -23,7 +23,11 @@ misalignment *locally at full resolution* and fits one transform to all measurem
 4. **Rotation rescue.** When no fit is found or too few patches agree, stage 2's rotation may
    be off (a round footprint does not fix it): :func:`rotation_rescue` turns pre about the
    tissue centre to the angle whose texture matches post best, and the rounds start again
-   from there; the metrics record what it found and whether it was kept.
+   from there; the metrics record what it found and whether it was kept. When the patches
+   still disagree — stage 2 more than a quarter patch off, a rotation beyond
+   ``angle_range`` — :func:`feature_rescue` matches SIFT keypoints of the two images on a
+   pyramid level, a second measurement independent of stage 2, and the rounds start again
+   from its similarity (``feature_rescue`` in the metrics).
 5. **Checks.** At least ``interior_min_inlier_ratio`` of the measured patches must agree, and
    no tissue pixel may move more than ``interior_max_correction`` px from stage 2; otherwise
    stage 2's transform is kept and the reason recorded. ``estimated_accuracy_px`` is the mean,
@@ -59,7 +63,7 @@ from exo2micro.io.records import StageRun, product_ome, require_stage, stage1_ph
 from exo2micro.io.tiffio import TiffImage
 from exo2micro.numerics import nonrigid
 from exo2micro.numerics.footprint import tissue_mask
-from exo2micro.numerics.pyramid import Pyramid, to_full, to_level
+from exo2micro.numerics.pyramid import Pyramid, common_level, to_full, to_level
 from exo2micro.numerics.transform import (
     ResidualField,
     TransformRecord,
@@ -90,6 +94,14 @@ FIELD_EDGE_MARGIN = 16
 #: Tissue edge left out of the rotation rescue's texture comparison (px of a 512-px level:
 #: twice the reach of its high pass).
 RESCUE_EDGE_PX = 24
+#: Longer side (px) of the pyramid level on which the feature rescue matches SIFT keypoints.
+FEATURE_SIDE = 1024
+#: Lowe's ratio test of the feature rescue: a match is kept when its descriptor distance is
+#: below this fraction of the second-best match's.
+FEATURE_RATIO = 0.75
+#: Fewest RANSAC inliers (and RANSAC threshold, px of the feature level) of a feature match.
+FEATURE_MIN_INLIERS = 12
+FEATURE_RANSAC_PX = 2.0
 #: Border (px) of a patch left out of the Lucas–Kanade sums (filter edge effects).
 BORDER = 12
 #: RANSAC inlier threshold (px in the pre frame).
@@ -336,6 +348,14 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
             rescue = {**turned[1], "accepted": retry.inliers > runs.inliers}
             if rescue["accepted"]:
                 runs = retry
+    features: dict[str, Any] = {}
+    if runs.weak(n, params.interior_min_inlier_ratio):
+        matched = feature_rescue(pre_pyr, post_pyr, params.angle_range)
+        if matched is not None:
+            retry = _rounds(post, pre, matched[0], centres, params, threads, patch)
+            features = {**matched[1], "accepted": retry.inliers > runs.inliers}
+            if features["accepted"]:
+                runs = retry
     current, fit, ms, measured_under, history = (runs.current, runs.fit, runs.ms,
                                                  runs.measured_under, runs.history)
     if fit is None:
@@ -343,7 +363,7 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
         return TransformRecord(start, "fallback", 3, {**base, "n_patches": n, **small,
                                                       "rounds": history,
                                                       "n_textured": textured,
-                                                      **_rescued(rescue)},
+                                                      **_rescued(rescue, features)},
                                f"interior texture too weak or inconsistent: {textured} of {n} "
                                f"patches share texture between pre and post (correlation ≥ "
                                f"{MIN_PATCH_CORRELATION}); kept stage 2")
@@ -375,7 +395,7 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                "statistical_error_px": stat,
                "estimated_accuracy_px": estimated_accuracy(stat, extrapolation),
                "accuracy_source": "predicted standard error of the interior fit",
-               **field_metrics, **_rescued(rescue)}
+               **field_metrics, **_rescued(rescue, features)}
     if ratio < params.interior_min_inlier_ratio:
         return TransformRecord(start, "fallback", 3, {**metrics, **base},
                                f"only {fit.inliers.sum()} of {n} patches agree (inlier ratio "
@@ -436,8 +456,10 @@ def _rounds(post: TiffImage, pre: TiffImage, start: np.ndarray,
     return _Rounds(current, fit, ms, measured_under, history)
 
 
-def _rescued(rescue: dict[str, Any]) -> dict[str, Any]:
-    return {"rotation_rescue": rescue} if rescue else {}
+def _rescued(rotation: dict[str, Any], features: dict[str, Any]) -> dict[str, Any]:
+    """The metrics of the rescues that were tried."""
+    return ({"rotation_rescue": rotation} if rotation else {}) | (
+        {"feature_rescue": features} if features else {})
 
 
 def _turn(centre: tuple[float, float], degrees: float) -> np.ndarray:
@@ -479,6 +501,53 @@ def rotation_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, start: np.ndarray,
     turned = to_full(a0 @ _turn(view.centre, best_deg) @ shift_m, view.factor, view.factor)
     return turned, {"rotation_deg": best_deg, "texture_correlation": corr,
                     "correlation_before": before}
+
+
+def _feature_image(level: np.ndarray) -> np.ndarray:
+    """A pyramid level as 8-bit for SIFT: log intensity stretched between its 1st and 99.9th
+    percentiles (the post/pre brightness ratio k and the exposure drop out)."""
+    logs = np.log1p(np.maximum(np.nan_to_num(level), 0)).astype(np.float32)
+    lo, hi = np.percentile(logs, [1.0, 99.9])
+    scaled = (logs - lo) * (255.0 / max(float(hi - lo), 1e-6))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def feature_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, angle_range: float
+                   ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A start for the patches independent of stage 2, for when neither stage 2 nor the
+    rotation rescue brings the patches within their reach (a shift of more than a quarter
+    patch): SIFT keypoints of the tissue of both images on a :data:`FEATURE_SIDE`-px level,
+    matched with Lowe's ratio test (:data:`FEATURE_RATIO`), and a similarity post → pre fitted
+    to the matches by RANSAC (:data:`FEATURE_RANSAC_PX`). Returns the full-resolution
+    ``post_to_pre`` and the facts of the match, or ``None`` with fewer than
+    :data:`FEATURE_MIN_INLIERS` inliers or a rotation outside the ±``angle_range``° that
+    stage 2 was told to search (a pre mounted upside down stays a pair to review, not a
+    silent 180° turn). Deterministic (OpenCV's RANSAC seeds its own
+    generator), so both orchestrators get the same transform."""
+    pre_l, post_l, f = common_level(pre_pyr, post_pyr, FEATURE_SIDE)
+    sift = cv2.SIFT_create()
+    found = [sift.detectAndCompute(_feature_image(level), tissue_mask(level).view(np.uint8))
+             for level in (post_l, pre_l)]
+    (post_kp, post_desc), (pre_kp, pre_desc) = found
+    if post_desc is None or pre_desc is None or min(len(post_kp), len(pre_kp)) < 2:
+        return None
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(post_desc, pre_desc, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < FEATURE_RATIO * p[1].distance]
+    if len(good) < FEATURE_MIN_INLIERS:
+        return None
+    src = np.float32([post_kp[m.queryIdx].pt for m in good])
+    dst = np.float32([pre_kp[m.trainIdx].pt for m in good])
+    fit, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
+                                               ransacReprojThreshold=FEATURE_RANSAC_PX)
+    n_inliers = 0 if inliers is None else int(inliers.sum())
+    if fit is None or n_inliers < FEATURE_MIN_INLIERS:
+        return None
+    level_map = np.vstack([fit, [0.0, 0.0, 1.0]])
+    rotation = decompose_similarity(level_map)["rotation_deg"]
+    if abs(rotation) > angle_range:
+        return None
+    return to_full(level_map, f, f), {"matches": len(good), "inliers": n_inliers,
+                                      "rotation_deg": rotation, "level_factor": f}
 
 
 def _fit_field(post: TiffImage, pre: TiffImage, affine: np.ndarray,
