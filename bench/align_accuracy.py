@@ -10,6 +10,7 @@ Usage (generated data goes to --work, never into the repository)::
 
     python bench/align_accuracy.py                       # 2000, 6000 and 9000 px, all cases
     python bench/align_accuracy.py --sizes 30000 --cases reference
+    python bench/align_accuracy.py --sizes 1200 3000 6000 --cases featureless
 
 The table is also written to --out/align_accuracy.md (+ .json). Not part of the test suite.
 """
@@ -32,14 +33,19 @@ CASES: dict[str, dict[str, float]] = {
     "rot-5-k3": {"rotation_deg": -5.0, "scale": 0.97, "tx": -0.05, "k": 3.0},
     "identity": {"rotation_deg": 0.0, "scale": 1.0, "tx": 0.0, "k": 1.0},
     "rot12-grow": {"rotation_deg": 12.0, "scale": 1.1, "tx": 0.05, "k": 1.35},
+    "featureless": {"rotation_deg": 4.0, "scale": 1.02, "tx": 0.0, "k": 1.35},
 }
+#: Cases whose tissue has no interior texture: stage 3 falls back to stage 2 refined on the
+#: tissue edge.
+TEXTURE: dict[str, str] = {"featureless": "featureless"}
 
 
 def run(size: int, case: str, work: Path, threads: int, keep: bool) -> dict[str, Any]:
     c = CASES[case]
     spec = bench_spec(size, sample=f"A{size}{case.replace('-', '')}",
                       rotation_deg=c["rotation_deg"], scale=c["scale"], k=c["k"],
-                      tx=c["tx"] * size, ty=-c["tx"] * size / 2)
+                      tx=c["tx"] * size, ty=-c["tx"] * size / 2,
+                      **({"texture": TEXTURE[case]} if case in TEXTURE else {}))
     row = run_case(spec, work, threads, "tiff", STAGES[:3], keep=keep)
     row["case"] = case
     return row
