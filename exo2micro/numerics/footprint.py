@@ -7,6 +7,7 @@ the tissue (cracks, opaque grains) stay tissue. Small specks are dropped.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,19 @@ def tissue_mask(image: np.ndarray, smooth_px: float = 2.0) -> np.ndarray:
     keep[1:] = areas >= MIN_COMPONENT_FRACTION * areas.max()
     mask = keep[labels].astype(np.uint8)
     return fill_holes(mask).astype(bool)
+
+
+def edge_midpoint(image: np.ndarray) -> float:
+    """The intensity halfway between the median of the tissue (:func:`tissue_mask`) and the
+    median of the background of ``image`` (its units): where the tissue edge is crossed at
+    half height. It scales with the image, so an edge blurred alike in two images that differ
+    by a brightness factor is crossed at the same place in both. ``nan`` without tissue or
+    without background."""
+    mask = tissue_mask(image)
+    values = np.nan_to_num(image.astype(np.float32), nan=0.0)
+    if mask.all() or not mask.any():
+        return math.nan
+    return float((np.median(values[mask]) + np.median(values[~mask])) / 2)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
