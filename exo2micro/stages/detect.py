@@ -84,6 +84,7 @@ chunk arrays per thread; the significance image is streamed to its writer
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -277,8 +278,19 @@ def matched_filter(diff: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarr
 def noise_weight(valid: np.ndarray, sigma: float) -> np.ndarray:
     """The fraction of the noise weight (``g²``) of a unit-sum Gaussian of σ ``sigma`` px that
     falls on ``valid`` pixels: g² is a Gaussian of σ/√2 (up to its sum), so its blur of the
-    data mask (float32)."""
+    data mask (float32). Read-only and shared where every pixel is valid (most chunks)."""
+    if valid.all():
+        return _full_weight(valid.shape, sigma)
     return _blur(valid.astype(np.float32), sigma / math.sqrt(2))
+
+
+@functools.lru_cache(maxsize=16)
+def _full_weight(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """:func:`noise_weight` of an image of ``shape`` without invalid pixels: the same for
+    every chunk of that shape, so computed once (read-only)."""
+    weight = _blur(np.ones(shape, np.float32), sigma / math.sqrt(2))
+    weight.setflags(write=False)
+    return weight
 
 
 def usable(diff: np.ndarray) -> np.ndarray:
@@ -469,7 +481,7 @@ def search_map(block: Block, model: NoiseModel, sigma: np.ndarray) -> SearchMap:
         searchable &= wt >= MIN_WEIGHT
     per_kernel = []
     for f, wt, sf in zip(filtered, weights, sigma_f):
-        scale = np.sqrt(wt, out=wt)
+        scale = np.sqrt(wt)
         scale *= sf
         with np.errstate(invalid="ignore", divide="ignore"):
             per_kernel.append(np.where(searchable, np.divide(f, scale, out=scale),
@@ -520,9 +532,11 @@ def detect_block(block: Block, model: NoiseModel, threshold: float, min_area: in
     ``core`` = ``(y_lo, y_hi, x_lo, x_hi)`` (output frame) keeps only sources whose position
     lies in ``[x_lo, x_hi) × [y_lo, y_hi)``; ``None`` keeps all.
     """
+    if not block.tissue.any():  # a chunk of bare slide: nothing to search
+        return _empty_columns()
     sigma = model.sigma(block.level)
     search = search_map(block, model, sigma)
-    if not search.searchable.any():  # e.g. a chunk of bare slide
+    if not search.searchable.any():
         return _empty_columns()
     found = find_segments(search.snr, threshold, min_area, search.searchable)
     if found is None:
