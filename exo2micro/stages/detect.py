@@ -74,8 +74,9 @@ Pass 1 reads evenly spaced blocks of :data:`~exo2micro.io.tiffio.TILE` rows, at 
 with :data:`CHUNK_HALO` more each side, detected in parallel threads (``threads``, at most
 :data:`MAX_THREADS`); a source is kept only by the chunk whose core holds its position (rows
 ``[y0 − 0.5, y1 − 0.5)``, likewise columns), so every source is measured once, from a chunk
-that holds it whole (sources up to 2 × HALO px tall). Memory is the input readers' caches
-and the row block's few full-width arrays (≈ 1.5 GB at 30 000 px wide) plus ≈ 0.1 GB of
+that holds it whole (sources up to 2 × HALO px tall); the next row block is read (one
+more thread) while the chunks of this one are detected. Memory is the input readers' caches
+and two row blocks' few full-width arrays (≈ 1.5 GB at 30 000 px wide) plus ≈ 0.1 GB of
 chunk arrays per thread; the significance image is streamed to its writer
 (:class:`~exo2micro.stages.streaming.FanOut`), never held.
 """
@@ -83,6 +84,7 @@ chunk arrays per thread; the significance image is streamed to its writer
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -191,13 +193,18 @@ class NoiseModel:
     n_tiles: int
 
     def sigma(self, level: np.ndarray) -> np.ndarray:
-        """Per-pixel σ (post counts) of the difference at level ``level``."""
-        return np.sqrt(np.float32(self.a)
-                       + np.float32(self.b) * np.maximum(level, 0, dtype=np.float32))
+        """Per-pixel σ (post counts) of the difference at level ``level`` (float32; computed
+        in one array, not one temporary per operation)."""
+        var = np.maximum(level, 0, dtype=np.float32)
+        var *= np.float32(self.b)
+        var += np.float32(self.a)
+        return np.sqrt(var, out=var) if isinstance(var, np.ndarray) else np.sqrt(var)
 
     def sigma_filtered(self, level: np.ndarray, j: int) -> np.ndarray:
         """σ of the difference filtered by kernel ``j``, at (filter-weighted) level ``level``."""
-        return self.sigma(level) * np.float32(math.sqrt(self.c[j] * KERNEL_NOISE_GAIN[j]))
+        sigma = self.sigma(level)
+        sigma *= np.float32(math.sqrt(self.c[j] * KERNEL_NOISE_GAIN[j]))
+        return sigma
 
     def correlation(self, sigma_px: float) -> float:
         """Variance of the optimal filter of a Gaussian source of σ ``sigma_px`` over its
@@ -231,8 +238,7 @@ class NoiseModel:
 def level_image(pre: np.ndarray, k: float) -> np.ndarray:
     """L = k · aligned_pre smoothed over :data:`LEVEL_SMOOTH` px (NaN read as 0), float32."""
     level = _zero_nan(pre.astype(np.float32) * np.float32(k))
-    size = 2 * math.ceil(3 * LEVEL_SMOOTH) + 1
-    return cv2.GaussianBlur(level, (size, size), LEVEL_SMOOTH)
+    return _blur(level, LEVEL_SMOOTH, cv2.BORDER_DEFAULT)
 
 
 def _zero_nan(image: np.ndarray) -> np.ndarray:
@@ -241,28 +247,50 @@ def _zero_nan(image: np.ndarray) -> np.ndarray:
     return cv2.patchNaNs(image, 0)
 
 
-def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of σ ``sigma`` px (±3σ support), zero outside the array."""
+def _blur(image: np.ndarray, sigma: float, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+    """Gaussian blur of σ ``sigma`` px (±3σ support), zero outside the array (or OpenCV's
+    ``border``), into a NumPy array (:func:`_like`)."""
     size = 2 * math.ceil(3 * sigma) + 1
-    return cv2.GaussianBlur(image, (size, size), sigma, borderType=cv2.BORDER_CONSTANT)
+    return cv2.GaussianBlur(image, (size, size), sigma, dst=_like(image), borderType=border)
+
+
+def _like(image: np.ndarray) -> np.ndarray:
+    """An empty array of ``image``'s shape and dtype for an OpenCV result: NumPy asks for
+    transparent huge pages for large arrays, where OpenCV's own allocations are faulted in
+    4 KiB pages — on the development VM those page faults cost more CPU than the filter."""
+    return np.empty(image.shape, image.dtype)
 
 
 def filter_level(level: np.ndarray, j: int) -> np.ndarray:
     """The level that sets the noise of kernel ``j``: var(Σ g·D) = Σ g² (a + b L), and
     g² / Σg² is a unit Gaussian of σ_k/√2, so L blurred by it. At a tissue edge the filter
     sees the noisy inside even where its centre is outside."""
-    size = 2 * math.ceil(3 * KERNEL_SIGMAS[j] / math.sqrt(2)) + 1
-    return cv2.GaussianBlur(level, (size, size), KERNEL_SIGMAS[j] / math.sqrt(2))
+    return _blur(level, KERNEL_SIGMAS[j] / math.sqrt(2), cv2.BORDER_DEFAULT)
 
 
 def matched_filter(diff: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """``(D ⊛ g, w)``: the difference (NaN read as 0) convolved with a unit-sum Gaussian of σ
     ``sigma`` px, and the fraction of the kernel's noise weight (``g²``) that fell on data."""
     valid = np.isfinite(diff)
-    filtered = _blur(np.where(valid, diff, 0).astype(np.float32), sigma)
-    # g² is a Gaussian of σ/√2 (up to its sum): its blur of the data mask is the noise weight
-    weight = _blur(valid.astype(np.float32), sigma / math.sqrt(2))
-    return filtered, weight
+    return _blur(np.where(valid, diff, 0).astype(np.float32), sigma), noise_weight(valid, sigma)
+
+
+def noise_weight(valid: np.ndarray, sigma: float) -> np.ndarray:
+    """The fraction of the noise weight (``g²``) of a unit-sum Gaussian of σ ``sigma`` px that
+    falls on ``valid`` pixels: g² is a Gaussian of σ/√2 (up to its sum), so its blur of the
+    data mask (float32). Read-only and shared where every pixel is valid (most chunks)."""
+    if valid.all():
+        return _full_weight(valid.shape, sigma)
+    return _blur(valid.astype(np.float32), sigma / math.sqrt(2))
+
+
+@functools.lru_cache(maxsize=16)
+def _full_weight(shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """:func:`noise_weight` of an image of ``shape`` without invalid pixels: the same for
+    every chunk of that shape, so computed once (read-only)."""
+    weight = _blur(np.ones(shape, np.float32), sigma / math.sqrt(2))
+    weight.setflags(write=False)
+    return weight
 
 
 def usable(diff: np.ndarray) -> np.ndarray:
@@ -381,6 +409,12 @@ def local_background(diff: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     interpolated bilinearly to every pixel (0 in boxes with too few quiet pixels)."""
     with np.errstate(invalid="ignore"):
         quiet = np.abs(diff) < np.float32(QUIET_SIGMA) * sigma
+    return _quiet_mean(diff, quiet)
+
+
+def _quiet_mean(diff: np.ndarray, quiet: np.ndarray) -> np.ndarray:
+    """The background of :func:`local_background` from its quiet pixels ``quiet`` (bool,
+    where ``diff`` is finite)."""
     sums = box_mean(np.where(quiet, diff, np.float32(0)), BG_BOX)
     counts = box_mean(quiet.view(np.uint8), BG_BOX)
     boxes = np.where(counts >= 0.25, sums / np.maximum(counts, 1e-6), 0).astype(np.float32)
@@ -393,6 +427,19 @@ def local_background(diff: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 def _empty_columns() -> dict[str, np.ndarray]:
     return {name: np.empty(0, np.int64 if name in ("id", "flags") else np.float64)
             for name in COLUMNS}
+
+
+def _pixels(mask: np.ndarray) -> np.ndarray:
+    """Raster indices (row · width + column) of the set pixels of a 2-D bool mask, in
+    raster order: ``np.flatnonzero`` of a sparse bool image is ≈ 10× faster than
+    ``np.nonzero`` of a label image, which tests every pixel for both coordinates."""
+    return np.flatnonzero(mask)
+
+
+def _take(values: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``values`` (2-D) at the raster indices ``flat``: ``np.take`` of the flattened array
+    is several times faster than 2-D fancy indexing (a view's flattening copies it)."""
+    return np.take(values.reshape(-1), flat)
 
 
 @dataclass
@@ -423,30 +470,28 @@ def search_map(block: Block, model: NoiseModel, sigma: np.ndarray) -> SearchMap:
     significance. Searchable pixels have at least :data:`MIN_WEIGHT` of every kernel's noise
     weight on usable data and lie within :data:`TISSUE_MARGIN` px of tissue."""
     valid = usable(block.diff)
-    diff = np.where(valid, block.diff, np.nan).astype(np.float32)
+    diff = np.where(valid, block.diff, np.float32(0)).astype(np.float32, copy=False)
     sigma_f = [model.sigma_filtered(filter_level(block.level, j), j)
                for j in range(len(KERNEL_SIGMAS))]
     # the wings need only the largest kernel's filtered difference, not its noise weight
-    raw = _blur(np.where(valid, diff, 0).astype(np.float32), KERNEL_SIGMAS[-1])
-    with np.errstate(invalid="ignore"):
-        wings = raw > 2 * sigma_f[-1]
-    subtracted = np.where(valid, diff - local_background(np.where(wings, np.nan, diff), sigma),
-                          0).astype(np.float32)
-    masked = np.where(valid, subtracted, np.nan)
+    wings = _blur(diff, KERNEL_SIGMAS[-1]) > 2 * sigma_f[-1]
+    quiet = (np.abs(diff) < np.float32(QUIET_SIGMA) * sigma) & valid & ~wings
+    subtracted = np.where(valid, diff - _quiet_mean(diff, quiet), np.float32(0))
     size = 2 * TISSUE_MARGIN + 1
     searchable = cv2.dilate(block.tissue.view(np.uint8), np.ones((size, size), np.uint8)
                             ).view(bool)
-    filtered, weights = [], []
-    for s in KERNEL_SIGMAS:
-        f, wt = matched_filter(masked, s)
-        filtered.append(f)
-        weights.append(wt)
+    # the matched filters see the subtracted difference, zero without usable data
+    filtered = [_blur(subtracted, s) for s in KERNEL_SIGMAS]
+    weights = [noise_weight(valid, s) for s in KERNEL_SIGMAS]
+    for wt in weights:
         searchable &= wt >= MIN_WEIGHT
     per_kernel = []
     for f, wt, sf in zip(filtered, weights, sigma_f):
+        scale = np.sqrt(wt)
+        scale *= sf
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_kernel.append(np.where(searchable, f / (sf * np.sqrt(wt)), 0
-                                       ).astype(np.float32))
+            per_kernel.append(np.where(searchable, np.divide(f, scale, out=scale),
+                                       np.float32(0)))
     snr = np.maximum.reduce(per_kernel) if len(per_kernel) > 1 else per_kernel[0]
     return SearchMap(per_kernel, filtered, snr, searchable, subtracted, valid)
 
@@ -468,7 +513,10 @@ def find_segments(snr: np.ndarray, threshold: float, min_area: int, searchable: 
     segments, n = ndimage.label(above, structure=np.ones((3, 3), int))
     if n == 0:
         return None
-    big = np.bincount(segments.ravel(), minlength=n + 1) >= min_area
+    # areas and renumbering over the labelled pixels only (a few % of the image)
+    flat = _pixels(above)
+    found = _take(segments, flat)
+    big = np.bincount(found, minlength=n + 1) >= min_area
     big[0] = False
     kept = int(np.count_nonzero(big))
     if kept == 0:
@@ -476,7 +524,7 @@ def find_segments(snr: np.ndarray, threshold: float, min_area: int, searchable: 
     if kept < n:
         renumber = np.zeros(n + 1, segments.dtype)
         renumber[big] = np.arange(1, kept + 1, dtype=segments.dtype)
-        segments = renumber[segments]
+        segments.reshape(-1)[flat] = renumber[found]
     return segments, np.arange(1, kept + 1, dtype=segments.dtype)
 
 
@@ -490,21 +538,25 @@ def detect_block(block: Block, model: NoiseModel, threshold: float, min_area: in
     ``core`` = ``(y_lo, y_hi, x_lo, x_hi)`` (output frame) keeps only sources whose position
     lies in ``[x_lo, x_hi) × [y_lo, y_hi)``; ``None`` keeps all.
     """
+    if not block.tissue.any():  # a chunk of bare slide: nothing to search
+        return _empty_columns()
     sigma = model.sigma(block.level)
     search = search_map(block, model, sigma)
-    if not search.searchable.any():  # e.g. a chunk of bare slide
+    if not search.searchable.any():
         return _empty_columns()
     found = find_segments(search.snr, threshold, min_area, search.searchable)
     if found is None:
         return _empty_columns()
     sharp = search.per_kernel[0]
-    split = split_blends(sharp, found[0], threshold + DEBLEND_PROMINENCE) if deblend else None
+    pixels = SegmentPixels.of(*found)
+    split = (split_blends(sharp, found[0], pixels, threshold + DEBLEND_PROMINENCE) if deblend
+             else None)
     if split is None:
         segments, labels = found
         deblended = np.zeros(labels.size, bool)
     else:
         segments, labels, deblended = merge_weak_splits(found[0], split, sharp)
-    pixels = SegmentPixels.of(segments, labels)
+        pixels = SegmentPixels.of(segments, labels)
     # a deblended source is placed by the sharpest kernel, whose image of a blend keeps the
     # two peaks apart; the others by the kernel that found them best
     peak_rows, peak_cols = pixels.argmax(search.snr)
@@ -553,32 +605,42 @@ class SegmentPixels:
     which: np.ndarray
     starts: np.ndarray
     n: int
+    #: Raster indices (row · width + column) of the pixels.
+    flat: np.ndarray
 
     @classmethod
     def of(cls, segments: np.ndarray, labels: np.ndarray) -> SegmentPixels:
-        rows, cols = np.nonzero(segments)
-        which = np.searchsorted(labels, segments[rows, cols])
+        """The pixels of ``segments`` (a label image, 0 background) whose sorted labels are
+        ``labels``."""
+        flat = _pixels(segments > 0)
+        which = np.searchsorted(labels, _take(segments, flat))
         order = np.argsort(which, kind="stable")
-        which = which[order]
-        return cls(rows[order], cols[order], which,
-                   np.searchsorted(which, np.arange(labels.size)), labels.size)
+        which, flat = which[order], flat[order]
+        rows, cols = np.divmod(flat, segments.shape[1])
+        return cls(rows, cols, which, np.searchsorted(which, np.arange(labels.size)),
+                   labels.size, flat)
+
+    def at(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (block-shaped) at the pixels."""
+        return _take(values, self.flat)
 
     def any(self, mask: np.ndarray) -> np.ndarray:
         """Per segment: whether ``mask`` (bool, block-shaped) is set on any of its pixels."""
-        return np.bincount(self.which, mask[self.rows, self.cols], self.n) > 0
+        return np.bincount(self.which, self.at(mask), self.n) > 0
 
     def maximum(self, values: np.ndarray) -> np.ndarray:
         """Per segment: the largest of ``values`` (block-shaped) over its pixels."""
-        if not self.n:
-            return np.empty(0)
-        return np.maximum.reduceat(values[self.rows, self.cols].astype(np.float64),
-                                   self.starts)
+        return self._reduce_max(self.at(values).astype(np.float64))
+
+    def _reduce_max(self, v: np.ndarray) -> np.ndarray:
+        """Per segment: the largest of ``v`` (one value per pixel)."""
+        return np.maximum.reduceat(v, self.starts) if self.n else np.empty(0)
 
     def argmax(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per segment: the row and column of its largest value of ``values`` (the first in
         raster order on a tie)."""
-        v = values[self.rows, self.cols].astype(np.float64)
-        at_max = np.flatnonzero(v == self.maximum(values)[self.which])
+        v = self.at(values).astype(np.float64)
+        at_max = np.flatnonzero(v == self._reduce_max(v)[self.which])
         first = at_max[np.searchsorted(self.which[at_max], np.arange(self.n))]
         return self.rows[first], self.cols[first]
 
@@ -586,7 +648,7 @@ class SegmentPixels:
         """Per segment: the semi-major and semi-minor axes (px, the square roots of the
         eigenvalues of the second central moments of the positive part of ``data``) and the
         orientation of the major axis (degrees from +x towards +y, in (−90, 90])."""
-        w = np.maximum(data[self.rows, self.cols], 0).astype(np.float64)
+        w = np.maximum(self.at(data), 0).astype(np.float64)
         n = self.n
         total = np.maximum(np.bincount(self.which, w, n), 1e-300)
         mx = np.bincount(self.which, w * self.cols, n) / total
@@ -639,18 +701,19 @@ def merge_weak_splits(parents: np.ndarray, children: np.ndarray, sharp: np.ndarr
     ``sharp``, the sharpest kernel's significance, on their common border) — the bumps of
     noise on a broad source. Returns the label image, its sorted labels and, per label,
     whether it is a component of a split that stands."""
-    rows, cols = np.nonzero(children)
-    lab, par = children[rows, cols], parents[rows, cols]
+    flat = _pixels(children > 0)
+    lab, par = _take(children, flat), _take(parents, flat)
     ulab, inv = np.unique(lab, return_inverse=True)
-    values = sharp[rows, cols].astype(np.float64)
+    values = _take(sharp, flat).astype(np.float64)
     peak = np.full(ulab.size, -np.inf)
     np.maximum.at(peak, inv, values)
     # border pixels: a sibling among the 8 neighbours (segments of different parents never
     # touch); labels are exact in float32 up to 2²⁴
     f = children.astype(np.float32)
     box = np.ones((3, 3), np.uint8)
-    higher = cv2.dilate(f, box)[rows, cols] > lab
-    lower = cv2.erode(np.where(children > 0, f, np.float32(np.inf)), box)[rows, cols] < lab
+    higher = _take(cv2.dilate(f, box, dst=_like(f)), flat) > lab
+    f = np.where(children > 0, f, np.float32(np.inf))
+    lower = _take(cv2.erode(f, box, dst=_like(f)), flat) < lab
     border = higher | lower
     saddle = np.full(ulab.size, -np.inf)
     np.maximum.at(saddle, inv[border], values[border])
@@ -658,40 +721,53 @@ def merge_weak_splits(parents: np.ndarray, children: np.ndarray, sharp: np.ndarr
     parent_of[inv] = par
     weak = np.isin(par, parent_of[peak - saddle < prominence])
     out = children.copy()
-    out[rows[weak], cols[weak]] = par[weak] + int(ulab.max())  # one new label per parent
-    labels, inv = np.unique(out[rows, cols], return_inverse=True)
+    relabelled = np.where(weak, par + int(ulab.max()), lab)  # one new label per weak parent
+    out.reshape(-1)[flat] = relabelled
+    labels, inv = np.unique(relabelled, return_inverse=True)
     parent_of = np.empty(labels.size, par.dtype)
     parent_of[inv] = par
     _, per_parent, counts = np.unique(parent_of, return_inverse=True, return_counts=True)
     return out, labels, counts[per_parent] > 1
 
 
-def split_blends(sharp: np.ndarray, segments: np.ndarray, peak_level: float
-                 ) -> np.ndarray | None:
+def split_blends(sharp: np.ndarray, segments: np.ndarray, pixels: SegmentPixels,
+                 peak_level: float) -> np.ndarray | None:
     """The segments holding two or more local maxima (5 × 5) of ``sharp`` (the sharpest
     kernel's significance) above ``peak_level``, split among those peaks by a watershed of
     ``sharp`` (scikit-image, 8-connected) — the deblending of Source Extractor and photutils
     without their per-source multi-thresholding (:func:`merge_weak_splits` then undoes the
-    splits that noise explains); the other segments as they are. ``None`` when none splits."""
+    splits that noise explains); the other segments as they are. ``pixels`` are the pixels
+    of ``segments`` (:meth:`SegmentPixels.of`). ``None`` when none splits.
+
+    The markers are numbered after the segments' labels in the raster order of their peaks.
+    Each segment is flooded in its own bounding box: a flood masked to one segment never
+    leaves it, and the order in which it visits the segment's pixels (by value, then by
+    the order they were queued) is the same with or without other segments in the image, so
+    the labels are those of one watershed of the whole image, at a fraction of its cost."""
     from skimage.segmentation import watershed
 
-    peaks = ((sharp == cv2.dilate(sharp, np.ones((5, 5), np.uint8))) & (sharp > peak_level)
-             & (segments > 0))
-    pr, pc = np.nonzero(peaks)
-    counts = np.bincount(segments[pr, pc], minlength=int(segments.max()) + 1)
-    multi = counts >= 2
+    rows, cols, which = pixels.rows, pixels.cols, pixels.which
+    values = pixels.at(sharp)
+    peak = ((values == pixels.at(cv2.dilate(sharp, np.ones((5, 5), np.uint8), dst=_like(sharp))))
+            & (values > peak_level))
+    multi = np.bincount(which[peak], minlength=pixels.n) >= 2
     if not multi.any():
         return None
-    region = multi[segments]
-    many = multi[segments[pr, pc]]
-    markers = np.zeros(segments.shape, np.int32)
-    markers[pr[many], pc[many]] = int(segments.max()) + 1 + np.arange(int(many.sum()))
-    rows, cols = np.nonzero(region)
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    at = np.flatnonzero(peak & multi[which])  # grouped by segment, raster order within
+    raster = np.argsort(np.argsort(pixels.flat[at]))
+    seeds = int(pixels.at(segments).max()) + 1 + raster.astype(np.int32)
+    owner = which[at]
+    lo_r, hi_r = (f.reduceat(rows, pixels.starts) for f in (np.minimum, np.maximum))
+    lo_c, hi_c = (f.reduceat(cols, pixels.starts) for f in (np.minimum, np.maximum))
     split = segments.copy()
-    box = (slice(r0, r1), slice(c0, c1))
-    split[box] = np.where(region[box], watershed(-sharp[box], markers[box], mask=region[box],
-                                                 connectivity=2), segments[box])
+    for i in np.flatnonzero(multi):
+        box = (slice(lo_r[i], hi_r[i] + 1), slice(lo_c[i], hi_c[i] + 1))
+        mask = segments[box] == segments[rows[pixels.starts[i]], cols[pixels.starts[i]]]
+        markers = np.zeros(mask.shape, np.int32)
+        mine = slice(*np.searchsorted(owner, [i, i + 1]))
+        markers[rows[at[mine]] - lo_r[i], cols[at[mine]] - lo_c[i]] = seeds[mine]
+        flooded = watershed(-sharp[box], markers, mask=mask, connectivity=2)
+        split[box] = np.where(mask, flooded, split[box])
     return split
 
 
@@ -704,12 +780,13 @@ def grown_flux(subtracted: np.ndarray, sigma: np.ndarray, segments: np.ndarray,
     the kernel that found it, :class:`NoiseModel`)."""
     size = 2 * FLUX_GROW + 1
     # labels are exact in float32 up to 2²⁴; OpenCV dilates float32 images
-    grown = cv2.dilate(segments.astype(np.float32), np.ones((size, size), np.uint8))
-    grown = np.where(segments > 0, segments, grown.astype(segments.dtype))
-    rows, cols = np.nonzero(grown)
-    which = np.searchsorted(labels, grown[rows, cols])
-    flux = np.bincount(which, subtracted[rows, cols].astype(np.float64), labels.size)
-    var = np.bincount(which, sigma[rows, cols].astype(np.float64) ** 2, labels.size)
+    labels_f = segments.astype(np.float32)
+    grown = cv2.dilate(labels_f, np.ones((size, size), np.uint8), dst=_like(labels_f))
+    flat = _pixels(grown > 0)
+    own = _take(segments, flat)
+    which = np.searchsorted(labels, np.where(own > 0, own, _take(grown, flat).astype(own.dtype)))
+    flux = np.bincount(which, _take(subtracted, flat).astype(np.float64), labels.size)
+    var = np.bincount(which, _take(sigma, flat).astype(np.float64) ** 2, labels.size)
     return flux, np.sqrt(var * correlation)
 
 
@@ -1017,9 +1094,14 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                          ) -> dict[str, np.ndarray]:
             return detect_block(block, model, threshold, min_area, deblend, core)
 
-        with run.timed("detect"), FanOut(writers, depth=1) as fan:
+        with run.timed("detect"), FanOut(writers, depth=1) as fan, \
+                ThreadPoolExecutor(1) as ahead:
+            # the next row block is read while this one's chunks are detected
+            pending = ahead.submit(reader.halo_block, 0)
             for y0 in range(0, h, TILE):
-                block, (y_lo, y_hi) = reader.halo_block(y0)
+                block, (y_lo, y_hi) = pending.result()
+                if y0 + TILE < h:
+                    pending = ahead.submit(reader.halo_block, y0 + TILE)
                 chunks = _chunks(w, CHUNK_HALO)
                 parts.extend(pool.map(detect_chunk,
                                       [block.columns(a, b) for a, _, _, b in chunks],
@@ -1027,8 +1109,7 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                                        for _, x0, x1, _ in chunks]))
                 c0, c1 = y0 - block.ya, min(h, y0 + TILE) - block.ya
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    significance = (block.diff[c0:c1] / model.sigma(block.level[c0:c1])
-                                    ).astype(np.float32)
+                    significance = block.diff[c0:c1] / model.sigma(block.level[c0:c1])
                 fan.put([significance] * len(writers))
                 tissue_px += int(np.count_nonzero(block.tissue[c0:c1]))
                 small = box_mean(_zero_nan(block.diff[c0:c1].copy()), factor)
