@@ -106,6 +106,8 @@ FEATURE_RATIO = 0.75
 #: Fewest RANSAC inliers (and RANSAC threshold, px of the feature level) of a feature match.
 FEATURE_MIN_INLIERS = 12
 FEATURE_RANSAC_PX = 2.0
+#: Seed of OpenCV's random generator for the feature rescue's RANSAC.
+FEATURE_SEED = 0
 #: Magnifications a feature match may have (those the registry allows stage 2 to search).
 FEATURE_SCALES = (0.2, 5.0)
 #: Border (px) of a patch left out of the Lucas–Kanade sums (filter edge effects).
@@ -549,8 +551,9 @@ def feature_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, angle_range: float
     ``post_to_pre`` and the facts of the match, or ``None`` with fewer than
     :data:`FEATURE_MIN_INLIERS` inliers or a rotation outside the ±``angle_range``° that
     stage 2 was told to search (a pre mounted upside down stays a pair to review, not a
-    silent 180° turn). Deterministic (OpenCV's RANSAC seeds its own
-    generator), so both orchestrators get the same transform."""
+    silent 180° turn). Deterministic: the RANSAC generator is seeded (:data:`FEATURE_SEED`)
+    before each fit, so a pair gives the same transform in a fresh tool process (Nextflow)
+    and after other pairs in the local runner."""
     pre_l, post_l, f = common_level(pre_pyr, post_pyr, FEATURE_SIDE)
     sift = cv2.SIFT_create()
     found = [sift.detectAndCompute(_feature_image(level), tissue_mask(level).view(np.uint8))
@@ -564,6 +567,7 @@ def feature_rescue(pre_pyr: Pyramid, post_pyr: Pyramid, angle_range: float
         return None
     src = np.float32([post_kp[m.queryIdx].pt for m in good])
     dst = np.float32([pre_kp[m.trainIdx].pt for m in good])
+    cv2.setRNGSeed(FEATURE_SEED)  # RANSAC draws from this thread's generator: same samples
     fit, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
                                                ransacReprojThreshold=FEATURE_RANSAC_PX)
     n_inliers = 0 if inliers is None else int(inliers.sum())
