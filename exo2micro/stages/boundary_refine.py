@@ -2,12 +2,13 @@
 
 When the interior offers no texture both images share (stage 3 falls back), the tissue edge is
 still there. Stage 2 matched it on pyramid levels of about 1 000 px, which leaves the
-transform good to a fraction of a level pixel: ≈ 0.3 px at 3 000 px, several px at 30 000.
+transform good to a fraction of a level pixel (0.3–0.7 px at 3 000–6 000 px on the benchmark
+pairs, growing with the image).
 This step measures the edge again at full resolution, in bounded memory:
 
 1. **Windows.** Up to :data:`MAX_WINDOWS` windows of :data:`WINDOW` px centred on the post
-   tissue edge (found on a :data:`PLAN_SIDE`-px level), spread evenly along it and inside
-   both frames. Only these windows are read.
+   tissue edge (found on a :data:`PLAN_SIDE`-px level), along it a window apart (no two
+   windows share pixels) and inside both frames. Only these windows are read.
 2. **Soft footprints.** In each window the image becomes a soft tissue indicator: a logistic
    of log intensity about the image's own edge midpoint (halfway between its tissue and
    background medians on the level), then a Gaussian of :data:`SOFT_SIGMA` px. The midpoint
@@ -22,8 +23,8 @@ This step measures the edge again at full resolution, in bounded memory:
    :data:`MIN_STEP_PX` px.
 
 The result is kept only when the fit is well conditioned and moves tissue by no more than
-:data:`MAX_CORRECTION_PX` (stage 2's own resolution); its accuracy estimate is the
-least-squares standard error of the update, mapped to tissue displacement.
+:data:`MAX_CORRECTION_LEVEL_PX` of stage 2's level pixels and lowers the residual; its
+accuracy estimate is a jackknife over groups of windows (:func:`jackknife_error`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 from exo2micro.io.tiffio import TiffImage
 from exo2micro.numerics.footprint import edge_midpoint, tissue_mask
 from exo2micro.numerics.pyramid import Pyramid
-from exo2micro.numerics.transform import grid_points, max_displacement
+from exo2micro.numerics.transform import apply, grid_points, max_displacement
 from exo2micro.stages.warp import warp_window
 
 #: Side (px, full resolution) of an edge window.
@@ -70,8 +71,6 @@ def edge_centres(post_pyr: Pyramid, post_to_pre: np.ndarray, post_shape: tuple[i
     """Centres (full-resolution post px) of edge windows: post tissue-edge pixels of a
     :data:`PLAN_SIDE`-px level, at most ``max_windows`` spread evenly along the edge, whose
     window lies inside the post frame and, under ``post_to_pre``, inside the pre frame."""
-    from exo2micro.numerics.transform import apply
-
     level, f = post_pyr.level_for(PLAN_SIDE)
     mask = tissue_mask(level).astype(np.uint8)
     edge = mask - cv2.erode(mask, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
