@@ -274,10 +274,11 @@ def run_batch(samples: str | Sequence[str] | None, dyes: str | Sequence[str] | N
     from exo2micro.batch.lock import OutputLock
 
     report = reporter or Reporter()
-    mode, values = validate(samples=samples, dyes=dyes, parallel=parallel, n_workers=n_workers,
-                    cpus=cpus, params=params, output_dir=output_dir, from_stage=from_stage,
-                    to_stage=to_stage, checkpoint_format=checkpoint_format,
-                    timeout_per_task=timeout_per_task)
+    mode, values = validate(samples=samples, dyes=dyes, parallel=parallel,
+                            n_workers=n_workers, cpus=cpus, params=params,
+                            output_dir=output_dir, from_stage=from_stage, to_stage=to_stage,
+                            checkpoint_format=checkpoint_format,
+                            timeout_per_task=timeout_per_task)
     found = discover_pairs(samples, dyes, raw_dir=raw_dir, samplesheet=samplesheet,
                            strict=strict_dyes)
     if timeout_per_task is not None and mode != "subprocess":

@@ -15,7 +15,6 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from exo2micro import params as P
 from exo2micro.batch.plan import Task, sample_dye, split_options
 from exo2micro.errors import ParameterError
 from exo2micro.io.layout import PairLayout
@@ -71,7 +70,7 @@ def stage_in_progress(task: Task) -> int | None:
 
     sd = sample_dye(task)
     try:
-        todo = stages_to_run(sd.pair_dir, P.resolve(sd.params), to_stage=task[2].get("to_stage"))
+        todo = stages_to_run(sd.pair_dir, sd.layout.params, to_stage=task[2].get("to_stage"))
     except (ParameterError, OSError):
         return None
     return todo[0] if todo else None

@@ -79,6 +79,22 @@ def apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return out / w[:, None]
 
 
+def inside_frames(points: np.ndarray, post_to_pre: np.ndarray, post_shape: tuple[int, int],
+                  pre_shape: tuple[int, int], margin: float) -> np.ndarray:
+    """Per point (N×2 full-resolution post ``x, y``): whether it lies at least ``margin`` px
+    inside the post frame and its image under ``post_to_pre`` at least ``margin`` px inside
+    the pre frame (frames ``(height, width)``) — where a window of half-side ``margin`` reads
+    real pixels of both images."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return np.zeros(0, bool)
+    ok = np.ones(len(pts), bool)
+    for xy, (h, w) in ((pts, post_shape), (apply(post_to_pre, pts), pre_shape)):
+        ok &= ((xy[:, 0] >= margin) & (xy[:, 0] <= w - 1 - margin)
+               & (xy[:, 1] >= margin) & (xy[:, 1] <= h - 1 - margin))
+    return ok
+
+
 def displacement_stats(estimate: np.ndarray, truth: np.ndarray, xy: np.ndarray) -> dict[str, float]:
     """Distances (px, in the pre frame) between where ``estimate`` and ``truth`` send points
     ``xy`` of the post frame: mean, p95 and max."""

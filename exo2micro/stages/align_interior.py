@@ -73,6 +73,7 @@ from exo2micro.numerics.transform import (
     apply,
     decompose_similarity,
     grid_points,
+    inside_frames,
     map_points,
     max_displacement,
 )
@@ -176,13 +177,7 @@ def plan_patches(post_pyr: Pyramid, pre_pyr: Pyramid, post_to_pre: np.ndarray,
     if candidates.size == 0:
         return []
     # keep centres whose patch lies inside both full-resolution frames
-    half = patch / 2 + 2
-    ph, pw = post_shape
-    pre_c = apply(post_to_pre, candidates)
-    ok = ((candidates[:, 0] >= half) & (candidates[:, 0] <= pw - 1 - half)
-          & (candidates[:, 1] >= half) & (candidates[:, 1] <= ph - 1 - half)
-          & (pre_c[:, 0] >= half) & (pre_c[:, 0] <= pre_shape[1] - 1 - half)
-          & (pre_c[:, 1] >= half) & (pre_c[:, 1] <= pre_shape[0] - 1 - half))
+    ok = inside_frames(candidates, post_to_pre, post_shape, pre_shape, patch / 2 + 2)
     candidates = candidates[ok]
     if candidates.size == 0:
         return []
@@ -351,28 +346,24 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
     tissue_xy = np.array(centres)
     n = len(centres)
     runs = _rounds(post, pre, start, centres, params, threads, patch)
-    rescue: dict[str, Any] = {}
-    if runs.weak(n, params.interior_min_inlier_ratio):
-        turned = rotation_rescue(pre_pyr, post_pyr, start, params.angle_range)
-        if turned is not None:
-            retry = _rounds(post, pre, turned[0], centres, params, threads, patch)
-            rescue = {**turned[1], "accepted": retry.inliers > runs.inliers}
-            if rescue["accepted"]:
+    rescues: list[dict[str, Any]] = []
+    for rescue in (lambda: rotation_rescue(pre_pyr, post_pyr, start, params.angle_range),
+                   lambda: feature_rescue(pre_pyr, post_pyr, params.angle_range)):
+        found = rescue() if runs.weak(n, params.interior_min_inlier_ratio) else None
+        facts: dict[str, Any] = {}
+        if found is not None:  # start the rounds again from it; keep it if more patches agree
+            retry = _rounds(post, pre, found[0], centres, params, threads, patch)
+            facts = {**found[1], "accepted": retry.inliers > runs.inliers}
+            if facts["accepted"]:
                 runs = retry
-    features: dict[str, Any] = {}
-    if runs.weak(n, params.interior_min_inlier_ratio):
-        matched = feature_rescue(pre_pyr, post_pyr, params.angle_range)
-        if matched is not None:
-            retry = _rounds(post, pre, matched[0], centres, params, threads, patch)
-            features = {**matched[1], "accepted": retry.inliers > runs.inliers}
-            if features["accepted"]:
-                runs = retry
+        rescues.append(facts)
+    rescued = _rescued(*rescues)
     current, fit, ms, measured_under, history = (runs.current, runs.fit, runs.ms,
                                                  runs.measured_under, runs.history)
     if fit is None:
         textured = sum(m.quality >= MIN_PATCH_CORRELATION for m in ms)
         return fallback({**base, "n_patches": n, **small, "rounds": history,
-                         "n_textured": textured, **_rescued(rescue, features)},
+                         "n_textured": textured, **rescued},
                         f"interior texture too weak or inconsistent: {textured} of {n} patches "
                         f"share texture between pre and post (correlation ≥ "
                         f"{MIN_PATCH_CORRELATION}); kept stage 2")
@@ -404,7 +395,7 @@ def align_interior(post: TiffImage, pre: TiffImage, post_pyr: Pyramid, pre_pyr: 
                "statistical_error_px": stat,
                "estimated_accuracy_px": estimated_accuracy(stat, extrapolation),
                "accuracy_source": "predicted standard error of the interior fit",
-               **field_metrics, **_rescued(rescue, features)}
+               **field_metrics, **rescued}
     if ratio < params.interior_min_inlier_ratio:
         return fallback({**metrics, **base},
                         f"only {fit.inliers.sum()} of {n} patches agree (inlier ratio "

@@ -40,7 +40,7 @@ import numpy as np
 from exo2micro.io.tiffio import TiffImage
 from exo2micro.numerics.footprint import edge_midpoint, tissue_mask
 from exo2micro.numerics.pyramid import Pyramid
-from exo2micro.numerics.transform import apply, grid_points, max_displacement
+from exo2micro.numerics.transform import grid_points, inside_frames, max_displacement
 from exo2micro.stages.warp import warp_window
 
 #: Side (px, full resolution) of an edge window.
@@ -76,14 +76,7 @@ def edge_centres(post_pyr: Pyramid, post_to_pre: np.ndarray, post_shape: tuple[i
     edge = mask - cv2.erode(mask, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
                             borderValue=0)
     points = grid_points(edge > 0, f, max_points=10**7)
-    half = WINDOW / 2 + 2
-    ph, pw = post_shape
-    pre_pts = apply(post_to_pre, points) if points.size else points
-    ok = ((points[:, 0] >= half) & (points[:, 0] <= pw - 1 - half)
-          & (points[:, 1] >= half) & (points[:, 1] <= ph - 1 - half)
-          & (pre_pts[:, 0] >= half) & (pre_pts[:, 0] <= pre_shape[1] - 1 - half)
-          & (pre_pts[:, 1] >= half) & (pre_pts[:, 1] <= pre_shape[0] - 1 - half))
-    points = points[ok]
+    points = points[inside_frames(points, post_to_pre, post_shape, pre_shape, WINDOW / 2 + 2)]
     if len(points) == 0:
         return []
     # evenly along the edge, windows apart: greedily in order of angle about the centroid,
