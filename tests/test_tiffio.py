@@ -106,6 +106,23 @@ def test_iter_rows_covers_the_image_exactly(layout_case: tuple[Path, np.ndarray,
     np.testing.assert_array_equal(np.concatenate(blocks), full[:, :, :1])
 
 
+@pytest.mark.parametrize("window", [(0, 120, 0, W), (0, 120, 10, W)], ids=["rows", "window"])
+def test_a_contiguous_file_cut_short_after_opening_is_an_input_error(
+        tmp_path: Path, window: tuple[int, int, int, int]) -> None:
+    """Whole-row reads go straight into the result; a file truncated under the reader (a
+    copy still arriving, another process rewriting it) must say so, not return stale zeros."""
+    data = _image("uint16", 3, seed=5)
+    path = tmp_path / "contiguous.tif"
+    tifffile.imwrite(path, data, photometric="rgb", metadata=None)
+    with TiffImage(path) as img:
+        assert img.info.memmappable
+        np.testing.assert_array_equal(img.read_window(0, 120, 0, W), data[:120])
+        with open(path, "r+b") as fh:
+            fh.truncate(path.stat().st_size - data[H // 2:].nbytes)
+        with pytest.raises(InputDataError, match="file shorter than its header says"):
+            img.read_window(*window)
+
+
 def test_concurrent_window_reads_agree(tmp_path: Path) -> None:
     data = _image("uint8", 3, seed=3)
     path = tmp_path / "lzw.tif"

@@ -280,6 +280,11 @@ class TiffImage:
         item = self._file_dtype.itemsize
         row = w * s * item
         out = np.empty((y1 - y0, x1 - x0, len(chans)), self.dtype)
+        if (x1 - x0, chans, self._file_dtype) == (w, list(range(s)), out.dtype):
+            # whole rows of every sample, stored as returned: straight into ``out``, without
+            # an intermediate bytes object (one copy and one fresh allocation less per read)
+            self._read_into(memoryview(out).cast("B"), self._offset + y0 * row)
+            return out
         if (x1 - x0) * 4 >= w:  # wide window: read whole rows in one call
             rows = (y0, y1)
             spans = [(self._offset + y0 * row, (y1 - y0) * row)]
@@ -298,6 +303,15 @@ class TiffImage:
             else:
                 out[i] = arr.reshape(x1 - x0, s)[:, chans]
         return out
+
+    def _read_into(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` with the file's bytes from ``offset`` (positioned reads, thread-safe)."""
+        while view:
+            done = os.preadv(self._fd, [view], offset)  # type: ignore[arg-type]
+            if done == 0:
+                raise InputDataError(f"{self.path}: read failed (file shorter than its header "
+                                     f"says)")
+            view, offset = view[done:], offset + done
 
     def _segment(self, ty: int, tx: int, plane: int) -> np.ndarray:
         """Decoded segment (rows, cols, samples) at grid position (ty, tx) of sample ``plane``

@@ -297,18 +297,21 @@ def estimation_masks(post: np.ndarray, pre: np.ndarray, data: np.ndarray, thr: T
                       borderType=cv2.BORDER_CONSTANT, borderValue=1).view(bool)
     sigma = SMOOTH_PX / px
     k = k0 if isinstance(k0, np.ndarray) else np.float32(k0)
+    excess = np.multiply(k, pre)
+    np.subtract(post, excess, out=excess)
     if sigma >= 0.5:
         size = _odd(3 * sigma)
-        excess = cv2.GaussianBlur(post - k * pre, (size, size), sigma)
-        level = cv2.GaussianBlur(pre, (size, size), sigma)
+        excess = cv2.GaussianBlur(excess, (size, size), sigma)
+        limit = cv2.GaussianBlur(pre, (size, size), sigma)  # the local pre level, scaled next
     else:
-        excess, level = post - k * pre, pre
+        limit = pre.copy()
     if isinstance(k0, np.ndarray):
-        limit = k0 * level
+        np.multiply(k0, limit, out=limit)
         limit *= np.float32(EXCESS_FRACTION)
     else:
-        limit = np.float32(EXCESS_FRACTION * k0) * level
-    flagged = (excess > limit) & sig
+        np.multiply(np.float32(EXCESS_FRACTION * k0), limit, out=limit)
+    flagged = np.greater(excess, limit, out=np.empty(sig.shape, bool))
+    flagged &= sig
     grow = _odd(DILATE_PX / px)
     near_stain = cv2.dilate(flagged.view(np.uint8), np.ones((grow, grow), np.uint8),
                             borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
@@ -512,7 +515,9 @@ def _pass1_block(src: Sources, thr: Thresholds, k0: float, factor: int, y0: int,
     out.n_data = int(np.count_nonzero(data))
     out.n_signal = int(np.count_nonzero(signal_mask(post, pre, data, thr)))
     weight = data.astype(np.float32)
-    out.preview = {"post": box_mean(post * weight, factor), "pre": box_mean(pre * weight, factor),
+    # post and pre are this block's own arrays, no longer needed: weighted in place
+    out.preview = {"post": box_mean(np.multiply(post, weight, out=post), factor),
+                   "pre": box_mean(np.multiply(pre, weight, out=pre), factor),
                    "data": box_mean(weight, factor)}
     if plan is not None:
         out.cells = np.rint(box_mean(valid.astype(np.float32), MAP_FACTOR) * MAP_FACTOR ** 2)
@@ -573,9 +578,12 @@ def _pass2_block(src: Sources, thr: Thresholds, scales: Mapping[str, float],
     ``surface`` at every pixel when given) and its histograms."""
     y1 = min(src.shape[0], y0 + TILE)
     post, pre, data = src.read(y0, y1)
-    blocks = [post - (surface.grid(np.arange(src.shape[1]), np.arange(y0, y1))
-                      if kind == "moffat" and surface is not None else np.float32(k)) * pre
-              for kind, k in scales.items()]
+    blocks = []
+    for kind, k in scales.items():
+        field = (surface.grid(np.arange(src.shape[1]), np.arange(y0, y1))
+                 if kind == "moffat" and surface is not None else np.float32(k))
+        diff = np.multiply(field, pre)  # post − k · pre, in one new block (see module docstring)
+        blocks.append(np.subtract(post, diff, out=diff))
     part = _empty_pass2(grid, diff_range, scales)
     for r in range(0, y1 - y0, SUB_ROWS):
         rows = slice(r, r + SUB_ROWS)
