@@ -292,12 +292,10 @@ class TiffImage:
             rows = None
             spans = [(self._offset + y * row + x0 * s * item, (x1 - x0) * s * item)
                      for y in range(y0, y1)]
-        for i, (offset, size) in enumerate(spans):
-            data = os.pread(self._fd, size, offset)  # type: ignore[arg-type]
-            if len(data) != size:
-                raise InputDataError(f"{self.path}: read failed (file shorter than its header "
-                                     f"says)")
-            arr = np.frombuffer(data, self._file_dtype)
+        buf = np.empty(spans[0][1], np.uint8)  # every span has the same size
+        arr = buf.view(self._file_dtype)
+        for i, (offset, _) in enumerate(spans):
+            self._read_into(memoryview(buf), offset)
             if rows is not None:
                 out[:] = arr.reshape(y1 - y0, w, s)[:, x0:x1][:, :, chans]
             else:

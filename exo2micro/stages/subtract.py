@@ -582,7 +582,7 @@ def _pass2_block(src: Sources, thr: Thresholds, scales: Mapping[str, float],
     for kind, k in scales.items():
         field = (surface.grid(np.arange(src.shape[1]), np.arange(y0, y1))
                  if kind == "moffat" and surface is not None else np.float32(k))
-        diff = np.multiply(field, pre)  # post − k · pre, in one new block (see module docstring)
+        diff = np.multiply(field, pre)  # post − k · pre, in one new block
         blocks.append(np.subtract(post, diff, out=diff))
     part = _empty_pass2(grid, diff_range, scales)
     for r in range(0, y1 - y0, SUB_ROWS):
