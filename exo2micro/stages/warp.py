@@ -111,23 +111,30 @@ def iter_warped_blocks(pre: WindowReader, post_to_pre: np.ndarray, out_shape: tu
     The chunks of the *next* block are computed by a pool of ``threads`` workers while the
     caller consumes the current one (encodes and writes it), so warping overlaps I/O
     (:func:`exo2micro.stages.streaming.lookahead` with two blocks ahead); at most two blocks
-    (2 × 512 rows × width × 4 bytes) are in memory.
+    (2 × 512 rows × width × 4 bytes) are in memory besides the caller's. Each worker copies
+    its chunk into the block itself: the copy into a fresh block (its first touch, which
+    costs the kernel's page zeroing) is then spread over the pool instead of holding up the
+    caller's thread, which at 30 000 px wide spent most of its time on it while the workers
+    waited.
     """
     h, w = out_shape
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         def start(y0: int) -> Callable[[], np.ndarray]:
-            """Submit the column chunks of the block at ``y0``; return its assembler."""
+            """Submit the column chunks of the block at ``y0``; return the wait for them."""
             y1 = min(h, y0 + block_rows)
-            chunks = [(x0, pool.submit(warp_window, pre, post_to_pre, y0, y1, x0,
-                                       min(w, x0 + CHUNK), pad, cv2.INTER_CUBIC, field))
-                      for x0 in range(0, w, CHUNK)]
+            block = np.empty((y1 - y0, w), np.float32)
+
+            def fill(x0: int) -> None:
+                x1 = min(w, x0 + CHUNK)
+                block[:, x0:x1] = warp_window(pre, post_to_pre, y0, y1, x0, x1, pad,
+                                              cv2.INTER_CUBIC, field)
+
+            chunks = [pool.submit(fill, x0) for x0 in range(0, w, CHUNK)]
 
             def assemble() -> np.ndarray:
-                block = np.empty((y1 - y0, w), np.float32)
-                for x0, future in chunks:
-                    chunk = future.result()
-                    block[:, x0:x0 + chunk.shape[1]] = chunk
+                for future in chunks:
+                    future.result()
                 if progress:
                     progress(block.shape[0])
                 return block
