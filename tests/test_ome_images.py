@@ -350,10 +350,14 @@ def test_halve_sums_each_box_as_its_two_row_pairs_exactly() -> None:
 @pytest.mark.parametrize(("shape", "dtype", "pyramid"), [
     ((2229, 4301), np.float32, True), ((1025, 513), np.float32, True),
     ((2049, 1500), np.uint16, True), ((1300, 1700), np.uint16, False)])
+@pytest.mark.parametrize("threads", [1, 2], ids=["levels-inline", "levels-beside"])
 def test_uncompressed_file_is_byte_for_byte_what_tifffile_writes_from_the_arrays(
-        tmp_path: Path, shape: tuple[int, int], dtype: type, pyramid: bool) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int], dtype: type,
+        pyramid: bool, threads: int) -> None:
     """write_tiled fills the tiles in place of the empty pages tifffile laid out; the file
-    must be exactly what tifffile writes when given every level as an array."""
+    must be exactly what tifffile writes when given every level as an array, whether the
+    levels are built in the writing thread (a CPU budget of 1) or beside it."""
+    monkeypatch.setattr(tiffio, "native_threads", lambda: threads)
     rng = np.random.default_rng(5)
     image = (rng.random(shape) * 1000).astype(dtype)
     if dtype is np.float32:

@@ -37,6 +37,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -969,9 +970,19 @@ def _write_in_place(tmp: Path, shape: tuple[int, int], dtype: np.dtype,
         fd = fh.fileno()
         writers = [_TileRows(fd, s, tile, dtype, o) for s, o in zip([shape, *levels], offsets)]
         builder = _LevelBuilder([w.add for w in writers[1:]])
-        for block in _checked_blocks(blocks, shape, tile):
-            writers[0].add(block)
-            builder.feed(block)
+        with ThreadPoolExecutor(1) if levels and native_threads() > 1 else \
+                contextlib.nullcontext() as beside:
+            pending: Future[None] | None = None
+            for block in _checked_blocks(blocks, shape, tile):
+                if beside is None:
+                    builder.feed(block)
+                else:  # the levels of this block are built while its full resolution is
+                    if pending is not None:  # written; at most one block waits for them
+                        pending.result()
+                    pending = beside.submit(builder.feed, block)
+                writers[0].add(block)
+            if pending is not None:
+                pending.result()
         builder.finish()
         for writer in writers:
             writer.finish()
@@ -1022,7 +1033,10 @@ def write_tiled(path: str | os.PathLike[str], shape: tuple[int, int], dtype: np.
     full resolution alone.
 
     Memory: one block, plus the rows it halves into at each level. All levels are built in the
-    single pass over the blocks (:class:`_LevelBuilder`). Uncompressed (the default), every
+    single pass over the blocks (:class:`_LevelBuilder`); uncompressed and with a CPU budget
+    of two or more, a block's levels are built in a second thread while its full resolution
+    is written and the next block is produced, so one more block is held, and a block must
+    not change once it is yielded. Uncompressed (the default), every
     level's tiles go straight into the places tifffile laid out for them
     (:func:`_write_in_place`): one tile row of each level in memory, no extra I/O. Compressed,
     a TIFF holds a page's tiles contiguously, a level can only be encoded after the one
