@@ -1,5 +1,6 @@
-"""Compare two output folders of ``exo2micro run``: every per-pair TIFF byte for byte (the random
-UUID an OME-TIFF's metadata draws at each write aside) and the science values of every
+"""Compare two output folders of ``exo2micro run``: every per-pair TIFF and detection catalogue
+(``detections.csv``, ``detections.ecsv``) byte for byte (the random UUID an OME-TIFF's metadata
+draws at each write aside) and the science values of every
 ``result.json`` (run-specific keys — timings, run ids, creation
 times, the runner's record — are left out).
 
@@ -34,9 +35,14 @@ def tiff_digest(path: Path) -> str:
     return hashlib.sha256(_OME_UUID.sub(b'UUID="urn:uuid:-"', path.read_bytes())).hexdigest()
 
 
+#: Per-pair files compared byte for byte, besides the TIFFs.
+CATALOGUES = ("detections.csv", "detections.ecsv")
+
+
 def _digests(root: Path) -> dict[str, str]:
+    files = [*root.rglob("*.tif"), *(p for name in CATALOGUES for p in root.rglob(name))]
     return {str(p.relative_to(root)): tiff_digest(p)
-            for p in sorted(root.rglob("*.tif")) if not p.name.startswith(".")}
+            for p in sorted(files) if not p.name.startswith(".")}
 
 
 def science(path: Path) -> dict[str, Any]:
@@ -46,10 +52,11 @@ def science(path: Path) -> dict[str, Any]:
 
 
 def compare(a: Path, b: Path) -> tuple[int, int, list[str]]:
-    """``(TIFFs compared, result.json files compared, differences)`` of two output folders."""
+    """``(TIFFs and catalogues compared, result.json files compared, differences)`` of two
+    output folders."""
     da, db = _digests(a), _digests(b)
-    diffs = [f"TIFF only in one folder: {k}" for k in sorted(set(da) ^ set(db))]
-    diffs += [f"TIFF differs: {k}" for k in sorted(set(da) & set(db)) if da[k] != db[k]]
+    diffs = [f"only in one folder: {k}" for k in sorted(set(da) ^ set(db))]
+    diffs += [f"differs: {k}" for k in sorted(set(da) & set(db)) if da[k] != db[k]]
     ra = {str(p.relative_to(a)) for p in a.rglob("result.json")}
     rb = {str(p.relative_to(b)) for p in b.rglob("result.json")}
     diffs += [f"result.json only in one folder: {k}" for k in sorted(ra ^ rb)]
@@ -61,7 +68,7 @@ def compare(a: Path, b: Path) -> tuple[int, int, list[str]]:
 
 def main(argv: list[str]) -> int:
     n_tiff, n_json, diffs = compare(Path(argv[0]), Path(argv[1]))
-    print(f"{n_tiff} TIFFs, {n_json} result.json compared: "
+    print(f"{n_tiff} TIFFs and catalogues, {n_json} result.json compared: "
           f"{'identical' if not diffs else f'{len(diffs)} difference(s)'}")
     for line in diffs:
         print(f"  {line}")

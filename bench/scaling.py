@@ -13,7 +13,10 @@ Configurations, for each CPU budget of ``--cpus``:
 * the batch (``--pairs`` pairs of ``--size``) serially (``--parallel serial``), in the process
   pool and the thread pool with ``--workers`` (default: the budget) workers, and as ``auto``
   chooses;
-* the single pair (``--single-size``) serially, its threads being the whole budget.
+* the single pair (``--single-size``) serially, its threads being the whole budget, beside its
+  **I/O floor** measured in the same run (:func:`io_floor`: read both raw TIFFs' bytes and write
+  one float32 image of the post frame, fsynced — what no implementation of the pipeline can
+  avoid); the table gives each single-pair wall as a multiple of it.
 
 The markdown table goes to ``--out`` (and stdout), headed by the machine: its CPU count, the
 CPU capacity actually free at the start (busy loops, one per CPU: other load shows here) and
@@ -116,6 +119,34 @@ def cpu_capacity(n: int) -> float:
     return sum(float(p.communicate()[0]) for p in procs)
 
 
+def io_floor(raw: Path, out: Path, chunk: int = 64 << 20) -> float:
+    """Wall seconds to read every raw TIFF under ``raw`` (both images of its one pair) and
+    write, fsynced, one float32 image of the post frame's size (``chunk``-byte reads and
+    writes; the file is removed afterwards). The pages of the raws are as the runs left them."""
+    import tifffile
+
+    tiffs = sorted(raw.rglob("*.tif"))
+    post = next(p for p in tiffs if "post" in p.name.lower())
+    with tifffile.TiffFile(post) as tif:
+        height, width = tif.pages.first.shape[:2]
+    buf = bytearray(chunk)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "io_floor.bin"
+    t0 = time.perf_counter()
+    for path in tiffs:
+        with open(path, "rb", buffering=0) as fh:
+            while fh.readinto(buf):
+                pass
+    left = height * width * 4
+    with open(target, "wb", buffering=0) as fh:
+        while left > 0:
+            left -= fh.write(memoryview(buf)[:min(chunk, left)])
+        os.fsync(fh.fileno())
+    wall = time.perf_counter() - t0
+    target.unlink()
+    return wall
+
+
 def size(text: str) -> tuple[int, int]:
     w, h = text.lower().split("x")
     return int(w), int(h)
@@ -159,7 +190,7 @@ def main() -> None:
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB; CPU capacity free at the start "
             f"{capacity:.2f} of {n_host}{shared}; Python {platform.python_version()}.")
     print(head, flush=True)
-    jobs: list[tuple[str, Path, str, int, list[str]]] = []
+    jobs: list[tuple[str, Path, str, int, list[str], bool]] = []  # …, single pair?
     batch = raw_batch(args.work, args.pairs, args.size)
     name = f"{args.pairs} pairs {args.size[0]} × {args.size[1]}"
     for cpus in args.cpus:
@@ -169,24 +200,38 @@ def main() -> None:
                          else ["--workers", str(args.workers)])
                 if mode in ("process", "thread") and args.workers is None:
                     extra = ["--workers", str(cpus)]
-                jobs.append((name, batch, mode, cpus, ["--parallel", mode, *extra]))
+                jobs.append((name, batch, mode, cpus, ["--parallel", mode, *extra], False))
     if args.single_size != (0, 0):
         single = raw_batch(args.work, 1, args.single_size)
         for cpus in args.cpus:
             jobs.append((f"1 pair {args.single_size[0]} × {args.single_size[1]}", single,
-                         "serial", cpus, ["--parallel", "serial"]))
+                         "serial", cpus, ["--parallel", "serial"], True))
     rows = []
-    for work, raw, mode, cpus, cli in jobs:
+    floors: list[float] = []
+    single: list[Row] = []
+    for work, raw, mode, cpus, cli, is_single in jobs:
         wall, cpu, peak, line = run(raw, args.work / "out", [*cli, "--cpus", str(cpus)],
                                     args.sample_s)
         chosen = line.split(", mode ")[-1].split(";")[0] if ", mode " in line else "?"
         rows.append(Row(work, mode if mode == chosen else f"{mode} → {chosen}", cpus,
                         workers_of(line), wall, cpu, peak))
         print(rows[-1].markdown(), flush=True)
-    table = "\n".join([head, "",
-                       "| work | mode | CPUs | workers × threads | wall | CPU time | CPU ÷ wall "
-                       "| peak RSS (process tree) |",
-                       "|---|---|---|---|---|---|---|---|", *(r.markdown() for r in rows)])
+        if is_single:
+            single.append(rows[-1])
+            floors.append(io_floor(raw, args.work / "floor"))
+            print(f"  I/O floor {floors[-1]:.1f} s: wall {wall / floors[-1]:.1f}× it", flush=True)
+    lines = [head, "",
+             "| work | mode | CPUs | workers × threads | wall | CPU time | CPU ÷ wall "
+             "| peak RSS (process tree) |",
+             "|---|---|---|---|---|---|---|---|", *(r.markdown() for r in rows)]
+    if floors:
+        floor = min(floors)
+        lines += ["", f"I/O floor of the single pair (read both raws, write one float32 image, "
+                      f"fsynced; least of {len(floors)}, one after each of its runs): "
+                      f"{floor:.1f} s; its runs take "
+                      + ", ".join(f"{r.wall_s / floor:.1f}× it at {r.cpus} CPU(s)"
+                                  for r in single) + "."]
+    table = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table + "\n")
     print(f"\n{table}\nwritten to {args.out}")

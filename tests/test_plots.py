@@ -319,3 +319,30 @@ def test_registration_title_shows_the_accuracy_to_two_digits(
     fig = registration_figure(*pyramids, np.eye(3), np.eye(3), title="S / D", status="ok",
                               accuracy_px=accuracy)
     assert fig.get_suptitle().endswith(f"estimated accuracy {shown})")
+
+
+def test_registration_zoom_shows_the_whole_level_warp_at_the_tissue_centre() -> None:
+    """The zoom warps only its window; it shows what warping the whole finest level and
+    cutting the window out would, on the middle of tissue that is off the image centre."""
+    from exo2micro.report import registration_plot as rp
+
+    image = np.roll(_tissue((960, 1200), 5), (150, -260), axis=(0, 1))
+    pre_pyr, post_pyr = (Pyramid.from_first_level(image * s, 1, image.shape)
+                         for s in (1.0, K))
+    final = np.array([[1.0, 0.002, 1.3], [-0.002, 1.0, -0.7], [0.0, 0.0, 1.0]])
+    fig = registration_figure(pre_pyr, post_pyr, np.eye(3), final, title="S / D",
+                              status="ok", accuracy_px=0.1)
+    shown = _panels(fig)[-1].images[0].get_array()
+
+    # the window, the old way: the fine-level mask's median pixel, the whole level warped
+    post_m = rp.tissue_mask(post_pyr.levels[1])
+    y0, x0 = rp._zoom_origin(post_m, 2, 1, image.shape)
+    ys, xs = np.nonzero(rp.tissue_mask(post_pyr.levels[0]))
+    assert abs(y0 + rp.ZOOM_PX // 2 - np.median(ys)) <= 2
+    assert abs(x0 + rp.ZOOM_PX // 2 - np.median(xs)) <= 2
+    whole = rp._warp(pre_pyr.levels[0], final, image.shape)
+    win = (slice(y0, y0 + rp.ZOOM_PX), slice(x0, x0 + rp.ZOOM_PX))
+    rows, cols = (np.arange(v, v + rp.ZOOM_PX) // 2 for v in (y0, x0))
+    mask = post_m[np.ix_(rows, cols)]
+    expected = rp._checker(*rp._stretch_pair(post_pyr.levels[0][win], whole[win], mask), 4)
+    np.testing.assert_array_equal(shown, expected)

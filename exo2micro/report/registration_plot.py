@@ -52,8 +52,23 @@ def _stretch_pair(post: np.ndarray, aligned: np.ndarray, mask: np.ndarray
 
 
 def _warp(pre: np.ndarray, a_level: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return cv2.warpAffine(pre.astype(np.float32), a_level[:2], (shape[1], shape[0]),
+    return cv2.warpAffine(np.asarray(pre, np.float32), a_level[:2], (shape[1], shape[0]),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+
+def _zoom_origin(mask: np.ndarray, f: int, ff: int, fine_shape: tuple[int, int]
+                 ) -> tuple[int, int]:
+    """``(y0, x0)``, in pixels of the level of box size ``ff``, of the zoom window: centred on
+    the median tissue pixel of ``mask`` (the overview level's, box size ``f``, a multiple of
+    ``ff``), its centre as a fine pixel, inside the level. The overview's mask, not the fine
+    level's own: one fine-level mask costs more than the whole figure around it."""
+    ys, xs = np.nonzero(mask) if mask.any() else (np.array([mask.shape[0] // 2]),
+                                                  np.array([mask.shape[1] // 2]))
+    step = f // ff
+    cy = int(np.median(ys) * step + (step - 1) / 2)
+    cx = int(np.median(xs) * step + (step - 1) / 2)
+    return (max(0, min(cy - ZOOM_PX // 2, fine_shape[0] - ZOOM_PX)),
+            max(0, min(cx - ZOOM_PX // 2, fine_shape[1] - ZOOM_PX)))
 
 
 def _checker(a: np.ndarray, b: np.ndarray, n: int = 8) -> np.ndarray:
@@ -102,16 +117,14 @@ def registration_figure(pre_pyr: Pyramid, post_pyr: Pyramid, stage2: np.ndarray,
     axes[2].set_title("Checkerboard post / aligned pre")
 
     fine_pre, fine_post, ff = common_level(pre_pyr, post_pyr, 4096)
-    fine_al = _warp(fine_pre, to_level(final, ff, ff), fine_post.shape)
-    fm = tissue_mask(fine_post)
-    ys, xs = np.nonzero(fm) if fm.any() else (np.array([fine_post.shape[0] // 2]),
-                                               np.array([fine_post.shape[1] // 2]))
-    cy, cx = int(np.median(ys)), int(np.median(xs))
-    y0 = max(0, min(cy - ZOOM_PX // 2, fine_post.shape[0] - ZOOM_PX))
-    x0 = max(0, min(cx - ZOOM_PX // 2, fine_post.shape[1] - ZOOM_PX))
-    zp, za = _stretch_pair(fine_post[y0:y0 + ZOOM_PX, x0:x0 + ZOOM_PX],
-                           fine_al[y0:y0 + ZOOM_PX, x0:x0 + ZOOM_PX],
-                           fm[y0:y0 + ZOOM_PX, x0:x0 + ZOOM_PX])
+    y0, x0 = _zoom_origin(post_m, f, ff, fine_post.shape)
+    zp = fine_post[y0:y0 + ZOOM_PX, x0:x0 + ZOOM_PX]
+    # only the window is warped: the level's map, after the shift of the window's origin
+    window = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
+    za = _warp(fine_pre, to_level(final, ff, ff) @ window, zp.shape)
+    rows, cols = (np.arange(y0, y0 + zp.shape[0]) * ff // f,
+                  np.arange(x0, x0 + zp.shape[1]) * ff // f)
+    zp, za = _stretch_pair(zp, za, post_m[np.ix_(rows, cols)])
     axes[3].imshow(_checker(zp, za, 4), cmap="gray", interpolation="nearest")
     resolution = "full resolution" if ff == 1 else f"1/{ff} resolution"
     axes[3].set_title(f"Zoom at {resolution}, checkerboard")

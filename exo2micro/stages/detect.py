@@ -102,6 +102,7 @@ from exo2micro.io.fitsio import FitsImage, make_header, write_streamed
 from exo2micro.io.layout import PairLayout, formats, tiff_compression
 from exo2micro.io.records import StageRun, product_ome, require_stage, stage1_physical
 from exo2micro.io.tiffio import TILE, TiffImage, read_info, write_tiled
+from exo2micro.numerics.robust import row_median
 from exo2micro.report import diagnostics
 from exo2micro.report.result import build_result, write_result
 from exo2micro.stages.streaming import FanOut, Writer
@@ -328,15 +329,15 @@ def tile_stats(diff: np.ndarray, level: np.ndarray, model: NoiseModel | None = N
 
     keep = np.logical_and.reduce([tiles(wt).min(axis=1) > 0.999 for _, wt in filtered])
     var_f = np.column_stack([_robust_var(tiles(f)[keep]) for f, _ in filtered])
-    return np.median(tiles(level)[keep], axis=1), _robust_var(tiles(diff)[keep]), var_f
+    return row_median(tiles(level)[keep]), _robust_var(tiles(diff)[keep]), var_f
 
 
 def _robust_var(values: np.ndarray) -> np.ndarray:
     """Per row: the variance of the values within 5 s0 of the median, s0 = max(1.4826 · MAD,
     std / 2). The clip drops stained pixels; the std term keeps quantised images (a tile of
     mostly equal counts has MAD 0) from reading as noiseless."""
-    dev = values - np.median(values, axis=1, keepdims=True)
-    s0 = np.maximum(1.4826 * np.median(np.abs(dev), axis=1), 0.5 * dev.std(axis=1))
+    dev = values - row_median(values, keepdims=True)
+    s0 = np.maximum(1.4826 * row_median(np.abs(dev)), 0.5 * dev.std(axis=1))
     keep = np.abs(dev) < 5 * s0[:, None]
     return (np.sum(np.where(keep, dev * dev, 0), axis=1) / np.maximum(keep.sum(axis=1), 1))
 

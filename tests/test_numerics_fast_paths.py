@@ -1,0 +1,85 @@
+"""Fast paths that must give the very numbers of the numpy code they replace:
+:func:`exo2micro.numerics.robust.row_median` against ``np.median(axis=1)`` and the pyramid's
+pairwise box sums against ``np.add.reduceat``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exo2micro.numerics.pyramid import Pyramid, box_reduce
+from exo2micro.numerics.robust import row_median
+
+
+def _rows(rng: np.random.Generator, case: int, dtype: type) -> np.ndarray:
+    """Rows of every kind a tile can hold: ties, NaNs, ±inf, all-NaN rows, odd and even
+    lengths, a single column."""
+    shape = (int(rng.integers(1, 12)), int(rng.integers(1, 60)) if case % 9 else 1)
+    a = rng.standard_normal(shape).astype(dtype)
+    if case % 3 == 0:
+        a = (np.round(a * 3) / 3).astype(dtype)  # many ties
+    if case % 4 == 0:
+        a[rng.random(shape) < 0.15] = np.nan
+    if case % 5 == 0:
+        a[rng.random(shape) < 0.1] = np.inf
+        a[rng.random(shape) < 0.1] = -np.inf
+    if case % 7 == 0:
+        a[0] = np.nan
+    return a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_row_median_is_numpys_median(dtype: type, keepdims: bool) -> None:
+    rng = np.random.default_rng(11)
+    for case in range(400):
+        a = _rows(rng, case, dtype)
+        with np.errstate(invalid="ignore"):  # inf − inf in a middle pair, as numpy's own
+            expected = np.median(a, axis=1, keepdims=keepdims)
+            got = row_median(a, keepdims=keepdims)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_row_median_leaves_its_input_alone_and_takes_numpys_path_for_integers() -> None:
+    a = np.arange(24, dtype=np.float32)[::-1].reshape(4, 6).copy()
+    before = a.copy()
+    np.testing.assert_array_equal(row_median(a), np.median(a, axis=1))
+    np.testing.assert_array_equal(a, before)
+    ints = np.arange(12).reshape(3, 4)
+    assert row_median(ints).dtype == np.median(ints, axis=1).dtype == np.float64
+
+
+def _reduceat_box(image: np.ndarray, factor: int) -> np.ndarray:
+    """Box means computed as the general path does: reduceat sums, float64 division."""
+    h, w = image.shape
+    src = image.astype(np.float32, copy=False)
+    sums = np.add.reduceat(np.add.reduceat(src, np.arange(0, h, factor), axis=0),
+                           np.arange(0, w, factor), axis=1)
+    counts = np.outer(np.minimum(factor, h - np.arange(0, h, factor)),
+                      np.minimum(factor, w - np.arange(0, w, factor)))
+    return (sums / counts).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_pairwise_box_means_equal_reduceat_bit_for_bit(dtype: type) -> None:
+    rng = np.random.default_rng(5)
+    for h, w in [(1, 1), (1, 7), (6, 1), (7, 9), (64, 65), (129, 128)]:
+        image = (rng.random((h, w)) * 60000).astype(dtype)
+        if dtype == np.float32:
+            image[0, 0] = 1e-42  # a subnormal: halving must round it as float64 then float32
+        got = box_reduce(image, 2)
+        assert got.dtype == np.float32
+        assert got.tobytes() == _reduceat_box(image, 2).tobytes()
+
+
+def test_pyramid_levels_are_weighted_means_of_the_full_image() -> None:
+    """Every level (built by halving the one before) is the exact box mean of the full image,
+    partial edge boxes included, to float32 rounding."""
+    rng = np.random.default_rng(8)
+    full = (rng.random((531, 413)) * 4000).astype(np.float32)
+    pyr = Pyramid.from_first_level(box_reduce(full, 1), 1, full.shape)
+    assert pyr.factors[:3] == [1, 2, 4]
+    for f, level in zip(pyr.factors, pyr.levels):
+        np.testing.assert_allclose(level, _reduceat_box(full.astype(np.float64), f),
+                                   rtol=3e-7)
