@@ -1,12 +1,14 @@
-"""Fast paths that must give the very numbers of the numpy code they replace:
+"""Fast paths that must give the very numbers of the numpy or OpenCV code they replace:
 :func:`exo2micro.numerics.robust.row_median` against ``np.median(axis=1)`` and the pyramid's
-pairwise box sums against ``np.add.reduceat``."""
+pairwise box sums against ``np.add.reduceat``, the elliptic erosion against ``cv2.erode``."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
+from exo2micro.numerics.footprint import erode_ellipse
 from exo2micro.numerics.pyramid import Pyramid, box_reduce
 from exo2micro.numerics.robust import row_median
 
@@ -83,3 +85,22 @@ def test_pyramid_levels_are_weighted_means_of_the_full_image() -> None:
     for f, level in zip(pyr.factors, pyr.levels):
         np.testing.assert_allclose(level, _reduceat_box(full.astype(np.float64), f),
                                    rtol=3e-7)
+
+
+@pytest.mark.parametrize("r", [1, 2, 5, 17, 40, 81])
+def test_erode_ellipse_is_opencvs_erosion_with_zeros_outside(r: int) -> None:
+    """Pixel for pixel the erosion stage 3's patch planning used to ask OpenCV for, on
+    blobby masks, full and empty ones, masks narrower than the element and at every edge."""
+    rng = np.random.default_rng(r)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2)
+    for case in range(25):
+        h, w = int(rng.integers(1, 260)), int(rng.integers(1, 260))
+        blur = float(rng.integers(1, 12))
+        m = (cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), blur) > 0.5)
+        m = m.astype(np.uint8)
+        if case == 0:
+            m[:] = 1
+        elif case == 1:
+            m[:] = 0
+        expected = cv2.erode(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+        np.testing.assert_array_equal(erode_ellipse(m, r), expected)

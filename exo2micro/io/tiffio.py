@@ -258,6 +258,7 @@ class TiffImage:
         if self._fd is not None:
             return self._read_contiguous(y0, y1, x0, x1, chans)
         out = np.empty((y1 - y0, x1 - x0, len(chans)), self.dtype)
+        pick = _sample_index(chans)
         sh, sw = self._seg
         for ty in range(y0 // sh, (y1 - 1) // sh + 1):
             for tx in range(x0 // sw, (x1 - 1) // sw + 1):
@@ -269,7 +270,7 @@ class TiffImage:
                     xa, xb = max(x0, sx0), min(x1, sx0 + seg.shape[1])
                     part = seg[ya - sy0:yb - sy0, xa - sx0:xb - sx0]
                     if plane is None:
-                        out[ya - y0:yb - y0, xa - x0:xb - x0] = part[:, :, chans]
+                        out[ya - y0:yb - y0, xa - x0:xb - x0] = part[:, :, pick]
                     else:
                         out[ya - y0:yb - y0, xa - x0:xb - x0, k] = part[:, :, 0]
         return out
@@ -295,12 +296,13 @@ class TiffImage:
                      for y in range(y0, y1)]
         buf = np.empty(spans[0][1], np.uint8)  # every span has the same size
         arr = buf.view(self._file_dtype)
+        pick = _sample_index(chans)
         for i, (offset, _) in enumerate(spans):
             self._read_into(memoryview(buf), offset)
             if rows is not None:
-                out[:] = arr.reshape(y1 - y0, w, s)[:, x0:x1][:, :, chans]
+                out[:] = arr.reshape(y1 - y0, w, s)[:, x0:x1][:, :, pick]
             else:
-                out[i] = arr.reshape(x1 - x0, s)[:, chans]
+                out[i] = arr.reshape(x1 - x0, s)[:, pick]
         return out
 
     def _read_into(self, view: memoryview, offset: int) -> None:
@@ -590,6 +592,15 @@ def read_physical(tif: tifffile.TiffFile, series: int, page: tifffile.TiffPage,
     size = _resolution_um(page, None)
     return Physical(size, "resolution tags" if size else "", blank.channel_names,
                     blank.exposure_s)
+
+
+def _sample_index(chans: list[int]) -> slice | list[int]:
+    """Index of the samples ``chans`` along the last axis: a slice when they are consecutive
+    (a view, so copying a segment's part into the result is one copy, not two), else the
+    list."""
+    if chans and chans == list(range(chans[0], chans[-1] + 1)):
+        return slice(chans[0], chans[-1] + 1)
+    return chans
 
 
 def _short(exc: BaseException) -> str:

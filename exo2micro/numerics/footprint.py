@@ -98,3 +98,45 @@ def footprint_stats(image: np.ndarray, mask: np.ndarray, factor: int) -> Footpri
                    float((ys.max() - ys.min() + 1) * factor)),
         tissue_p1=p1, tissue_p50=p50, tissue_p99=p99,
         background_p50=float(np.median(bg)) if bg.size else float("nan"))
+
+
+def erode_ellipse(mask: np.ndarray, r: int) -> np.ndarray:
+    """``mask`` (2-D, nonzero = inside) eroded by OpenCV's elliptic structuring element of
+    radius ``r`` px with zeros outside the array: pixel for pixel what ``cv2.erode(mask,
+    cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2r+1, 2r+1)), borderType=BORDER_CONSTANT,
+    borderValue=0) > 0`` gives (bool), in a time that does not grow with ``r`` (OpenCV's cost
+    grows with the element's area: 0.16 s for r = 81 on a 1 000 × 800 level).
+
+    The element holds every offset nearer than ``√inner`` and none farther than ``√outer``
+    (squared lengths, below). An exact Euclidean distance transform to the nearest outside
+    pixel (the array's border counting as outside) settles every pixel whose distance is
+    below the one or above the other; the thin band between is checked exactly, offset by
+    offset of the element's rim."""
+    m = (np.asarray(mask) != 0).astype(np.uint8)
+    se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)).astype(bool)
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    d2 = dx * dx + dy * dy
+    inner = min(int(d2[~se].min()), (r + 1) ** 2)  # offsets beyond the box are ≥ (r + 1)²
+    outer = int(d2[se].max())
+    padded = np.pad(m, 1)  # the border: outside pixels, as BORDER_CONSTANT 0 makes them
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    # squared distances are whole numbers; the float32 distances recover them to ``slack``
+    dist2 = dist.astype(np.float64) ** 2
+    slack = 1.0 + 3e-7 * float(dist2.max(initial=0.0))
+    out = dist2 > outer + slack
+    band_y, band_x = np.nonzero((dist2 >= inner - slack) & (dist2 <= outer + slack))
+    if band_y.size:
+        # a band pixel's nearest outside pixel lies ≥ inner − 2·slack away: only the element's
+        # offsets that far can reach one
+        rim = se & (d2 >= inner - 2 * slack)
+        oy, ox = dy[rim] + 1, dx[rim] + 1  # + 1: into the padded array
+        hit = np.zeros(band_y.size, bool)
+        h, w = padded.shape
+        for start in range(0, oy.size, 64):  # a few offsets at a time: bounded memory
+            ys = band_y[:, None] + oy[None, start:start + 64]
+            xs = band_x[:, None] + ox[None, start:start + 64]
+            beyond = (ys < 0) | (ys >= h) | (xs < 0) | (xs >= w)
+            vals = padded[np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)]
+            hit |= ((vals == 0) | beyond).any(axis=1)
+        out[band_y, band_x] = ~hit
+    return out

@@ -65,7 +65,7 @@ from exo2micro.io.layout import PairLayout, formats, tiff_compression
 from exo2micro.io.records import StageRun, product_ome, require_stage, stage1_physical
 from exo2micro.io.tiffio import TiffImage
 from exo2micro.numerics import nonrigid
-from exo2micro.numerics.footprint import tissue_mask
+from exo2micro.numerics.footprint import erode_ellipse, tissue_mask
 from exo2micro.numerics.pyramid import Pyramid, common_level, to_full, to_level
 from exo2micro.numerics.transform import (
     ResidualField,
@@ -171,8 +171,7 @@ def plan_patches(post_pyr: Pyramid, pre_pyr: Pyramid, post_to_pre: np.ndarray,
     both = (post_m & pre_m).astype(np.uint8)
     # half a patch plus the width of the soft tissue edge, so patches see interior texture only
     r = max(1, math.ceil((patch / 2 + edge_margin) / f) + 1)
-    inner = cv2.erode(both, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2),
-                      borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    inner = erode_ellipse(both, r)
     candidates = grid_points(inner, f, max_points=10**7)
     if candidates.size == 0:
         return []
