@@ -1104,10 +1104,10 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                 if y0 + TILE < h:
                     pending = ahead.submit(reader.halo_block, y0 + TILE)
                 chunks = _chunks(w, CHUNK_HALO)
-                parts.extend(pool.map(detect_chunk,
-                                      [block.columns(a, b) for a, _, _, b in chunks],
-                                      [(y_lo, y_hi, x0 - 0.5, x1 - 0.5)
-                                       for _, x0, x1, _ in chunks]))
+                # the pool detects the chunks while this thread makes the block's significance
+                # and preview rows (map submits every chunk at once; its results keep order)
+                found = pool.map(detect_chunk, [block.columns(a, b) for a, _, _, b in chunks],
+                                 [(y_lo, y_hi, x0 - 0.5, x1 - 0.5) for _, x0, x1, _ in chunks])
                 c0, c1 = y0 - block.ya, min(h, y0 + TILE) - block.ya
                 with np.errstate(invalid="ignore", divide="ignore"):
                     significance = block.diff[c0:c1] / model.sigma(block.level[c0:c1])
@@ -1115,6 +1115,7 @@ def run_detect(layout: PairLayout, *, sample: str, dye: str, threads: int = 1,
                 tissue_px += int(np.count_nonzero(block.tissue[c0:c1]))
                 small = box_mean(_zero_nan(block.diff[c0:c1].copy()), factor)
                 preview[y0 // factor:y0 // factor + small.shape[0]] = small
+                parts.extend(found)
         with run.timed("completeness"):
             curve = completeness_curve(reader, starts, model, threshold, min_area, deblend)
         dtype_name = post_img.dtype.name
