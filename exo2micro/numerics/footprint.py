@@ -19,25 +19,31 @@ MIN_COMPONENT_FRACTION = 0.02
 
 
 def tissue_mask(image: np.ndarray, smooth_px: float = 2.0) -> np.ndarray:
-    """Boolean tissue mask of a 2-D float image (typically a pyramid level)."""
-    img = np.nan_to_num(image.astype(np.float32), nan=0.0)
+    """Boolean tissue mask of a 2-D float image (typically a pyramid level).
+
+    Memory: one float32 copy of ``image``, worked on in place, and a few 1-byte masks; fresh
+    full-level temporaries would each cost their page faults (the first mask of a process
+    took twice as long as the next ones)."""
+    img = np.nan_to_num(image.astype(np.float32), copy=False, nan=0.0)
     if smooth_px > 0:
-        img = cv2.GaussianBlur(img, (0, 0), smooth_px)
-    logv = np.log1p(np.maximum(img, 0.0))
+        img = cv2.GaussianBlur(img, (0, 0), smooth_px, dst=img)  # in place: the same bits
+    logv = np.log1p(np.maximum(img, 0.0, out=img), out=img)
     hi = float(logv.max())
     if hi <= 0:
         return np.zeros(img.shape, bool)
-    u8 = np.clip(logv / hi * 255.0, 0, 255).astype(np.uint8)
+    np.divide(logv, hi, out=logv)
+    np.multiply(logv, 255.0, out=logv)
+    u8 = np.clip(logv, 0, 255, out=logv).astype(np.uint8)
+    del img, logv
     _, mask = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
-        return np.zeros(img.shape, bool)
+        return np.zeros(mask.shape, bool)
     areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = np.zeros(n, bool)
+    keep = np.zeros(n, np.uint8)
     keep[1:] = areas >= MIN_COMPONENT_FRACTION * areas.max()
-    mask = keep[labels].astype(np.uint8)
-    return fill_holes(mask).astype(bool)
+    return fill_holes(keep[labels]).view(bool)
 
 
 def edge_midpoint(image: np.ndarray) -> float:
@@ -55,12 +61,13 @@ def edge_midpoint(image: np.ndarray) -> float:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill background regions not connected to the image border (uint8 0/1 in and out)."""
-    padded = np.pad(mask.astype(np.uint8), 1)
-    flood = padded.copy()
+    flood = np.pad(np.asarray(mask, np.uint8), 1)
     ff = np.zeros((flood.shape[0] + 2, flood.shape[1] + 2), np.uint8)
     cv2.floodFill(flood, ff, (0, 0), 1)
-    holes = (flood == 0)[1:-1, 1:-1]
-    return (mask.astype(bool) | holes).astype(np.uint8)
+    # after the fill, 0 is left only in holes: the mask or a hole is flood != 1 or mask == 1
+    filled = np.not_equal(flood[1:-1, 1:-1], 1)
+    filled |= np.asarray(mask, bool)
+    return filled.view(np.uint8)
 
 
 @dataclass(frozen=True)
