@@ -88,21 +88,30 @@ class FootprintStats:
 
 
 def footprint_stats(image: np.ndarray, mask: np.ndarray, factor: int) -> FootprintStats:
-    """Statistics of ``mask`` over ``image`` (a pyramid level of box size ``factor``)."""
-    ys, xs = np.nonzero(mask)
+    """Statistics of ``mask`` over ``image`` (a pyramid level of box size ``factor``).
+
+    The centroid and box come from the mask's row and column counts, not from the
+    coordinates of every tissue pixel (two int64 arrays of the tissue's size): the sums of
+    whole-number coordinates are exact either way, so the means are the same."""
+    rows = np.count_nonzero(mask, axis=1)
+    n = int(rows.sum())
     off = (factor - 1) / 2.0
-    if ys.size == 0:
+    if n == 0:
         return FootprintStats(0.0, 0.0, (float("nan"),) * 2, (0.0,) * 4, *(float("nan"),) * 4)
+    cols = np.count_nonzero(mask, axis=0)
+    y_in, x_in = np.flatnonzero(rows), np.flatnonzero(cols)
+    x_mean = float(np.dot(np.arange(cols.size), cols)) / n
+    y_mean = float(np.dot(np.arange(rows.size), rows)) / n
     tissue = image[mask]
     bg = image[~mask]
     p1, p50, p99 = (float(v) for v in np.percentile(tissue, [1, 50, 99]))
     return FootprintStats(
-        fraction=float(ys.size / mask.size),
-        area_px=float(ys.size * factor * factor),
-        centroid_xy=(float(xs.mean() * factor + off), float(ys.mean() * factor + off)),
-        bbox_xywh=(float(xs.min() * factor), float(ys.min() * factor),
-                   float((xs.max() - xs.min() + 1) * factor),
-                   float((ys.max() - ys.min() + 1) * factor)),
+        fraction=float(n / mask.size),
+        area_px=float(n * factor * factor),
+        centroid_xy=(float(x_mean * factor + off), float(y_mean * factor + off)),
+        bbox_xywh=(float(x_in[0] * factor), float(y_in[0] * factor),
+                   float((x_in[-1] - x_in[0] + 1) * factor),
+                   float((y_in[-1] - y_in[0] + 1) * factor)),
         tissue_p1=p1, tissue_p50=p50, tissue_p99=p99,
         background_p50=float(np.median(bg)) if bg.size else float("nan"))
 
