@@ -128,6 +128,20 @@ def configure_threads(n: int) -> None:
     threadpool_limits(limits=n)
 
 
+def load_strip_threads(threads: int, concurrent: bool) -> int:
+    """Threads that read, decode and reduce one raw image's strips in stage 1 (1: its writing
+    thread does it itself): half of ``threads`` when pre and post are streamed at once
+    (``concurrent``), else 1 (one image at a time: a raw file that must be decoded whole)."""
+    return max(1, int(threads) // 2) if concurrent else 1
+
+
+def load_strips_in_flight(threads: int, concurrent: bool) -> int:
+    """Raw strips of one image that stage 1 holds at once: the one being written, and with
+    strip threads (:func:`load_strip_threads` ≥ 2) one more than their number."""
+    n = load_strip_threads(threads, concurrent)
+    return 1 if n < 2 else n + 1
+
+
 def native_threads() -> int:
     """Threads one native pool of this process may use (e.g. tifffile's ``maxworkers``): the
     value of the last :func:`configure_threads`, else the CPU budget."""

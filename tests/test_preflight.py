@@ -224,3 +224,15 @@ def test_stage_5_has_memory_and_time_that_grow_with_threads(pairs: list) -> None
     assert two.stages[5].mem_bytes - one.stages[5].mem_bytes >= model.memory[5]["threads"] > 0
     assert estimate_pair(pairs[0].pre, pairs[0].post, threads=2).mem_bytes >= (
         two.stages[5].mem_bytes)
+
+
+def test_stage_1_estimate_counts_the_raw_strips_its_threads_hold(pairs: list) -> None:
+    """Beyond 3 threads stage 1 reads each image's strips in a pool: the raw blocks its
+    memory model counts grow with the strips in flight (exo2micro.resources)."""
+    from exo2micro.io.tiffio import read_info
+    from exo2micro.params import resolve
+
+    pre, post = read_info(pairs[0].pre), read_info(pairs[0].post)
+    feats = {t: preflight.features(pre, post, resolve(), t) for t in (2, 3, 8)}
+    assert feats[3]["raw_block_conc"] == feats[2]["raw_block_conc"]  # one strip thread each
+    assert feats[8]["raw_block_conc"] == 5 * feats[2]["raw_block_conc"]  # 4 threads + 1

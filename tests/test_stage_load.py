@@ -365,3 +365,28 @@ def test_single_strip_too_large_for_memory_fails_with_137_and_a_remedy(
     assert "only 0.0 GiB is available (test limit)" in message and "tiffcp" in message
     assert exit_code_for(info.value) == 137
     assert not list((tmp_path / "pair").rglob("*.tif"))
+
+
+@pytest.mark.parametrize("channel_mode", ["rgb8", "float32"])
+def test_strips_read_in_many_threads_give_the_same_files(tmp_path: Path,
+                                                         channel_mode: str) -> None:
+    """With ≥ 4 threads each image's strips are read, decoded and reduced by a pool, out of
+    order, and written in order: the files and the record's facts are those of one thread
+    (five strips of 512 rows; a float image with non-finite pixels in two of them)."""
+    pair = make_pair(tmp_path / "raw", channel_mode=channel_mode, width=700, height=2300)
+    if channel_mode == "float32":
+        post = tifffile.imread(pair.post_path)
+        post[100, 5:9] = np.nan
+        post[1900, 50] = -np.inf
+        tifffile.imwrite(pair.post_path, post)
+    runs = {t: _load(pair, tmp_path / f"t{t}", threads=t) for t in (1, 6)}
+    assert resources.load_strip_threads(6, True) == 3  # three strip threads per image
+    (one, rec_one), (many, rec_many) = runs[1], runs[6]
+    for which in WHICH:
+        for path in (one.signal(which), one.pyramid(which)):
+            other = many.signal(which) if path == one.signal(which) else many.pyramid(which)
+            assert path.read_bytes() == other.read_bytes()
+        for key in ("value_range", "nonfinite_pixels_zeroed", "footprint", "shape"):
+            assert rec_one["images"][which][key] == rec_many["images"][which][key]
+    if channel_mode == "float32":
+        assert rec_many["images"]["post"]["nonfinite_pixels_zeroed"] == 5

@@ -55,7 +55,7 @@ from exo2micro.io.layout import PairLayout, formats
 from exo2micro.io.records import stage_is_current
 from exo2micro.io.tiffio import READER_CACHE_BYTES, TILE, ImageInfo, read_info
 from exo2micro.numerics.pyramid import first_factor
-from exo2micro.resources import available_memory, current_rss_bytes
+from exo2micro.resources import available_memory, current_rss_bytes, load_strips_in_flight
 from exo2micro.stage_params import PairParams
 
 MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "memory_model.json"
@@ -69,7 +69,7 @@ FEATURES: tuple[str, ...] = (
     "threads",            # thread count: per-thread buffers of OpenCV and the stage pools
     "level_px",           # level-1 pyramid pixels of pre + post
     "level_px_conc",      # level-1 pyramid pixels of the images stage 1 handles at once
-    "raw_block_conc",     # bytes of one raw 512-row block, images handled at once
+    "raw_block_conc",     # bytes of the raw 512-row blocks stage 1 holds, images at once
     "raw_cache_bytes",    # decoded-segment caches of both raw readers (open all of stage 1)
     "out_block",          # bytes of one float32 512-row output block
     "out_block_threads",  # bytes of one float32 512-row output block × threads
@@ -174,7 +174,8 @@ def features(pre: ImageInfo, post: ImageInfo, values: PairParams,
         "level_px": float(_level_px(pre) + _level_px(post)),
         "level_px_conc": float(conc(_level_px(pre), _level_px(post))),
         "raw_block_conc": float(conc(TILE * pre.width * pre.samples * itemsize["pre"],
-                                     TILE * post.width * post.samples * itemsize["post"])),
+                                     TILE * post.width * post.samples * itemsize["post"])
+                                * load_strips_in_flight(n_threads, concurrent)),
         "raw_cache_bytes": float(conc(*(_raw_cache(i) for i in raws))),
         "out_block": float(TILE * out_w * 4),
         "out_block_threads": float(TILE * out_w * 4 * n_threads),

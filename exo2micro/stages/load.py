@@ -23,16 +23,23 @@ are part of this stage's fingerprint and are listed in its record under ``pair``
 Memory: one raw block (512 rows × width × samples), its signal, one padded tile row and the
 first pyramid level (≤ 4096 px on its longer side, float32 ≤ 64 MiB) per image, plus the
 decoded segment cache of the reader — for a raw file stored as a single compressed strip that
-is the whole decoded image. Pre and post are processed in two threads when ``threads ≥ 2``
-(decoding, reductions and compression release the GIL), except when either raw file must be
-decoded whole: then one image at a time, and a whole-decoded image's segments are dropped as
-soon as it is done, so at most one decoded raw image is held at any time (at the price of
-decoding pre twice: once for the channel choice, once for streaming).
+is the whole decoded image.
+
+Threads: pre and post are streamed at once when ``threads ≥ 2`` (decoding, reductions and
+compression release the GIL), each by its own writing thread. Each image's strips are read,
+decoded and reduced by half the threads when that is at least 2
+(:func:`exo2micro.resources.load_strip_threads`); an image then holds one raw block
+more than its strip threads (:func:`exo2micro.resources.load_strips_in_flight`). When either
+raw file must be decoded whole, the images are streamed one at a time, each by one thread,
+and a whole-decoded image's segments are dropped as soon as it is done, so at most one
+decoded raw image is held at any time (at the price of decoding pre twice: once for the
+channel choice, once for streaming).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +61,8 @@ from exo2micro.io.tiffio import (
 )
 from exo2micro.numerics.footprint import footprint_stats, tissue_mask
 from exo2micro.numerics.pyramid import Pyramid, box_reduce, first_factor
+from exo2micro.resources import load_strip_threads
+from exo2micro.stages.streaming import ordered_map
 
 WHICH = ("pre", "post")
 #: A footprint covering less of the frame than this is not a sample (a speck, a hot pixel);
@@ -118,9 +127,13 @@ def _physical(img: TiffImage, choice: ChannelChoice, given: tuple[float | None, 
 
 
 def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out: Path,
-                   compression: str | None = None, ome: OmeMeta | None = None
-                   ) -> dict[str, Any]:
-    """Write the single-channel signal of ``img`` and its pyramid; return image metadata."""
+                   compression: str | None = None, ome: OmeMeta | None = None,
+                   threads: int = 1) -> dict[str, Any]:
+    """Write the single-channel signal of ``img`` and its pyramid; return image metadata.
+
+    With ``threads`` ≥ 2, that many threads read, decode and reduce the TILE-row strips
+    (in order, at most ``threads + 1`` strips in flight) while this thread writes them; the
+    strips are independent, so the files are the same bytes whatever ``threads`` is."""
     h, w = img.shape
     dtype = signal_dtype(img.dtype, len(choice.channels))
     factor = first_factor(h, w)
@@ -128,18 +141,27 @@ def _stream_signal(img: TiffImage, choice: ChannelChoice, out: Path, pyramid_out
     lo, hi = np.inf, -np.inf
     n_nonfinite = 0
 
+    def strip(y0: int) -> tuple[np.ndarray, np.ndarray, float, float, int]:
+        """One strip: its signal, first-level rows, value range and non-finite count."""
+        sig = to_signal(img.read_window(y0, min(h, y0 + TILE), 0, w, choice.channels), dtype)
+        bad = 0
+        if dtype.kind == "f":
+            nonfinite = ~np.isfinite(sig)
+            if nonfinite.any():
+                bad = int(nonfinite.sum())
+                sig = np.where(nonfinite, 0, sig).astype(dtype)
+        return sig, box_reduce(sig, factor), float(sig.min()), float(sig.max()), bad
+
     def blocks():  # type: ignore[no-untyped-def]
         nonlocal lo, hi, n_nonfinite
-        for y0, raw in img.iter_rows(TILE, choice.channels):
-            sig = to_signal(raw, dtype)
-            if dtype.kind == "f":
-                bad = ~np.isfinite(sig)
-                if bad.any():
-                    n_nonfinite += int(bad.sum())
-                    sig = np.where(bad, 0, sig).astype(dtype)
-            lo, hi = min(lo, float(sig.min())), max(hi, float(sig.max()))
-            first[y0 // factor:(y0 + sig.shape[0] + factor - 1) // factor] = box_reduce(sig, factor)
-            yield sig
+        starts = range(0, h, TILE)
+        with ThreadPoolExecutor(threads) if threads >= 2 else nullcontext() as pool:
+            for y0, (sig, reduced, s_lo, s_hi, bad) in zip(
+                    starts, ordered_map(pool, strip, starts, threads + 1)):
+                n_nonfinite += bad
+                lo, hi = min(lo, s_lo), max(hi, s_hi)
+                first[y0 // factor:y0 // factor + reduced.shape[0]] = reduced
+                yield sig
 
     # an intermediate only the later stages read: one level (no SubIFD pyramid to build)
     write_tiled(out, (h, w), dtype, blocks(), compression=compression, ome=ome,
@@ -209,15 +231,18 @@ def run_load(pre_raw: str | Path, post_raw: str | Path, layout: PairLayout, *,
         physical = {w: _physical(images[w], choices[w], p.pixel_size_um[w])
                     for w in WHICH}
 
+        concurrent = threads >= 2 and not whole
+        strips = load_strip_threads(threads, concurrent)
+
         def one(which: str) -> dict[str, Any]:
             ome = OmeMeta(f"{which} signal", dye or "signal", physical[which]["pixel_size_um"])
             out = _stream_signal(images[which], choices[which], layout.signal(which),
-                                 layout.pyramid(which), compression, ome)
+                                 layout.pyramid(which), compression, ome, strips)
             images[which].drop_cache()
             return out | physical[which]
 
         with run.timed("stream"):
-            if threads >= 2 and not whole:
+            if concurrent:
                 with ThreadPoolExecutor(max_workers=2) as pool:
                     meta = dict(zip(WHICH, pool.map(one, WHICH)))
             else:  # the last image's segments are still cached from the channel choice
