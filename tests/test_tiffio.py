@@ -330,3 +330,30 @@ def test_two_channel_8bit_dye_sum_exceeds_255(tmp_path: Path) -> None:
     summed = tiffio.to_signal(raw, dtype)
     assert summed.dtype == np.uint16 and int(summed.max()) > 255
     np.testing.assert_array_equal(summed, raw[..., 0].astype(np.uint16) + raw[..., 1])
+
+
+def test_a_segment_decoded_by_two_threads_at_once_is_counted_once(tmp_path: Path) -> None:
+    """Two threads that miss the cache for the same segment both decode it (outside the lock);
+    the cache must still count its bytes once, or the overcount evicts everything else from
+    then on (stage 1's strip threads and stage 3's patches read concurrently)."""
+    import threading
+
+    data = _image("uint8", 3, seed=5)
+    path = tmp_path / "lzw.tif"
+    tifffile.imwrite(path, data, photometric="rgb", rowsperstrip=8, compression="lzw")
+    with TiffImage(path) as img:
+        page = img._page
+        decode = page.decode
+        both = threading.Barrier(2, timeout=10)
+
+        def decode_together(*args: object, **kwargs: object) -> object:
+            both.wait()  # neither inserts before the other has decoded
+            return decode(*args, **kwargs)
+
+        page.decode = decode_together  # type: ignore[method-assign]
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(lambda _: img.read_window(0, 8, 0, data.shape[1]), range(2)))
+        page.decode = decode  # type: ignore[method-assign]
+        for block in got:
+            np.testing.assert_array_equal(block, data[:8])
+        assert img._cached == sum(seg.nbytes for seg in img._cache.values())

@@ -342,6 +342,8 @@ class TiffImage:
             arr = np.zeros((1, *self._seg, 1 if self._separate else self.samples), self.dtype)
         seg = np.asarray(arr).reshape(arr.shape[-3:])
         with self._lock:
+            if key in self._cache:  # another thread decoded it meanwhile: keep one, count once
+                return self._cache[key]
             self._cache[key] = seg
             self._cached += seg.nbytes
             while self._cached > self._cache_bytes and len(self._cache) > 1:
