@@ -59,3 +59,13 @@ def test_fill_holes_closes_enclosed_background_only() -> None:
     assert filled.dtype == np.uint8 and set(np.unique(filled)) == {0, 1}
     assert filled[30, 30] == 1 and filled[58, 58] == 0
     assert (filled >= ring).all()
+
+
+def test_column_major_and_transposed_inputs_give_the_same_mask() -> None:
+    image, _ = _sample((300, 360))
+    mask = tissue_mask(image)
+    np.testing.assert_array_equal(tissue_mask(np.asfortranarray(image)), mask)
+    np.testing.assert_array_equal(tissue_mask(np.ascontiguousarray(image.T).T), mask)
+    np.testing.assert_array_equal(tissue_mask(image.T), mask.T)
+    u8 = mask.view(np.uint8)
+    np.testing.assert_array_equal(fill_holes(np.asfortranarray(u8)), fill_holes(u8))

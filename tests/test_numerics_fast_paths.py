@@ -104,3 +104,20 @@ def test_erode_ellipse_is_opencvs_erosion_with_zeros_outside(r: int) -> None:
             m[:] = 0
         expected = cv2.erode(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
         np.testing.assert_array_equal(erode_ellipse(m, r), expected)
+
+
+def test_row_median_gives_numpys_own_nan_bits() -> None:
+    """A NaN made by arithmetic (inf − inf) has its sign bit set on x86: the row's median is
+    whatever NaN numpy returns, bit for bit."""
+    with np.errstate(invalid="ignore"):
+        neg_nan = np.float32(np.inf) - np.float32(np.inf)
+    rows = np.array([[1, neg_nan, 2, 5], [3, 1, 2, 0], [np.nan, 1, 2, 3]], np.float32)
+    expected = np.median(rows, axis=1)
+    assert row_median(rows).view(np.uint32).tolist() == expected.view(np.uint32).tolist()
+
+
+def test_erode_ellipse_of_radius_0_is_the_mask_and_a_negative_radius_is_refused() -> None:
+    m = (np.random.default_rng(2).random((30, 40)) < 0.5).astype(np.uint8)
+    np.testing.assert_array_equal(erode_ellipse(m, 0), m.astype(bool))
+    with pytest.raises(ValueError, match="radius"):
+        erode_ellipse(m, -1)

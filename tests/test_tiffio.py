@@ -357,3 +357,14 @@ def test_a_segment_decoded_by_two_threads_at_once_is_counted_once(tmp_path: Path
         for block in got:
             np.testing.assert_array_equal(block, data[:8])
         assert img._cached == sum(seg.nbytes for seg in img._cache.values())
+
+
+def test_windows_take_channels_by_negative_index_too(tmp_path: Path) -> None:
+    data = _image("uint8", 3, seed=7)
+    path = tmp_path / "rgb.tif"
+    tifffile.imwrite(path, data, photometric="rgb", tile=(16, 16))
+    with TiffImage(path) as img:
+        np.testing.assert_array_equal(img.read_window(0, 20, 0, 30, channels=[-1]),
+                                      data[:20, :30, 2:3])
+        np.testing.assert_array_equal(img.read_window(0, 20, 0, 30, channels=[1, 2]),
+                                      data[:20, :30, 1:3])

@@ -600,7 +600,7 @@ def _sample_index(chans: list[int]) -> slice | list[int]:
     """Index of the samples ``chans`` along the last axis: a slice when they are consecutive
     (a view, so copying a segment's part into the result is one copy, not two), else the
     list."""
-    if chans and chans == list(range(chans[0], chans[-1] + 1)):
+    if chans and chans[0] >= 0 and chans == list(range(chans[0], chans[-1] + 1)):
         return slice(chans[0], chans[-1] + 1)
     return chans
 

@@ -21,10 +21,11 @@ MIN_COMPONENT_FRACTION = 0.02
 def tissue_mask(image: np.ndarray, smooth_px: float = 2.0) -> np.ndarray:
     """Boolean tissue mask of a 2-D float image (typically a pyramid level).
 
-    Memory: one float32 copy of ``image``, worked on in place, and a few 1-byte masks; fresh
-    full-level temporaries would each cost their page faults (the first mask of a process
-    took twice as long as the next ones)."""
-    img = np.nan_to_num(image.astype(np.float32), copy=False, nan=0.0)
+    Memory: one row-major float32 copy of ``image`` (whatever its layout), worked on in
+    place, a few 1-byte masks and OpenCV's int32 component labels; fresh full-level
+    temporaries would each cost their page faults (the first mask of a process took twice as
+    long as the next ones)."""
+    img = np.nan_to_num(np.array(image, np.float32, order="C"), copy=False, nan=0.0)
     if smooth_px > 0:
         img = cv2.GaussianBlur(img, (0, 0), smooth_px, dst=img)  # in place: the same bits
     logv = np.log1p(np.maximum(img, 0.0, out=img), out=img)
@@ -61,7 +62,7 @@ def edge_midpoint(image: np.ndarray) -> float:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill background regions not connected to the image border (uint8 0/1 in and out)."""
-    flood = np.pad(np.asarray(mask, np.uint8), 1)
+    flood = np.pad(np.ascontiguousarray(mask, np.uint8), 1)  # row-major, as OpenCV needs
     ff = np.zeros((flood.shape[0] + 2, flood.shape[1] + 2), np.uint8)
     cv2.floodFill(flood, ff, (0, 0), 1)
     # after the fill, 0 is left only in holes: the mask or a hole is flood != 1 or mask == 1
@@ -128,11 +129,14 @@ def erode_ellipse(mask: np.ndarray, r: int) -> np.ndarray:
     pixel (the array's border counting as outside) settles every pixel whose distance is
     below the one or above the other; the thin band between is checked exactly, offset by
     offset of the element's rim."""
+    if r < 0:
+        raise ValueError(f"erosion radius must be >= 0, got {r}")
     m = (np.asarray(mask) != 0).astype(np.uint8)
     se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)).astype(bool)
     dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
     d2 = dx * dx + dy * dy
-    inner = min(int(d2[~se].min()), (r + 1) ** 2)  # offsets beyond the box are ≥ (r + 1)²
+    # offsets beyond the box are ≥ (r + 1)² away (r = 0: the element is the box)
+    inner = int(d2[~se].min(initial=(r + 1) ** 2))
     outer = int(d2[se].max())
     padded = np.pad(m, 1)  # the border: outside pixels, as BORDER_CONSTANT 0 makes them
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]

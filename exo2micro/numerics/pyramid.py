@@ -68,7 +68,8 @@ def _halve(level: np.ndarray, factor: int, full_shape: tuple[int, int]) -> np.nd
     weighted by the full-resolution pixels it covers, so partial boxes at the bottom and right
     edges stay exact means (an unweighted mean of means would not be)."""
     h, w = full_shape
-    # whole numbers ≤ factor² are exact in float32, so each product is rounded once, as it
+    # the weights (whole numbers ≤ factor², exact in float32 for factor ≤ 4096, i.e. any
+    # image below a million px on its shorter side) make each product rounded once, as it
     # would be from float64
     weights = np.outer(np.minimum(factor, h - np.arange(0, h, factor)),
                        np.minimum(factor, w - np.arange(0, w, factor))).astype(np.float32)

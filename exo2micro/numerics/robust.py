@@ -14,9 +14,10 @@ import numpy as np
 
 def row_median(values: np.ndarray, keepdims: bool = False) -> np.ndarray:
     """The median of each row of a 2-D floating-point array: the same numbers as
-    ``np.median(values, axis=1, keepdims=keepdims)`` (same dtype and shape; NaN for a row
-    holding a NaN; an even-length row's median is the mean of its two middle values in the
-    array's dtype). Only a tie between ``0.0`` and ``-0.0`` may come out with the other sign.
+    ``np.median(values, axis=1, keepdims=keepdims)`` (same dtype and shape; a row holding a
+    NaN gets numpy's own result; an even-length row's median is the mean of its two middle
+    values in the array's dtype). Only a tie between ``0.0`` and ``-0.0`` may come out with
+    the other sign.
 
     Memory: one partitioned copy of ``values``. Other dtypes and empty arrays go to
     ``np.median`` itself."""
@@ -32,8 +33,7 @@ def row_median(values: np.ndarray, keepdims: bool = False) -> np.ndarray:
         below = part[:, :half].max(axis=1)
         med = np.mean(np.stack([below, med], axis=1), axis=1)
     has_nan = np.isnan(part[:, half:]).any(axis=1)  # NaNs sort last: some land at or above half
-    if has_nan.any():
-        med = np.where(has_nan, np.array(np.nan, dtype=values.dtype), med)
-    else:
-        med = med.copy()
+    med = med.copy()
+    if has_nan.any():  # numpy's own NaN (its sign bit included), for the rare rows with one
+        med[has_nan] = np.median(values[has_nan], axis=1)
     return med[:, None] if keepdims else med

@@ -311,8 +311,10 @@ def estimation_masks(post: np.ndarray, pre: np.ndarray, data: np.ndarray, thr: T
     np.subtract(post, excess, out=excess)
     if sigma >= 0.5:
         size = _odd(3 * sigma)
-        # in place: the same bits as into a new array, one full-width block less per thread
-        excess = cv2.GaussianBlur(excess, (size, size), sigma, dst=excess)
+        # in place (the same bits as into a new array): one full-width block less per thread;
+        # OpenCV writes in place only into row-major arrays
+        excess = cv2.GaussianBlur(excess, (size, size), sigma,
+                                  dst=excess if excess.flags.c_contiguous else None)
         limit = cv2.GaussianBlur(pre, (size, size), sigma)  # the local pre level, scaled next
     else:
         limit = pre.copy()
