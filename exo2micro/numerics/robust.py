@@ -2,8 +2,8 @@
 
 Stage 5 takes medians of thousands of tiles a block (rows of a 2-D array). ``np.median(a,
 axis=1)`` partitions each row around three ranks (the two middle ones and the last, which
-moves NaNs to the end for its NaN check) and is 4–6× slower than one partition per row; the
-functions here partition once and find the other middle value and the NaNs with cheap
+moves NaNs to the end for its NaN check) and is 4–6× slower than one partition per row;
+:func:`row_median` partitions once and finds the other middle value and the NaNs with cheap
 reductions, giving the same numbers.
 """
 
@@ -26,14 +26,14 @@ def row_median(values: np.ndarray, keepdims: bool = False) -> np.ndarray:
     n = values.shape[1]
     half = n // 2
     part = np.partition(values, half, axis=1)
-    med = part[:, half]
-    if n % 2 == 0:
+    if n % 2:
+        med = part[:, half].copy()  # not a view that keeps the partitioned copy alive
+    else:
         # the other middle value is the largest of the lower part; np.median averages the
         # two with np.mean over an axis of length 2, as here
         below = part[:, :half].max(axis=1)
-        med = np.mean(np.stack([below, med], axis=1), axis=1)
+        med = np.mean(np.stack([below, part[:, half]], axis=1), axis=1)
     has_nan = np.isnan(part[:, half:]).any(axis=1)  # NaNs sort last: some land at or above half
-    med = med.copy()
     if has_nan.any():  # numpy's own NaN (its sign bit included), for the rare rows with one
         med[has_nan] = np.median(values[has_nan], axis=1)
     return med[:, None] if keepdims else med
